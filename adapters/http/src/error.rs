@@ -1,0 +1,27 @@
+//! Errors of the HTTP adapter.
+
+/// The upstream could not be reached: nothing was sent (safe to retry). Edge: 502.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream {endpoint} unreachable")]
+pub struct ConnectError {
+    pub endpoint: String,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// The request failed after it may have reached the upstream. Edge: 502.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream {endpoint} failed")]
+pub struct UpstreamError {
+    pub endpoint: String,
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// An upstream spec that cannot be built (bad URL, unreadable CA file).
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct BuildError {
+    pub key: String,
+    pub message: String,
+}

@@ -1,0 +1,54 @@
+//! Quartet's resilience policies.
+//!
+//! Every call on every channel (REST, RPC, SQL, native API) passes the same layers, in
+//! the order decided by the gateway's `stack.rs`:
+//!
+//! ```text
+//! observe -> rate limit -> concurrency limit (fail fast) -> fault injection
+//!   -> total timeout -> retry (budget + jittered backoff, only safe retries)
+//!      -> [balancer] -> circuit breaker (one per backend endpoint) -> per-try timeout -> adapter
+//! ```
+//!
+//! This crate never touches a socket and knows no protocol. Each adapter tells it how its
+//! results went through [`classify::Classify`], and how to send a request again through
+//! [`classify::Replay`]. State machines (breaker, budget) take the current time as an
+//! argument so they are tested with plain `#[test]`s or paused tokio time.
+
+pub mod breaker;
+pub mod classify;
+pub mod error;
+pub mod fault;
+pub mod limit;
+pub mod metrics;
+pub mod observe;
+pub mod retry;
+pub mod spec;
+pub mod timeout;
+
+/// The error type that flows through the stack: typed at the leaves, boxed in the trunk,
+/// mapped once at the gateway's edge.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What a policy is attached to: a channel (`"rest"`, `"rpc"`, `"sql"`, `"native"`) and
+/// the target's name within it (a route's upstream, an RPC topic, a SQL backend, a driver).
+/// Used for metric labels, admin keys and error messages.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Target {
+    pub channel: &'static str,
+    pub name: std::sync::Arc<str>,
+}
+
+impl Target {
+    pub fn new(channel: &'static str, name: impl Into<std::sync::Arc<str>>) -> Self {
+        Self {
+            channel,
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.channel, self.name)
+    }
+}
