@@ -1,1 +1,1 @@
-
+//! The Quartet gateway: config, assembly of the policy stack, routes, admin listener.

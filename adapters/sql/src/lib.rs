@@ -1,0 +1,1 @@
+//! quartet-sql
