@@ -4,9 +4,10 @@
 
 pub mod machine;
 
-pub use machine::{AdminState, Breaker, BreakerState};
+pub use machine::{AdminState, Breaker, BreakerState, BreakerStats, Permit};
 
-use crate::classify::Classify;
+use crate::classify::{classify_policy_error, Class, Classify};
+use crate::error::BreakerOpen;
 use crate::metrics::Metrics;
 use crate::spec::BreakerSpec;
 use crate::{BoxError, Target};
@@ -14,6 +15,8 @@ use futures_util::future::BoxFuture;
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::Instant;
 use tower::{Layer, Service};
 
 /// What the admin API shows of one breaker.
@@ -42,12 +45,18 @@ pub struct BreakerHandle {
 
 impl BreakerHandle {
     pub fn new(target: Target, endpoint: &str, spec: BreakerSpec, metrics: Arc<Metrics>) -> Self {
-        Self {
+        let h = Self {
             target,
             endpoint: endpoint.into(),
             machine: Arc::new(Mutex::new(Breaker::new(spec))),
             metrics,
-        }
+        };
+        // Export the gauge from the start, so a dashboard shows closed breakers too.
+        h.metrics
+            .breaker_state
+            .with_label_values(&h.labels())
+            .set(BreakerState::Closed.gauge());
+        h
     }
     pub fn target(&self) -> &Target {
         &self.target
@@ -56,19 +65,116 @@ impl BreakerHandle {
         &self.endpoint
     }
     pub fn state(&self) -> BreakerState {
-        todo!("breaker handle")
+        self.with(|m, now| m.state(now))
     }
     /// Whether a call would be let through now. Does not take a half-open probe slot.
     pub fn allows(&self) -> bool {
-        let _ = (&self.machine, &self.metrics);
-        todo!("breaker handle")
+        self.with(|m, now| m.allows(now))
     }
     pub fn set(&self, state: AdminState) {
-        let _ = state;
-        todo!("breaker handle")
+        self.with(|m, now| m.set(now, state));
     }
     pub fn snapshot(&self) -> BreakerSnapshot {
-        todo!("breaker handle")
+        let stats = self.with(|m, now| m.stats(now));
+        BreakerSnapshot {
+            channel: self.target.channel,
+            target: self.target.name.to_string(),
+            endpoint: self.endpoint.to_string(),
+            state: stats.state,
+            consecutive_failures: stats.consecutive_failures,
+            window_calls: stats.window_calls,
+            window_failures: stats.window_failures,
+            retry_after_secs: stats.retry_after.map(|d| d.as_secs_f64()),
+        }
+    }
+
+    /// Asks to let one call through: a permit that records the call's outcome, or
+    /// `Err(retry_after)` when the breaker refuses. A permit dropped without an outcome
+    /// gives its half-open probe slot back. For callers outside a tower stack (the SQL
+    /// proxy's statements); [`CircuitBreaker`] uses it too.
+    pub fn try_acquire(&self) -> Result<BreakerPermit, Duration> {
+        let permit = self.with(|m, now| m.acquire(now))?;
+        Ok(BreakerPermit {
+            handle: self.clone(),
+            permit: Some(permit),
+        })
+    }
+
+    /// Runs `f` on the machine under the lock (never held across an await), then
+    /// reports the transitions it made.
+    fn with<T>(&self, f: impl FnOnce(&mut Breaker, Instant) -> T) -> T {
+        // The machine never panics while locked; a poisoned lock still guards a valid
+        // machine, so keep using it rather than fail every call.
+        let mut machine = self.machine.lock().unwrap_or_else(|e| e.into_inner());
+        let out = f(&mut machine, Instant::now());
+        let transitions = machine.take_transitions();
+        if let Some(last) = transitions.last() {
+            // Set under the lock so concurrent transitions cannot leave the gauge stale.
+            let labels = self.labels();
+            self.metrics
+                .breaker_state
+                .with_label_values(&labels)
+                .set(last.gauge());
+            for to in &transitions {
+                self.metrics
+                    .breaker_transitions
+                    .with_label_values(&[labels[0], labels[1], labels[2], to.as_str()])
+                    .inc();
+            }
+        }
+        drop(machine);
+        for to in transitions {
+            match to {
+                BreakerState::Open | BreakerState::ForcedOpen => tracing::warn!(
+                    target = %self.target, endpoint = %self.endpoint, to = to.as_str(),
+                    "circuit breaker opened"
+                ),
+                _ => tracing::info!(
+                    target = %self.target, endpoint = %self.endpoint, to = to.as_str(),
+                    "circuit breaker state changed"
+                ),
+            }
+        }
+        out
+    }
+
+    fn labels(&self) -> [&str; 3] {
+        [self.target.channel, &self.target.name, &self.endpoint]
+    }
+}
+
+/// A call let through by a breaker. [`BreakerPermit::record`] reports its outcome;
+/// dropping it without one (the call was cancelled) gives a half-open probe slot back.
+pub struct BreakerPermit {
+    handle: BreakerHandle,
+    permit: Option<Permit>,
+}
+
+impl BreakerPermit {
+    /// Records the call's outcome: a failure of the backend or not, and how long it took
+    /// (for the slow-call trigger).
+    pub fn record(mut self, failure: bool, elapsed: Duration) {
+        if let Some(permit) = self.permit.take() {
+            self.handle
+                .with(|m, now| m.record_permit(permit, now, failure, elapsed));
+        }
+    }
+
+    /// Ends the call with no outcome (not counted), giving its probe slot back.
+    pub fn release(mut self) {
+        self.release_now();
+    }
+
+    fn release_now(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.handle.with(|m, now| m.release_permit(permit, now));
+        }
+    }
+}
+
+impl Drop for BreakerPermit {
+    fn drop(&mut self) {
+        self.release_now();
     }
 }
 
@@ -83,19 +189,36 @@ impl BreakerRegistry {
         Self::default()
     }
     pub fn register(&self, handle: BreakerHandle) {
-        let _ = handle;
-        todo!("registry")
+        self.lock().push(handle);
     }
     pub fn list(&self) -> Vec<BreakerSnapshot> {
-        let _ = &self.handles;
-        todo!("registry")
+        // Snapshot the handles first: each snapshot takes its breaker's lock.
+        let handles = self.lock().clone();
+        handles.iter().map(BreakerHandle::snapshot).collect()
     }
     /// The breakers of a target named `name` or `channel:name`, all endpoints, or the one
     /// endpoint named.
     pub fn find(&self, target: &str, endpoint: Option<&str>) -> Vec<BreakerHandle> {
-        let _ = (target, endpoint);
-        todo!("registry")
+        self.lock()
+            .iter()
+            .filter(|h| target_matches(&h.target, target))
+            .filter(|h| endpoint.is_none_or(|e| h.endpoint() == e))
+            .cloned()
+            .collect()
     }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<BreakerHandle>> {
+        self.handles.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Whether `key` names `target`, as `name` or `channel:name`.
+pub(crate) fn target_matches(target: &Target, key: &str) -> bool {
+    if *target.name == *key {
+        return true;
+    }
+    key.split_once(':')
+        .is_some_and(|(channel, name)| channel == target.channel && name == &*target.name)
 }
 
 #[derive(Clone)]
@@ -144,7 +267,36 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let _ = (&self.handle, &self.classify, req);
-        todo!("breaker")
+        // Fail fast: an open breaker answers now, it never queues the call.
+        let permit = match self.handle.try_acquire() {
+            Ok(permit) => permit,
+            Err(retry_after) => {
+                let err = BreakerOpen {
+                    target: self.handle.target().to_string(),
+                    retry_after,
+                };
+                return Box::pin(futures_util::future::ready(Err(err.into())));
+            }
+        };
+        let classify = self.classify.clone();
+        let start = Instant::now();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            // If this future is dropped while awaiting, `permit` drops too and gives
+            // its probe slot back.
+            let result = fut.await;
+            let elapsed = start.elapsed();
+            let class = match &result {
+                Err(e) => classify_policy_error(e).unwrap_or_else(|| classify.classify(&result)),
+                Ok(_) => classify.classify(&result),
+            };
+            match class {
+                Class::Success => permit.record(false, elapsed),
+                Class::NotSent | Class::Sent => permit.record(true, elapsed),
+                // The gateway's own refusal says nothing about the backend.
+                Class::Local => permit.release(),
+            }
+            result
+        })
     }
 }
