@@ -390,7 +390,12 @@ impl Breaker {
     }
 
     fn open(&mut self, now: Instant) {
-        let until = now.checked_add(self.spec.open_for).unwrap_or(now);
+        // An `open_for` too large for the clock means "open for as long as can be told".
+        const FAR: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+        let until = now
+            .checked_add(self.spec.open_for)
+            .or_else(|| now.checked_add(FAR))
+            .unwrap_or(now);
         self.enter(Inner::Open { until });
     }
 
@@ -412,5 +417,313 @@ impl Breaker {
             self.transitions.remove(0);
         }
         self.transitions.push(self.public_state());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn spec() -> BreakerSpec {
+        BreakerSpec {
+            consecutive_failures: 3,
+            failure_rate: 2.0,
+            window: Duration::from_secs(10),
+            min_calls: 4,
+            slow_call_duration: None,
+            slow_call_rate: 1.0,
+            open_for: Duration::from_secs(5),
+            half_open_probes: 2,
+        }
+    }
+
+    fn call(b: &mut Breaker, now: Instant, failure: bool) {
+        b.try_acquire(now).expect("let through");
+        b.record(now, failure, MS);
+    }
+
+    fn tripped(s: BreakerSpec) -> (Breaker, Instant) {
+        let mut b = Breaker::new(BreakerSpec {
+            consecutive_failures: 1,
+            ..s
+        });
+        let t0 = Instant::now();
+        call(&mut b, t0, true);
+        assert_eq!(b.state(t0), BreakerState::Open);
+        (b, t0)
+    }
+
+    #[test]
+    fn opens_after_consecutive_failures_and_a_success_resets_the_count() {
+        let mut b = Breaker::new(spec());
+        let t = Instant::now();
+        call(&mut b, t, true);
+        call(&mut b, t, true);
+        call(&mut b, t, false);
+        call(&mut b, t, true);
+        call(&mut b, t, true);
+        assert_eq!(b.state(t), BreakerState::Closed);
+        call(&mut b, t, true);
+        assert_eq!(b.state(t), BreakerState::Open);
+        assert_eq!(b.take_transitions(), vec![BreakerState::Open]);
+    }
+
+    #[test]
+    fn consecutive_trigger_zero_is_disabled() {
+        let mut b = Breaker::new(BreakerSpec {
+            consecutive_failures: 0,
+            ..spec()
+        });
+        let t = Instant::now();
+        for _ in 0..100 {
+            call(&mut b, t, true);
+        }
+        assert_eq!(b.state(t), BreakerState::Closed);
+    }
+
+    #[test]
+    fn opens_on_failure_rate_only_once_min_calls_were_made() {
+        let mut b = Breaker::new(BreakerSpec {
+            consecutive_failures: 0,
+            failure_rate: 0.5,
+            ..spec()
+        });
+        let t = Instant::now();
+        call(&mut b, t, true);
+        call(&mut b, t, false);
+        call(&mut b, t, true);
+        assert_eq!(b.state(t), BreakerState::Closed, "3 calls < min_calls 4");
+        call(&mut b, t, false);
+        // 2 failures of 4 = 0.5
+        assert_eq!(b.state(t), BreakerState::Open);
+    }
+
+    #[test]
+    fn failure_rate_below_threshold_and_old_calls_leave_the_window() {
+        let mut b = Breaker::new(BreakerSpec {
+            consecutive_failures: 0,
+            failure_rate: 0.5,
+            ..spec()
+        });
+        let t = Instant::now();
+        call(&mut b, t, true);
+        call(&mut b, t, true);
+        call(&mut b, t, false);
+        // Eleven seconds later the first three calls are out of the 10 s window.
+        let later = t + Duration::from_secs(11);
+        call(&mut b, later, false);
+        call(&mut b, later, false);
+        call(&mut b, later, false);
+        call(&mut b, later, true);
+        assert_eq!(b.stats(later).window_calls, 4);
+        assert_eq!(b.state(later), BreakerState::Closed, "1 of 4 < 0.5");
+    }
+
+    #[test]
+    fn opens_on_slow_call_rate_when_tracked() {
+        let slow = BreakerSpec {
+            consecutive_failures: 0,
+            slow_call_duration: Some(Duration::from_millis(100)),
+            slow_call_rate: 0.5,
+            ..spec()
+        };
+        let mut b = Breaker::new(slow.clone());
+        let t = Instant::now();
+        for elapsed in [200, 10, 300, 10] {
+            b.try_acquire(t).expect("closed");
+            b.record(t, false, Duration::from_millis(elapsed));
+        }
+        assert_eq!(b.state(t), BreakerState::Open);
+
+        // Without slow_call_duration the same calls are fine.
+        let mut b = Breaker::new(BreakerSpec {
+            slow_call_duration: None,
+            ..slow
+        });
+        for elapsed in [200, 10, 300, 10] {
+            b.try_acquire(t).expect("closed");
+            b.record(t, false, Duration::from_millis(elapsed));
+        }
+        assert_eq!(b.state(t), BreakerState::Closed);
+    }
+
+    #[test]
+    fn open_refuses_with_the_open_time_left() {
+        let (mut b, t0) = tripped(spec());
+        assert_eq!(b.try_acquire(t0), Err(Duration::from_secs(5)));
+        assert_eq!(
+            b.try_acquire(t0 + Duration::from_secs(2)),
+            Err(Duration::from_secs(3))
+        );
+        assert!(!b.allows(t0 + Duration::from_secs(4)));
+        let stats = b.stats(t0 + Duration::from_secs(1));
+        assert_eq!(stats.retry_after, Some(Duration::from_secs(4)));
+    }
+
+    #[test]
+    fn open_becomes_half_open_after_open_for() {
+        let (mut b, t0) = tripped(spec());
+        b.take_transitions();
+        assert_eq!(
+            b.state(t0 + Duration::from_millis(4999)),
+            BreakerState::Open
+        );
+        assert_eq!(b.state(t0 + Duration::from_secs(5)), BreakerState::HalfOpen);
+        assert_eq!(b.take_transitions(), vec![BreakerState::HalfOpen]);
+    }
+
+    #[test]
+    fn half_open_lets_at_most_the_probes_through_and_allows_takes_no_slot() {
+        let (mut b, t0) = tripped(spec());
+        let t = t0 + Duration::from_secs(5);
+        assert!(b.allows(t));
+        assert!(b.allows(t), "allows() must not consume a probe");
+        assert!(b.try_acquire(t).is_ok());
+        assert!(b.try_acquire(t).is_ok());
+        let refused = b.try_acquire(t).expect_err("probe limit");
+        assert!(refused <= Duration::from_secs(1));
+        assert!(!b.allows(t));
+    }
+
+    #[test]
+    fn half_open_closes_when_every_probe_succeeds() {
+        let (mut b, t0) = tripped(spec());
+        let t = t0 + Duration::from_secs(5);
+        b.try_acquire(t).expect("probe 1");
+        b.try_acquire(t).expect("probe 2");
+        b.record(t, false, MS);
+        assert_eq!(b.state(t), BreakerState::HalfOpen, "one probe still out");
+        b.record(t, false, MS);
+        assert_eq!(b.state(t), BreakerState::Closed);
+        let stats = b.stats(t);
+        assert_eq!(
+            (stats.consecutive_failures, stats.window_calls),
+            (0, 0),
+            "counters reset"
+        );
+    }
+
+    #[test]
+    fn half_open_failure_opens_again_for_a_fresh_open_for() {
+        let (mut b, t0) = tripped(spec());
+        let t = t0 + Duration::from_secs(6);
+        b.try_acquire(t).expect("probe");
+        b.record(t, true, MS);
+        assert_eq!(b.state(t), BreakerState::Open);
+        assert_eq!(b.try_acquire(t), Err(Duration::from_secs(5)));
+        assert_eq!(b.state(t + Duration::from_secs(5)), BreakerState::HalfOpen);
+    }
+
+    #[test]
+    fn cancelled_probe_gives_its_slot_back() {
+        let (mut b, t0) = tripped(BreakerSpec {
+            half_open_probes: 1,
+            ..spec()
+        });
+        let t = t0 + Duration::from_secs(5);
+        b.try_acquire(t).expect("probe");
+        assert!(b.try_acquire(t).is_err());
+        b.release(t);
+        assert_eq!(b.state(t), BreakerState::HalfOpen);
+        b.try_acquire(t).expect("slot given back");
+        b.record(t, false, MS);
+        assert_eq!(b.state(t), BreakerState::Closed);
+    }
+
+    #[test]
+    fn late_outcome_from_an_older_period_is_not_a_probe() {
+        let mut b = Breaker::new(BreakerSpec {
+            consecutive_failures: 1,
+            half_open_probes: 1,
+            ..spec()
+        });
+        let t0 = Instant::now();
+        let slow = b.acquire(t0).expect("closed");
+        call(&mut b, t0, true);
+        let t = t0 + Duration::from_secs(5);
+        let probe = b.acquire(t).expect("probe");
+        // The slow call from before the trip succeeds now: it must not close the breaker.
+        b.record_permit(slow, t, false, MS);
+        assert_eq!(b.state(t), BreakerState::HalfOpen);
+        b.release_permit(slow, t);
+        assert!(b.try_acquire(t).is_err(), "the real probe is still out");
+        b.record_permit(probe, t, false, MS);
+        assert_eq!(b.state(t), BreakerState::Closed);
+    }
+
+    #[test]
+    fn forced_open_refuses_everything_until_reset() {
+        let mut b = Breaker::new(spec());
+        let t = Instant::now();
+        b.set(t, AdminState::ForcedOpen);
+        assert_eq!(b.state(t), BreakerState::ForcedOpen);
+        assert_eq!(b.try_acquire(t), Err(Duration::from_secs(5)));
+        let much_later = t + Duration::from_secs(3600);
+        assert_eq!(b.try_acquire(much_later), Err(Duration::from_secs(5)));
+        assert_eq!(b.state(much_later), BreakerState::ForcedOpen);
+        b.set(much_later, AdminState::Closed);
+        assert!(b.try_acquire(much_later).is_ok());
+    }
+
+    #[test]
+    fn disabled_lets_everything_through_and_counts_nothing() {
+        let mut b = Breaker::new(spec());
+        let t = Instant::now();
+        b.set(t, AdminState::Disabled);
+        for _ in 0..50 {
+            call(&mut b, t, true);
+        }
+        assert_eq!(b.state(t), BreakerState::Disabled);
+        let stats = b.stats(t);
+        assert_eq!((stats.consecutive_failures, stats.window_calls), (0, 0));
+    }
+
+    #[test]
+    fn admin_closed_resets_an_open_breaker_and_its_counters() {
+        let mut b = Breaker::new(spec());
+        let t = Instant::now();
+        call(&mut b, t, true);
+        call(&mut b, t, true);
+        b.set(t, AdminState::Closed);
+        call(&mut b, t, true);
+        call(&mut b, t, true);
+        assert_eq!(b.state(t), BreakerState::Closed, "count restarted at zero");
+        call(&mut b, t, true);
+        assert_eq!(b.state(t), BreakerState::Open);
+        b.set(t, AdminState::Closed);
+        assert_eq!(b.state(t), BreakerState::Closed);
+        assert!(b.try_acquire(t).is_ok());
+        assert_eq!(
+            b.take_transitions(),
+            vec![
+                BreakerState::Closed,
+                BreakerState::Open,
+                BreakerState::Closed
+            ]
+        );
+    }
+
+    #[test]
+    fn odd_specs_do_not_panic() {
+        let mut b = Breaker::new(BreakerSpec {
+            window: Duration::ZERO,
+            min_calls: 0,
+            failure_rate: 0.0,
+            half_open_probes: 0,
+            open_for: Duration::MAX,
+            ..spec()
+        });
+        let t = Instant::now();
+        call(&mut b, t, false);
+        assert_eq!(b.state(t), BreakerState::Closed, "rate 0 needs a failure");
+        call(&mut b, t, true);
+        assert_eq!(b.state(t), BreakerState::Open);
+        let _ = b.try_acquire(t + Duration::from_secs(1));
+        for _ in 0..100 {
+            b.set(t, AdminState::Closed);
+        }
+        assert!(b.take_transitions().len() <= MAX_PENDING_TRANSITIONS);
     }
 }

@@ -300,3 +300,193 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{Elapsed, TimeoutKind};
+    use crate::test_util::TestClassify;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tower::{service_fn, ServiceExt};
+
+    fn spec() -> BreakerSpec {
+        BreakerSpec {
+            consecutive_failures: 2,
+            failure_rate: 2.0,
+            open_for: Duration::from_secs(5),
+            half_open_probes: 1,
+            ..BreakerSpec::default()
+        }
+    }
+
+    fn handle(metrics: &Arc<Metrics>) -> BreakerHandle {
+        BreakerHandle::new(
+            Target::new("rest", "compute"),
+            "http://a:1",
+            spec(),
+            metrics.clone(),
+        )
+    }
+
+    fn gauge(metrics: &Metrics) -> i64 {
+        metrics
+            .breaker_state
+            .with_label_values(&["rest", "compute", "http://a:1"])
+            .get()
+    }
+
+    fn transitions(metrics: &Metrics, to: &str) -> u64 {
+        metrics
+            .breaker_transitions
+            .with_label_values(&["rest", "compute", "http://a:1", to])
+            .get()
+    }
+
+    /// A backend answering with the class it is given, counting the calls it sees.
+    fn backend(
+        calls: Arc<AtomicU32>,
+    ) -> impl Service<Class, Response = Class, Error = BoxError, Future: Send> + Clone {
+        service_fn(move |class: Class| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                match class {
+                    Class::Local => Err::<Class, BoxError>(Box::new(Elapsed {
+                        kind: TimeoutKind::Total,
+                        after: Duration::from_secs(1),
+                    })),
+                    other => Ok(other),
+                }
+            }
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_fails_fast_then_probes_and_closes() {
+        let metrics = Metrics::new();
+        let h = handle(&metrics);
+        let calls = Arc::new(AtomicU32::new(0));
+        let svc = CircuitBreakerLayer::new(h.clone(), TestClassify).layer(backend(calls.clone()));
+        assert_eq!(gauge(&metrics), 0);
+
+        for _ in 0..2 {
+            let r = svc.clone().oneshot(Class::Sent).await.expect("5xx-like");
+            assert_eq!(r, Class::Sent);
+        }
+        assert_eq!(h.state(), BreakerState::Open);
+        assert_eq!(gauge(&metrics), 1);
+        assert_eq!(transitions(&metrics, "open"), 1);
+
+        let err = svc.clone().oneshot(Class::Success).await.expect_err("open");
+        let open = err.downcast_ref::<BreakerOpen>().expect("BreakerOpen");
+        assert_eq!(open.target, "rest:compute");
+        assert_eq!(open.retry_after, Duration::from_secs(5));
+        assert_eq!(calls.load(Ordering::SeqCst), 2, "refused without calling");
+
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(h.allows());
+        assert_eq!(h.state(), BreakerState::HalfOpen);
+        assert_eq!(gauge(&metrics), 2);
+        svc.clone().oneshot(Class::Success).await.expect("probe");
+        assert_eq!(h.state(), BreakerState::Closed);
+        assert_eq!(gauge(&metrics), 0);
+        assert_eq!(transitions(&metrics, "half_open"), 1);
+        assert_eq!(transitions(&metrics, "closed"), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn local_outcomes_and_not_sent_are_classified() {
+        let metrics = Metrics::new();
+        let h = handle(&metrics);
+        let svc = CircuitBreakerLayer::new(h.clone(), TestClassify)
+            .layer(backend(Arc::new(AtomicU32::new(0))));
+        // Local (a total timeout from below) is not counted: many of them keep it closed.
+        for _ in 0..5 {
+            let _ = svc.clone().oneshot(Class::Local).await;
+        }
+        assert_eq!(h.snapshot().window_calls, 0);
+        assert_eq!(h.state(), BreakerState::Closed);
+        let _ = svc.clone().oneshot(Class::NotSent).await;
+        let snap = h.snapshot();
+        assert_eq!((snap.window_calls, snap.window_failures), (1, 1));
+        assert_eq!(snap.consecutive_failures, 1);
+        let _ = svc.clone().oneshot(Class::NotSent).await;
+        assert_eq!(h.state(), BreakerState::Open);
+        let snap = h.snapshot();
+        assert_eq!(snap.retry_after_secs, Some(5.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropped_probe_releases_its_slot() {
+        let metrics = Metrics::new();
+        let h = handle(&metrics);
+        h.set(AdminState::ForcedOpen);
+        assert_eq!(gauge(&metrics), 3);
+        h.set(AdminState::Closed);
+        // Trip it, then wait for half-open.
+        for _ in 0..2 {
+            h.try_acquire()
+                .expect("closed")
+                .record(true, Duration::ZERO);
+        }
+        tokio::time::advance(Duration::from_secs(5)).await;
+
+        let hang = service_fn(|()| std::future::pending::<Result<Class, BoxError>>());
+        let mut svc = CircuitBreakerLayer::new(h.clone(), TestClassify).layer(hang);
+        let probe = svc.call(());
+        assert!(!h.allows(), "the only probe slot is taken");
+        assert!(svc.call(()).await.is_err(), "second probe refused");
+        drop(probe);
+        assert!(h.allows(), "slot given back by the dropped call");
+        assert_eq!(h.state(), BreakerState::HalfOpen);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn disabled_counts_nothing_and_gauges_it() {
+        let metrics = Metrics::new();
+        let h = handle(&metrics);
+        h.set(AdminState::Disabled);
+        assert_eq!(gauge(&metrics), 4);
+        let svc = CircuitBreakerLayer::new(h.clone(), TestClassify)
+            .layer(backend(Arc::new(AtomicU32::new(0))));
+        for _ in 0..10 {
+            svc.clone().oneshot(Class::Sent).await.expect("let through");
+        }
+        assert_eq!(h.state(), BreakerState::Disabled);
+        assert_eq!(transitions(&metrics, "disabled"), 1);
+    }
+
+    #[test]
+    fn registry_finds_by_name_channel_and_endpoint() {
+        let metrics = Metrics::new();
+        let reg = BreakerRegistry::new();
+        for (channel, name, ep) in [
+            ("rest", "compute", "a"),
+            ("rest", "compute", "b"),
+            ("rpc", "compute", "broker"),
+            ("sql", "main", "pg1"),
+        ] {
+            reg.register(BreakerHandle::new(
+                Target::new(channel, name),
+                ep,
+                spec(),
+                metrics.clone(),
+            ));
+        }
+        assert_eq!(reg.list().len(), 4);
+        assert_eq!(reg.find("compute", None).len(), 3);
+        assert_eq!(reg.find("rest:compute", None).len(), 2);
+        assert_eq!(reg.find("rest:compute", Some("b")).len(), 1);
+        assert_eq!(reg.find("rpc:compute", Some("b")).len(), 0);
+        assert_eq!(reg.find("sql:main", None)[0].endpoint(), "pg1");
+        assert!(reg.find("nope", None).is_empty());
+        assert!(reg.find("rest:", None).is_empty());
+        reg.find("sql:main", None)[0].set(AdminState::ForcedOpen);
+        let snap = reg
+            .list()
+            .into_iter()
+            .find(|s| s.channel == "sql")
+            .expect("sql breaker listed");
+        assert_eq!(snap.state, BreakerState::ForcedOpen);
+        assert_eq!(snap.target, "main");
+    }
+}
