@@ -1,6 +1,8 @@
 //! Fault injection: a delay and/or an abort for a share of calls, per target, set in the
 //! config or at run time on the admin API.
 
+use crate::breaker::target_matches;
+use crate::error::FaultAbort;
 use crate::metrics::Metrics;
 use crate::spec::FaultSpec;
 use crate::{BoxError, Target};
@@ -33,11 +35,24 @@ impl FaultHandle {
     }
     /// Sets (`Some`) or clears (`None`) the fault; updates `quartet_fault_active`.
     pub fn set(&self, fault: Option<FaultSpec>) {
-        let _ = (&self.current, &self.metrics, fault);
-        todo!("fault handle")
+        let active = i64::from(fault.is_some());
+        self.current.store(fault.map(Arc::new));
+        self.metrics
+            .fault_active
+            .with_label_values(&[self.target.channel, &self.target.name])
+            .set(active);
+        if active == 1 {
+            tracing::warn!(target = %self.target, "fault injection set");
+        } else {
+            tracing::info!(target = %self.target, "fault injection cleared");
+        }
     }
     pub fn get(&self) -> Option<FaultSpec> {
-        todo!("fault handle")
+        self.current().map(|f| (*f).clone())
+    }
+    /// The fault set now, without copying it (read on every call).
+    pub fn current(&self) -> Option<Arc<FaultSpec>> {
+        self.current.load_full()
     }
 }
 
@@ -52,17 +67,26 @@ impl FaultRegistry {
         Self::default()
     }
     pub fn register(&self, handle: FaultHandle) {
-        let _ = (&self.handles, handle);
-        todo!("fault registry")
+        self.lock().push(handle);
     }
     /// The handles of a target named `name` or `channel:name`.
     pub fn find(&self, target: &str) -> Vec<FaultHandle> {
-        let _ = target;
-        todo!("fault registry")
+        self.lock()
+            .iter()
+            .filter(|h| target_matches(&h.target, target))
+            .cloned()
+            .collect()
     }
     /// The targets with a fault set now.
     pub fn active(&self) -> Vec<(Target, FaultSpec)> {
-        todo!("fault registry")
+        self.lock()
+            .iter()
+            .filter_map(|h| h.get().map(|f| (h.target.clone(), f)))
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<FaultHandle>> {
+        self.handles.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -108,7 +132,60 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let _ = (&self.handle, req);
-        todo!("fault")
+        let Some(fault) = self.handle.current() else {
+            return Box::pin(self.inner.call(req));
+        };
+        let labels = [self.handle.target.channel, &*self.handle.target.name];
+        let delay = fault.delay.filter(|_| chance(fault.delay_percent));
+        if delay.is_some() {
+            self.handle
+                .metrics
+                .faults_injected
+                .with_label_values(&[labels[0], labels[1], "delay"])
+                .inc();
+        }
+        // The abort is drawn now, independently of the delay; it happens after the delay,
+        // as in Envoy, so a delayed abort looks like a slow failing backend.
+        if chance(fault.abort_percent) {
+            self.handle
+                .metrics
+                .faults_injected
+                .with_label_values(&[labels[0], labels[1], "abort"])
+                .inc();
+            let err = FaultAbort {
+                status: fault.abort_status,
+                message: format!("call to {} aborted", self.handle.target),
+            };
+            return Box::pin(async move {
+                if let Some(delay) = delay {
+                    tokio::time::sleep(delay).await;
+                }
+                Err(err.into())
+            });
+        }
+        let Some(delay) = delay else {
+            return Box::pin(self.inner.call(req));
+        };
+        // The call happens after the delay: take the service that `poll_ready` made
+        // ready, and leave a clone in its place (tower's usual pattern).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            tokio::time::sleep(delay).await;
+            inner.call(req).await
+        })
+    }
+}
+
+/// True with probability `percent / 100`; out-of-range or NaN shares never panic
+/// (below 0 or NaN: never, 100 or above: always).
+fn chance(percent: f64) -> bool {
+    let p = percent / 100.0;
+    if p.is_nan() || p <= 0.0 {
+        false
+    } else if p >= 1.0 {
+        true
+    } else {
+        rand::Rng::random_bool(&mut rand::rng(), p)
     }
 }
