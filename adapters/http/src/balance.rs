@@ -255,3 +255,304 @@ impl Service<http::Request<ProxyBody>> for Balancer {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::body::empty;
+    use quartet_policies::breaker::AdminState;
+    use quartet_policies::metrics::Metrics;
+    use quartet_policies::spec::BreakerSpec;
+    use std::collections::HashMap;
+    use tokio::sync::Notify;
+
+    /// An endpoint stack answering 200 with `x-endpoint: NAME`; it waits for `gate` first
+    /// when one is given.
+    fn stack(name: &'static str, gate: Option<Arc<Notify>>) -> EndpointStack {
+        BoxCloneSyncService::new(tower::service_fn(move |_req: http::Request<ProxyBody>| {
+            let gate = gate.clone();
+            async move {
+                if let Some(gate) = gate {
+                    gate.notified().await;
+                }
+                Ok::<_, BoxError>(
+                    http::Response::builder()
+                        .header("x-endpoint", name)
+                        .body(empty())
+                        .unwrap(),
+                )
+            }
+        }))
+    }
+
+    struct Ep {
+        name: &'static str,
+        healthy: bool,
+        breaker: Option<AdminState>,
+        gate: Option<Arc<Notify>>,
+    }
+
+    fn ep(name: &'static str) -> Ep {
+        Ep {
+            name,
+            healthy: true,
+            breaker: None,
+            gate: None,
+        }
+    }
+
+    fn balancer(strategy: BalanceStrategy, eps: Vec<Ep>) -> Balancer {
+        let target = Target::new("rest", "compute");
+        let metrics = Metrics::new();
+        let slots = eps
+            .into_iter()
+            .map(|e| {
+                let breaker = e.breaker.map(|state| {
+                    let h = BreakerHandle::new(
+                        target.clone(),
+                        e.name,
+                        BreakerSpec::default(),
+                        metrics.clone(),
+                    );
+                    h.set(state);
+                    h
+                });
+                EndpointSlot {
+                    name: e.name.into(),
+                    service: stack(e.name, e.gate),
+                    breaker,
+                    healthy: Arc::new(AtomicBool::new(e.healthy)),
+                }
+            })
+            .collect();
+        Balancer::new(target, strategy, slots)
+    }
+
+    fn request(info: &Arc<CallInfo>) -> http::Request<ProxyBody> {
+        let mut req = http::Request::get("/").body(empty()).unwrap();
+        req.extensions_mut().insert(info.clone());
+        req
+    }
+
+    async fn call(b: &Balancer) -> Result<String, BoxError> {
+        call_with(b, &Arc::new(CallInfo::default())).await
+    }
+
+    async fn call_with(b: &Balancer, info: &Arc<CallInfo>) -> Result<String, BoxError> {
+        let resp = b.clone().oneshot(request(info)).await?;
+        Ok(resp.headers()["x-endpoint"].to_str().unwrap().to_owned())
+    }
+
+    async fn spread(b: &Balancer, calls: usize) -> HashMap<String, usize> {
+        let mut seen = HashMap::new();
+        for _ in 0..calls {
+            *seen.entry(call(b).await.unwrap()).or_default() += 1;
+        }
+        seen
+    }
+
+    #[tokio::test]
+    async fn round_robin_spreads_evenly() {
+        let b = balancer(BalanceStrategy::RoundRobin, vec![ep("a"), ep("b"), ep("c")]);
+        let seen = spread(&b, 30).await;
+        assert_eq!(seen.len(), 3);
+        assert!(seen.values().all(|&n| n == 10), "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn p2c_uses_every_endpoint() {
+        let b = balancer(BalanceStrategy::P2c, vec![ep("a"), ep("b"), ep("c")]);
+        let seen = spread(&b, 200).await;
+        assert_eq!(seen.len(), 3, "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn p2c_prefers_the_less_loaded() {
+        let gate = Arc::new(Notify::new());
+        let mut a = ep("a");
+        a.gate = Some(gate.clone());
+        let b = balancer(BalanceStrategy::P2c, vec![a, ep("b")]);
+        // Hold requests in flight on `a` (the only pick while `b` is out of the pool).
+        b.shared.slots[1].healthy.store(false, Ordering::Relaxed);
+        let pending: Vec<_> = (0..3)
+            .map(|_| b.clone().call(request(&Arc::new(CallInfo::default()))))
+            .collect();
+        assert_eq!(b.endpoints()[0].in_flight, 3);
+        b.shared.slots[1].healthy.store(true, Ordering::Relaxed);
+        let seen = spread(&b, 50).await;
+        assert_eq!(seen.get("b"), Some(&50), "{seen:?}");
+        drop(pending);
+        assert_eq!(b.endpoints()[0].in_flight, 0);
+    }
+
+    #[tokio::test]
+    async fn in_flight_counts_until_the_response() {
+        let gate = Arc::new(Notify::new());
+        let mut a = ep("a");
+        a.gate = Some(gate.clone());
+        let b = balancer(BalanceStrategy::RoundRobin, vec![a]);
+        let fut = b.clone().oneshot(request(&Arc::new(CallInfo::default())));
+        let handle = tokio::spawn(fut);
+        while b.endpoints()[0].in_flight != 1 {
+            tokio::task::yield_now().await;
+        }
+        gate.notify_one();
+        handle.await.unwrap().unwrap();
+        assert_eq!(b.endpoints()[0].in_flight, 0);
+    }
+
+    #[tokio::test]
+    async fn skips_an_open_breaker() {
+        for strategy in [BalanceStrategy::RoundRobin, BalanceStrategy::P2c] {
+            let b = balancer(
+                strategy,
+                vec![
+                    Ep {
+                        breaker: Some(AdminState::ForcedOpen),
+                        ..ep("a")
+                    },
+                    ep("b"),
+                    Ep {
+                        breaker: Some(AdminState::Closed),
+                        ..ep("c")
+                    },
+                ],
+            );
+            let seen = spread(&b, 40).await;
+            assert!(!seen.contains_key("a"), "{seen:?}");
+            assert_eq!(seen.len(), 2, "{seen:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn every_breaker_open_is_breaker_open() {
+        let open = |name| Ep {
+            breaker: Some(AdminState::ForcedOpen),
+            ..ep(name)
+        };
+        let b = balancer(BalanceStrategy::P2c, vec![open("a"), open("b")]);
+        let err = call(&b).await.unwrap_err();
+        let open = err.downcast_ref::<BreakerOpen>().expect("BreakerOpen");
+        assert_eq!(open.target, "rest:compute");
+        assert!(open.retry_after > Duration::ZERO);
+        assert!(!b.is_ready());
+    }
+
+    #[tokio::test]
+    async fn no_endpoint_configured() {
+        let b = balancer(BalanceStrategy::RoundRobin, vec![]);
+        let err = call(&b).await.unwrap_err();
+        assert!(err.is::<NoEndpoint>(), "{err}");
+    }
+
+    #[tokio::test]
+    async fn skips_unhealthy_endpoints() {
+        let b = balancer(
+            BalanceStrategy::RoundRobin,
+            vec![
+                Ep {
+                    healthy: false,
+                    ..ep("a")
+                },
+                ep("b"),
+                ep("c"),
+            ],
+        );
+        let seen = spread(&b, 20).await;
+        assert!(!seen.contains_key("a"), "{seen:?}");
+        assert_eq!(seen.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn panic_mode_when_none_is_healthy() {
+        let b = balancer(
+            BalanceStrategy::RoundRobin,
+            vec![
+                Ep {
+                    healthy: false,
+                    ..ep("a")
+                },
+                Ep {
+                    healthy: false,
+                    breaker: Some(AdminState::ForcedOpen),
+                    ..ep("b")
+                },
+                Ep {
+                    healthy: false,
+                    ..ep("c")
+                },
+            ],
+        );
+        let seen = spread(&b, 20).await;
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(!seen.contains_key("b"), "breakers still count: {seen:?}");
+    }
+
+    #[tokio::test]
+    async fn open_breakers_on_the_healthy_do_not_fall_back_to_the_unhealthy() {
+        let b = balancer(
+            BalanceStrategy::RoundRobin,
+            vec![
+                Ep {
+                    healthy: false,
+                    ..ep("a")
+                },
+                Ep {
+                    breaker: Some(AdminState::ForcedOpen),
+                    ..ep("b")
+                },
+            ],
+        );
+        let err = call(&b).await.unwrap_err();
+        assert!(err.is::<BreakerOpen>(), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_retry_avoids_the_endpoints_tried() {
+        for strategy in [BalanceStrategy::RoundRobin, BalanceStrategy::P2c] {
+            let b = balancer(strategy, vec![ep("a"), ep("b"), ep("c")]);
+            let info = Arc::new(CallInfo::default());
+            let mut names = Vec::new();
+            for _ in 0..3 {
+                names.push(call_with(&b, &info).await.unwrap());
+            }
+            names.sort();
+            assert_eq!(names, ["a", "b", "c"], "{strategy:?}");
+            assert_eq!(info.attempts.load(Ordering::Relaxed), 3);
+            let mut tried = info.tried.lock().unwrap().clone();
+            tried.sort();
+            assert_eq!(tried, [0, 1, 2]);
+            // All tried: any endpoint again.
+            let fourth = call_with(&b, &info).await.unwrap();
+            assert_eq!(
+                info.endpoint.lock().unwrap().as_deref(),
+                Some(fourth.as_str())
+            );
+            assert_eq!(info.attempts.load(Ordering::Relaxed), 4);
+        }
+    }
+
+    #[tokio::test]
+    async fn reports_endpoints() {
+        let b = balancer(
+            BalanceStrategy::P2c,
+            vec![
+                Ep {
+                    breaker: Some(AdminState::ForcedOpen),
+                    ..ep("a")
+                },
+                Ep {
+                    healthy: false,
+                    ..ep("b")
+                },
+            ],
+        );
+        let eps = b.endpoints();
+        assert_eq!(eps[0].name, "a");
+        assert_eq!(eps[0].breaker, Some(BreakerState::ForcedOpen));
+        assert!(eps[0].healthy);
+        assert_eq!(eps[1].breaker, None);
+        assert!(!eps[1].healthy);
+        assert_eq!(eps[1].in_flight, 0);
+    }
+}

@@ -89,3 +89,94 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
         .parse()
         .ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    /// A body of these chunks, streamed one frame at a time with no size hint.
+    fn chunks(parts: &[&'static str]) -> ProxyBody {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes()))))
+            .collect();
+        StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+    }
+
+    fn post(body: ProxyBody) -> http::Request<ProxyBody> {
+        http::Request::post("/x").body(body).unwrap()
+    }
+
+    async fn read_all(body: ProxyBody) -> Bytes {
+        body.collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_body_that_fits_is_buffered() {
+        let req = buffer_for_replay(post(chunks(&["ab", "cd", "ef"])), 6)
+            .await
+            .unwrap();
+        assert_eq!(req.extensions().get::<Buffered>().unwrap().0, "abcdef");
+        assert_eq!(req.body().size_hint().exact(), Some(6));
+        assert_eq!(read_all(req.into_body()).await, "abcdef");
+
+        let req = buffer_for_replay(post(empty()), 0).await.unwrap();
+        assert_eq!(req.extensions().get::<Buffered>().unwrap().0, "");
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_streams_on_in_order() {
+        let req = buffer_for_replay(post(chunks(&["ab", "cd", "ef", "gh"])), 3)
+            .await
+            .unwrap();
+        assert!(req.extensions().get::<Buffered>().is_none());
+        assert_eq!(read_all(req.into_body()).await, "abcdefgh");
+    }
+
+    #[tokio::test]
+    async fn a_content_length_over_the_limit_is_not_read() {
+        let polled = Arc::new(AtomicBool::new(false));
+        let flag = polled.clone();
+        let stream = futures_util::stream::once(async move {
+            flag.store(true, Ordering::SeqCst);
+            Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"0123456789")))
+        });
+        let req = http::Request::post("/x")
+            .header("content-length", "10")
+            .body(StreamBody::new(stream).boxed_unsync())
+            .unwrap();
+        let req = buffer_for_replay(req, 4).await.unwrap();
+        assert!(!polled.load(Ordering::SeqCst));
+        assert!(req.extensions().get::<Buffered>().is_none());
+        assert_eq!(read_all(req.into_body()).await, "0123456789");
+    }
+
+    #[tokio::test]
+    async fn trailers_are_passed_on_unbuffered() {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-checksum", "abc".parse().unwrap());
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"data"))),
+            Ok(Frame::trailers(trailers)),
+        ];
+        let body = StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
+        let req = buffer_for_replay(post(body), 100).await.unwrap();
+        assert!(req.extensions().get::<Buffered>().is_none());
+        let collected = req.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["x-checksum"], "abc");
+        assert_eq!(collected.to_bytes(), "data");
+    }
+
+    #[tokio::test]
+    async fn a_failing_body_is_a_body_error() {
+        let frames: Vec<Result<Frame<Bytes>, BoxError>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"da"))),
+            Err("client reset".into()),
+        ];
+        let body = StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
+        let err = buffer_for_replay(post(body), 100).await.unwrap_err();
+        assert!(err.is::<BodyError>(), "{err}");
+    }
+}

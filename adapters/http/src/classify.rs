@@ -88,3 +88,162 @@ impl Replay<http::Request<ProxyBody>> for HttpReplay {
             )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::UpstreamError;
+    use http_body_util::BodyExt;
+    use quartet_policies::error::{
+        BreakerOpen, Elapsed, FaultAbort, NoEndpoint, Overloaded, RateLimited, TimeoutKind,
+    };
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    fn status(code: u16) -> Result<http::Response<()>, BoxError> {
+        Ok(http::Response::builder().status(code).body(()).unwrap())
+    }
+
+    fn err(
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Result<http::Response<()>, BoxError> {
+        Err(Box::new(e))
+    }
+
+    #[test]
+    fn classifies_results() {
+        let c = HttpClassify;
+        let table: Vec<(Result<http::Response<()>, BoxError>, Class)> = vec![
+            (status(200), Class::Success),
+            (status(204), Class::Success),
+            (status(301), Class::Success),
+            (status(404), Class::Success),
+            (status(429), Class::Success),
+            (status(499), Class::Success),
+            (status(500), Class::Sent),
+            (status(501), Class::Sent),
+            (status(503), Class::Sent),
+            (status(599), Class::Sent),
+            (
+                err(ConnectError {
+                    endpoint: "a:1".into(),
+                    source: "refused".into(),
+                }),
+                Class::NotSent,
+            ),
+            (
+                err(UpstreamError {
+                    endpoint: "a:1".into(),
+                    source: "reset".into(),
+                }),
+                Class::Sent,
+            ),
+            (
+                err(Elapsed {
+                    kind: TimeoutKind::PerTry,
+                    after: Duration::from_secs(1),
+                }),
+                Class::Sent,
+            ),
+            (
+                err(Elapsed {
+                    kind: TimeoutKind::Total,
+                    after: Duration::from_secs(1),
+                }),
+                Class::Local,
+            ),
+            (
+                err(BreakerOpen {
+                    target: "rest:a".into(),
+                    retry_after: Duration::from_secs(1),
+                }),
+                Class::Local,
+            ),
+            (
+                err(NoEndpoint {
+                    target: "rest:a".into(),
+                }),
+                Class::Local,
+            ),
+            (err(Overloaded { limit: 1 }), Class::Local),
+            (
+                err(RateLimited {
+                    retry_after: Duration::from_secs(1),
+                }),
+                Class::Local,
+            ),
+            (
+                err(FaultAbort {
+                    status: Some(503),
+                    message: "x".into(),
+                }),
+                Class::Local,
+            ),
+            (Err("something else".into()), Class::Sent),
+        ];
+        for (result, want) in table {
+            let got = c.classify(&result);
+            assert_eq!(got, want, "{:?}", result.as_ref().map(|r| r.status()));
+        }
+    }
+
+    #[tokio::test]
+    async fn replay_copies_a_buffered_request() {
+        let info = Arc::new(CallInfo::default());
+        info.attempts.store(1, Ordering::Relaxed);
+        let mut req = http::Request::put("http://gw/v2/servers/1?x=y")
+            .version(http::Version::HTTP_2)
+            .header("x-auth-token", "t")
+            .header("content-type", "application/json")
+            .body(full(bytes::Bytes::from_static(b"{\"a\":1}")))
+            .unwrap();
+        req.extensions_mut().insert(info.clone());
+        req.extensions_mut()
+            .insert(Buffered(bytes::Bytes::from_static(b"{\"a\":1}")));
+
+        let copy = HttpReplay::default().replay(&req).expect("buffered");
+        assert_eq!(copy.method(), http::Method::PUT);
+        assert_eq!(copy.uri(), req.uri());
+        assert_eq!(copy.version(), http::Version::HTTP_2);
+        assert_eq!(copy.headers(), req.headers());
+        let shared = copy.extensions().get::<Arc<CallInfo>>().unwrap();
+        assert!(Arc::ptr_eq(shared, &info));
+        assert_eq!(shared.attempts.load(Ordering::Relaxed), 1);
+        assert!(copy.extensions().get::<Buffered>().is_some());
+        let body = copy.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "{\"a\":1}");
+    }
+
+    #[test]
+    fn no_replay_without_a_buffer() {
+        let req = http::Request::get("/").body(crate::body::empty()).unwrap();
+        assert!(HttpReplay::default().replay(&req).is_none());
+    }
+
+    #[test]
+    fn idempotent_methods() {
+        let plain = HttpReplay::default();
+        let marked = HttpReplay {
+            idempotent_route: true,
+        };
+        for (method, idempotent) in [
+            ("GET", true),
+            ("HEAD", true),
+            ("OPTIONS", true),
+            ("TRACE", true),
+            ("PUT", true),
+            ("DELETE", true),
+            ("POST", false),
+            ("PATCH", false),
+            ("CONNECT", false),
+        ] {
+            let req = http::Request::builder()
+                .method(method)
+                .uri("/")
+                .body(crate::body::empty())
+                .unwrap();
+            assert_eq!(plain.idempotent(&req), idempotent, "{method}");
+            assert!(marked.idempotent(&req), "{method} on a marked route");
+        }
+    }
+}

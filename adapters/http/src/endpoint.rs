@@ -178,3 +178,73 @@ impl Service<http::Request<ProxyBody>> for EndpointService {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_base_and_request_paths() {
+        let cases = [
+            ("", "/", "/"),
+            ("", "", "/"),
+            ("", "/v2/servers?limit=1", "/v2/servers?limit=1"),
+            ("/api", "/", "/api/"),
+            ("/api", "/v2/x", "/api/v2/x"),
+            ("/api/", "/v2/x", "/api/v2/x"),
+            ("/api", "v2/x", "/api/v2/x"),
+            ("/api", "/?q=1", "/api/?q=1"),
+            ("/a/b", "//c", "/a/b//c"),
+        ];
+        for (base, pq, want) in cases {
+            assert_eq!(join_path(base, pq), want, "join_path({base:?}, {pq:?})");
+        }
+    }
+
+    #[test]
+    fn rewrites_onto_the_endpoint() {
+        let base = parse_endpoint("https://10.0.0.1:8443/compute/").unwrap();
+        let uri: http::Uri = "http://gateway.example/v2.1/servers?all_tenants=1"
+            .parse()
+            .unwrap();
+        let out = rewrite_uri(&base, base.path().trim_end_matches('/'), &uri).unwrap();
+        assert_eq!(
+            out.to_string(),
+            "https://10.0.0.1:8443/compute/v2.1/servers?all_tenants=1"
+        );
+        let origin: http::Uri = "/x".parse().unwrap();
+        let out = rewrite_uri(&base, "/compute", &origin).unwrap();
+        assert_eq!(out.to_string(), "https://10.0.0.1:8443/compute/x");
+    }
+
+    #[test]
+    fn authority_names_the_port() {
+        let cases = [
+            ("http://a.example", "a.example:80"),
+            ("https://a.example", "a.example:443"),
+            ("http://127.0.0.1:8774/base", "127.0.0.1:8774"),
+            ("http://[::1]:9000", "[::1]:9000"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(authority_of(&parse_endpoint(url).unwrap()), want, "{url}");
+        }
+    }
+
+    #[test]
+    fn bad_endpoints_name_the_key() {
+        for url in [
+            "",
+            "127.0.0.1:8774",
+            "ftp://host:21",
+            "http://",
+            "http:///path",
+            "http://host:80/?q=1",
+            "http://user:pw@host",
+            "not a url",
+        ] {
+            let err = parse_endpoint(url).expect_err(url);
+            assert_eq!(err.key, "endpoints", "{url}");
+            assert!(err.to_string().starts_with("endpoints: "), "{err}");
+        }
+    }
+}

@@ -201,3 +201,219 @@ fn tokens(value: &http::HeaderValue) -> impl Iterator<Item = &str> {
         .map(str::trim)
         .filter(|t| !t.is_empty())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::{CONNECTION, HOST, TE, UPGRADE};
+
+    fn fwd() -> Forwarded {
+        Forwarded {
+            client_addr: "192.0.2.7:51000".parse().unwrap(),
+            proto: "https",
+        }
+    }
+
+    fn get(headers: &[(&str, &str)]) -> http::Request<()> {
+        let mut b = http::Request::get("/v2/servers");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    const ID: &str = "req-3f1c2a7e-9b4d-4c1e-8a2f-0123456789ab";
+
+    #[test]
+    fn request_id_kept_only_when_valid() {
+        let mut h = http::HeaderMap::new();
+        h.insert(REQUEST_ID, ID.parse().unwrap());
+        assert_eq!(request_id(&h), ID);
+
+        for bad in [
+            "3f1c2a7e-9b4d-4c1e-8a2f-0123456789ab",
+            "req-3F1C2A7E-9B4D-4C1E-8A2F-0123456789AB",
+            "req-3f1c2a7e9b4d4c1e8a2f0123456789ab",
+            "req-{3f1c2a7e-9b4d-4c1e-8a2f-0123456789ab}",
+            "req-not-a-uuid",
+            "req-",
+            "",
+        ] {
+            h.insert(REQUEST_ID, bad.parse().unwrap());
+            let id = request_id(&h);
+            assert_ne!(id, bad);
+            assert!(is_valid_request_id(&id), "{id}");
+        }
+        let fresh = request_id(&http::HeaderMap::new());
+        assert!(is_valid_request_id(&fresh), "{fresh}");
+        assert_eq!(
+            uuid::Uuid::parse_str(&fresh[4..])
+                .unwrap()
+                .get_version_num(),
+            4
+        );
+        assert_ne!(fresh, request_id(&http::HeaderMap::new()));
+    }
+
+    #[test]
+    fn removes_hop_by_hop_and_the_headers_connection_names() {
+        let mut req = get(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("connection", "x-other"),
+            ("x-secret", "1"),
+            ("x-other", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic Zm9v"),
+            ("proxy-authenticate", "Basic"),
+            ("te", "gzip"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("x-auth-token", "kept"),
+            ("host", "api.example"),
+        ]);
+        prepare_request(&mut req, &fwd(), ID);
+        let h = req.headers();
+        for gone in [
+            "connection",
+            "x-secret",
+            "x-other",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authorization",
+            "proxy-authenticate",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} should be removed");
+        }
+        assert_eq!(h["x-auth-token"], "kept");
+        assert_eq!(h[HOST], "api.example");
+        assert_eq!(h[REQUEST_ID], ID);
+    }
+
+    #[test]
+    fn keeps_te_trailers_only() {
+        let mut req = get(&[("te", "trailers, deflate")]);
+        prepare_request(&mut req, &fwd(), ID);
+        assert_eq!(req.headers()[TE], "trailers");
+        let mut req = get(&[("te", "deflate;q=0.5")]);
+        prepare_request(&mut req, &fwd(), ID);
+        assert!(!req.headers().contains_key(TE));
+    }
+
+    #[test]
+    fn upgrade_request_keeps_upgrade() {
+        let mut req = get(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("keep-alive", "timeout=5"),
+        ]);
+        assert!(is_upgrade(&req));
+        prepare_request(&mut req, &fwd(), ID);
+        let h = req.headers();
+        assert_eq!(h[UPGRADE], "websocket");
+        assert_eq!(h[CONNECTION], "upgrade");
+        assert_eq!(h.get_all(CONNECTION).iter().count(), 1);
+        assert!(!h.contains_key("keep-alive"));
+        assert_eq!(h["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+    }
+
+    #[test]
+    fn detects_upgrades() {
+        assert!(is_upgrade(&get(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket")
+        ])));
+        assert!(!is_upgrade(&get(&[("upgrade", "websocket")])));
+        assert!(!is_upgrade(&get(&[("connection", "upgrade")])));
+        assert!(!is_upgrade(&get(&[
+            ("connection", "keep-alive"),
+            ("upgrade", "websocket")
+        ])));
+        let mut h2 = get(&[("connection", "upgrade"), ("upgrade", "websocket")]);
+        *h2.version_mut() = http::Version::HTTP_2;
+        assert!(!is_upgrade(&h2));
+    }
+
+    #[test]
+    fn sets_forwarded_headers() {
+        let mut req = get(&[("host", "api.example:8080")]);
+        prepare_request(&mut req, &fwd(), ID);
+        let h = req.headers();
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "api.example:8080");
+    }
+
+    #[test]
+    fn appends_to_x_forwarded_for() {
+        let mut req = get(&[
+            ("x-forwarded-for", "203.0.113.1"),
+            ("x-forwarded-for", "198.51.100.2, 198.51.100.3"),
+            ("x-forwarded-proto", "http"),
+        ]);
+        let v6 = Forwarded {
+            client_addr: "[2001:db8::1]:443".parse().unwrap(),
+            proto: "http",
+        };
+        prepare_request(&mut req, &v6, ID);
+        let h = req.headers();
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(
+            h["x-forwarded-for"],
+            "203.0.113.1, 198.51.100.2, 198.51.100.3, 2001:db8::1"
+        );
+        assert_eq!(h["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn forwarded_host_of_an_http2_client_is_its_authority() {
+        let mut req = http::Request::get("https://api.example/v3/auth/tokens")
+            .version(http::Version::HTTP_2)
+            .body(())
+            .unwrap();
+        prepare_request(&mut req, &fwd(), ID);
+        assert_eq!(req.headers()["x-forwarded-host"], "api.example");
+    }
+
+    #[test]
+    fn prepares_responses() {
+        let mut resp = http::Response::builder()
+            .status(200)
+            .header("connection", "close, x-internal")
+            .header("x-internal", "1")
+            .header("keep-alive", "timeout=5")
+            .header("transfer-encoding", "chunked")
+            .header("content-type", "application/json")
+            .body(())
+            .unwrap();
+        prepare_response(&mut resp, ID);
+        let h = resp.headers();
+        for gone in [
+            "connection",
+            "x-internal",
+            "keep-alive",
+            "transfer-encoding",
+        ] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
+        assert_eq!(h["content-type"], "application/json");
+        assert_eq!(h[REQUEST_ID], ID);
+
+        let mut switching = http::Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        prepare_response(&mut switching, ID);
+        assert_eq!(switching.headers()[CONNECTION], "upgrade");
+        assert_eq!(switching.headers()[UPGRADE], "websocket");
+        assert_eq!(switching.headers()[REQUEST_ID], ID);
+    }
+}
