@@ -185,11 +185,15 @@ async fn http2_true_speaks_h2c_by_prior_knowledge() {
     s.http2 = true;
     let ep = endpoint(&url, &s);
     let req = http::Request::get("/h2c")
+        .header("host", "api.example")
         .body(quartet_http::body::empty())
         .unwrap();
     let resp = send(&ep, req).await.unwrap();
     assert_eq!(seen(&resp, "version"), "HTTP/2.0");
     assert_eq!(seen(&resp, "path"), "/h2c");
+    // HTTP/2 must not carry a Host that differs from :authority.
+    assert_eq!(seen(&resp, "host"), "");
+    assert_eq!(seen(&resp, "authority"), ep.authority());
 }
 
 #[tokio::test]
