@@ -167,8 +167,5 @@ async fn an_open_breaker_takes_its_endpoint_out_of_rotation() {
     assert_eq!(eps[0].breaker, Some(BreakerState::Open));
     assert_eq!(eps[1].breaker, Some(BreakerState::Closed));
     assert!(eps.iter().all(|e| e.in_flight == 0));
-    let mut balancer = stack.balancer.clone();
-    std::future::poll_fn(|cx| balancer.poll_ready(cx))
-        .await
-        .unwrap();
+    assert!(stack.balancer.is_ready());
 }
