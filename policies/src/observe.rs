@@ -132,3 +132,91 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::TimeoutKind;
+    use crate::test_util::TestClassify;
+    use std::time::Duration;
+    use tower::{service_fn, ServiceExt};
+
+    /// An error of ours wrapped by another layer (as `tower::buffer` would).
+    #[derive(Debug, thiserror::Error)]
+    #[error("wrapped")]
+    struct Wrapped(#[source] BoxError);
+
+    fn err(e: impl std::error::Error + Send + Sync + 'static) -> Result<Class, BoxError> {
+        Err(Box::new(e))
+    }
+
+    #[test]
+    fn outcome_names_our_errors_and_classifies_the_rest() {
+        let c = TestClassify;
+        let elapsed = Elapsed {
+            kind: TimeoutKind::PerTry,
+            after: Duration::from_secs(1),
+        };
+        assert_eq!(outcome(&c, &err(elapsed)), "timeout");
+        let open = BreakerOpen {
+            target: "rest:x".into(),
+            retry_after: Duration::ZERO,
+        };
+        assert_eq!(outcome(&c, &err(open)), "breaker_open");
+        assert_eq!(outcome(&c, &err(Overloaded { limit: 1 })), "overloaded");
+        let limited = RateLimited {
+            retry_after: Duration::ZERO,
+        };
+        assert_eq!(outcome(&c, &err(limited)), "rate_limited");
+        let abort = FaultAbort {
+            status: None,
+            message: "x".into(),
+        };
+        assert_eq!(outcome(&c, &err(abort)), "fault");
+        let none = NoEndpoint {
+            target: "rest:x".into(),
+        };
+        assert_eq!(outcome(&c, &err(none)), "no_endpoint");
+        let wrapped = Wrapped(Box::new(Overloaded { limit: 1 }));
+        assert_eq!(outcome(&c, &err(wrapped)), "overloaded");
+
+        assert_eq!(outcome(&c, &Ok(Class::Success)), "success");
+        assert_eq!(outcome(&c, &Ok(Class::Sent)), "failure");
+        assert_eq!(outcome(&c, &Ok(Class::NotSent)), "failure");
+        assert_eq!(outcome(&c, &Ok(Class::Local)), "failure");
+        assert_eq!(outcome(&c, &Err("refused".into())), "failure");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn observe_counts_times_and_tracks_in_flight() {
+        let metrics = Metrics::new();
+        let layer = ObserveLayer::new(Target::new("sql", "main"), metrics.clone(), TestClassify);
+        let svc = layer.layer(service_fn(|class: Class| async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            Ok::<_, BoxError>(class)
+        }));
+        let in_flight = || metrics.in_flight.with_label_values(&["sql", "main"]).get();
+        let requests = |outcome: &str| {
+            metrics
+                .requests
+                .with_label_values(&["sql", "main", outcome])
+                .get()
+        };
+
+        svc.clone().oneshot(Class::Success).await.expect("ok");
+        svc.clone().oneshot(Class::Sent).await.expect("ok");
+        assert_eq!(requests("success"), 1);
+        assert_eq!(requests("failure"), 1);
+        let hist = metrics.duration.with_label_values(&["sql", "main"]);
+        assert_eq!(hist.get_sample_count(), 2);
+        assert!(hist.get_sample_sum() >= 0.04);
+        assert_eq!(in_flight(), 0);
+
+        let mut svc2 = svc.clone();
+        let pending = svc2.call(Class::Success);
+        assert_eq!(in_flight(), 1);
+        drop(pending);
+        assert_eq!(in_flight(), 0, "a dropped call leaves in_flight");
+        assert_eq!(hist.get_sample_count(), 2, "and is not timed");
+    }
+}

@@ -27,6 +27,8 @@ pub struct ConcurrencyLimitLayer {
 
 impl ConcurrencyLimitLayer {
     pub fn new(max: usize) -> Self {
+        // `Semaphore::new` panics above MAX_PERMITS; a limit that high is no limit anyway.
+        let max = max.min(Semaphore::MAX_PERMITS);
         Self {
             semaphore: Arc::new(Semaphore::new(max)),
             max,
@@ -148,5 +150,109 @@ where
             return Box::pin(async move { Err(err.into()) });
         }
         Box::pin(self.inner.call(req))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{Overloaded, RateLimited};
+    use std::time::Duration;
+    use tokio::sync::oneshot;
+    use tower::{service_fn, ServiceExt};
+
+    #[tokio::test]
+    async fn bulkhead_refuses_at_once_when_full_and_frees_on_completion() {
+        let layer = ConcurrencyLimitLayer::new(2);
+        let backend = service_fn(|rx: oneshot::Receiver<u32>| async move {
+            rx.await.map_err(|e| Box::new(e) as BoxError)
+        });
+        let mut svc = layer.layer(backend);
+
+        let (tx1, rx1) = oneshot::channel();
+        let (tx2, rx2) = oneshot::channel();
+        let first = svc.ready().await.expect("ready").call(rx1);
+        // A clone made from the layer shares the same semaphore.
+        let mut other = layer.layer(service_fn(|rx: oneshot::Receiver<u32>| async move {
+            rx.await.map_err(|e| Box::new(e) as BoxError)
+        }));
+        let second = other.ready().await.expect("ready").call(rx2);
+
+        let (_tx3, rx3) = oneshot::channel();
+        let err = svc
+            .ready()
+            .await
+            .expect("ready")
+            .call(rx3)
+            .await
+            .expect_err("full");
+        assert_eq!(
+            err.downcast_ref::<Overloaded>().expect("Overloaded").limit,
+            2
+        );
+
+        tx1.send(1).expect("receiver alive");
+        assert_eq!(first.await.expect("first"), 1);
+        // The first call finished: a new one fits again.
+        let (tx4, rx4) = oneshot::channel();
+        let fourth = svc.ready().await.expect("ready").call(rx4);
+        tx4.send(4).expect("receiver alive");
+        assert_eq!(fourth.await.expect("fourth"), 4);
+
+        // A dropped call gives its slot back too.
+        drop(second);
+        drop(tx2);
+        let (tx5, rx5) = oneshot::channel();
+        let (tx6, rx6) = oneshot::channel();
+        let f5 = svc.ready().await.expect("ready").call(rx5);
+        let f6 = svc.ready().await.expect("ready").call(rx6);
+        tx5.send(5).expect("alive");
+        tx6.send(6).expect("alive");
+        assert_eq!(f5.await.expect("5"), 5);
+        assert_eq!(f6.await.expect("6"), 6);
+    }
+
+    #[tokio::test]
+    async fn rate_limit_lets_the_burst_through_then_refuses() {
+        let layer = RateLimitLayer::new(&RateLimitSpec {
+            per_second: 1,
+            burst: 5,
+        });
+        let backend = service_fn(|()| async { Ok::<_, BoxError>(()) });
+        let mut passed = 0;
+        let mut refused = Vec::new();
+        for i in 0..6 {
+            // Each call goes through a new service made by the layer: one bucket for all.
+            let svc = layer.layer(backend);
+            match svc.oneshot(()).await {
+                Ok(()) => passed += 1,
+                Err(e) => refused.push((i, e)),
+            }
+        }
+        assert_eq!(passed, 5);
+        assert_eq!(refused.len(), 1);
+        let (index, err) = &refused[0];
+        assert_eq!(*index, 5);
+        let limited = err.downcast_ref::<RateLimited>().expect("RateLimited");
+        assert!(limited.retry_after > Duration::ZERO);
+        assert!(limited.retry_after <= Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn huge_concurrency_does_not_panic() {
+        let svc = ConcurrencyLimitLayer::new(usize::MAX)
+            .layer(service_fn(|()| async { Ok::<_, BoxError>(()) }));
+        assert!(svc.oneshot(()).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn zero_rate_spec_does_not_panic() {
+        let layer = RateLimitLayer::new(&RateLimitSpec {
+            per_second: 0,
+            burst: 0,
+        });
+        let svc = layer.layer(service_fn(|()| async { Ok::<_, BoxError>(()) }));
+        assert!(svc.clone().oneshot(()).await.is_ok());
+        assert!(svc.oneshot(()).await.is_err());
     }
 }

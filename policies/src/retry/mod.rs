@@ -161,6 +161,8 @@ where
                 let Some(next) = next else {
                     return result;
                 };
+                // Safe: nothing was sent (NotSent), or it was sent and sending it twice
+                // is harmless (Sent + idempotent). Never a success or a Local refusal.
                 if !class.retry_safe(idempotent) {
                     return result;
                 }
