@@ -47,9 +47,9 @@ fn requests() -> Vec<Record> {
     (0..1000u64)
         .map(|i| {
             let scheduled = ms(i * 10);
-            let (outcome, took) = if (200..400).contains(&i) && i % 2 == 0 {
-                (Outcome::Status { status: 503 }, 1)
-            } else if (600..700).contains(&i) {
+            let fault1 = (200..400).contains(&i) && i % 2 == 0;
+            let fault2 = (600..700).contains(&i);
+            let (outcome, took) = if fault1 || fault2 {
                 (Outcome::Status { status: 503 }, 1)
             } else {
                 (Outcome::Status { status: 200 }, 10)
