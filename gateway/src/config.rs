@@ -242,7 +242,7 @@ fn invalid(path: KeyPath, message: impl Into<String>) -> Invalid {
 #[derive(Debug)]
 pub enum ErrorKind {
     Read(std::io::Error),
-    Syntax(toml::de::Error),
+    Syntax(Box<toml::de::Error>),
     Invalid(Invalid),
 }
 
@@ -276,7 +276,7 @@ impl std::error::Error for ConfigError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.kind {
             ErrorKind::Read(e) => Some(e),
-            ErrorKind::Syntax(e) => Some(e),
+            ErrorKind::Syntax(e) => Some(e.as_ref()),
             ErrorKind::Invalid(e) => Some(e),
         }
     }
@@ -325,7 +325,7 @@ pub fn parse(
             file: file.to_string(),
             line: offset.map(|o| line_of(src, o)),
             key: offset.and_then(|o| key_at(src, o)),
-            kind: ErrorKind::Syntax(e),
+            kind: ErrorKind::Syntax(Box::new(e)),
         }
     })?;
     config
