@@ -34,7 +34,7 @@ impl Drop for Upstream {
     }
 }
 
-fn number_after<'a>(segments: &[&'a str], name: &str) -> Option<u64> {
+fn number_after(segments: &[&str], name: &str) -> Option<u64> {
     let i = segments.iter().position(|s| *s == name)?;
     segments.get(i + 1)?.parse().ok()
 }
