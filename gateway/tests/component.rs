@@ -623,3 +623,48 @@ async fn admin_token_is_required_when_set() {
     let (status, _) = admin_call(&admin, Method::GET, "/healthz", None, Some("s3cret")).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn health_checks_show_on_readyz_and_keep_traffic_off_a_dead_endpoint() {
+    let up = Upstream::start().await;
+    let dead = dead_url().await;
+    let (app, admin) = build_admin(&format!(
+        r#"
+[upstreams.a]
+endpoints = ["{dead}", "{}"]
+balance = "round_robin"
+health = {{ path = "/healthcheck", interval = "50ms", timeout = "1s", unhealthy_threshold = 1 }}
+[[routes]]
+prefix = "/a"
+upstream = "a"
+"#,
+        up.url()
+    ));
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, ready) = admin_call(&admin, Method::GET, "/readyz", None, None).await;
+        // Endpoint health is reported, it does not make the channel not ready.
+        assert_eq!(status, 200);
+        let eps = &ready["channels"]["rest"]["targets"]["a"]["endpoints"];
+        if eps[0]["healthy"] == json!(false) && eps[1]["healthy"] == json!(true) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{ready}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let before = up.hits.load(Ordering::SeqCst);
+    for _ in 0..4 {
+        let resp = app
+            .router
+            .clone()
+            .oneshot(Request::get("/a/x").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+    }
+    // The live endpoint got the 4 requests (plus any health checks meanwhile).
+    assert!(up.hits.load(Ordering::SeqCst) >= before + 4);
+    // The dead endpoint's breaker saw nothing: the balancer skipped it.
+    let (_, breakers) = admin_call(&admin, Method::GET, "/admin/breakers", None, None).await;
+    assert_eq!(breakers[0]["consecutive_failures"], 0, "{breakers}");
+}
