@@ -285,3 +285,21 @@ async fn a_failing_status_is_a_failed_check() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn https_with_http2_true_insists_on_h2() {
+    let (ca_pem, acceptor) = tls_pair();
+    let ca = TempFile::new("ca-h2.pem", ca_pem.as_bytes());
+    let up = Upstream::start_tls(acceptor).await;
+    let url = format!("https://127.0.0.1:{}", up.addr.port());
+    let mut s = spec(vec![url.clone()]);
+    s.ca_file = Some(ca.0.clone());
+    s.http2 = true;
+    let ep = endpoint(&url, &s);
+    let req = http::Request::get("/")
+        .body(quartet_http::body::empty())
+        .unwrap();
+    let resp = send(&ep, req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(seen(&resp, "version"), "HTTP/2.0");
+}
