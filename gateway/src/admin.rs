@@ -2,7 +2,7 @@
 //! and faults. It reads the app current when each request arrives, so a reload shows at
 //! once. With `server.admin_token` set, every request needs `Authorization: Bearer TOKEN`.
 
-use crate::error::{self, BadRequest, Unauthorized, UnknownTarget};
+use crate::error::{self, BadRequest, NoRoute, Unauthorized, UnknownTarget};
 use crate::stack::{Built, Shared};
 use crate::App;
 use arc_swap::ArcSwap;
@@ -65,6 +65,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/breakers/{target}", post(set_breaker))
         .route("/admin/faults", get(list_faults))
         .route("/admin/faults/{target}", put(set_fault).delete(clear_fault))
+        .fallback(|| async { ApiError::from(NoRoute) })
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }

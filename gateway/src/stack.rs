@@ -199,6 +199,24 @@ pub enum BuildError {
     },
 }
 
+impl BuildError {
+    /// The config key to blame, for a message that names it and its line.
+    pub fn key_path(&self) -> crate::config::KeyPath {
+        match self {
+            BuildError::Upstream { upstream, source } => crate::config::KeyPath::root("upstreams")
+                .key(upstream.clone())
+                .dotted(&source.key),
+        }
+    }
+
+    /// What is wrong with the value at [`BuildError::key_path`].
+    pub fn message(&self) -> &str {
+        match self {
+            BuildError::Upstream { source, .. } => &source.message,
+        }
+    }
+}
+
 /// State that outlives one config: the metrics registry and the faults set at run time on
 /// the admin API (kept across a reload while their target exists).
 #[derive(Clone)]
