@@ -175,16 +175,16 @@ pub enum Seg {
 pub struct KeyPath(pub Vec<Seg>);
 
 impl KeyPath {
-    fn key(mut self, k: impl Into<String>) -> Self {
+    pub fn key(mut self, k: impl Into<String>) -> Self {
         self.0.push(Seg::Key(k.into()));
         self
     }
-    fn index(mut self, i: usize) -> Self {
+    pub fn index(mut self, i: usize) -> Self {
         self.0.push(Seg::Index(i));
         self
     }
     /// Appends a dotted relative key such as `retry.budget`.
-    fn dotted(mut self, rel: &str) -> Self {
+    pub fn dotted(mut self, rel: &str) -> Self {
         self.0.extend(
             rel.split('.')
                 .filter(|s| !s.is_empty())
@@ -192,7 +192,7 @@ impl KeyPath {
         );
         self
     }
-    fn root(k: &str) -> Self {
+    pub fn root(k: &str) -> Self {
         Self::default().key(k)
     }
 }
@@ -242,7 +242,7 @@ fn invalid(path: KeyPath, message: impl Into<String>) -> Invalid {
 #[derive(Debug)]
 pub enum ErrorKind {
     Read(std::io::Error),
-    Syntax(toml::de::Error),
+    Syntax(Box<toml::de::Error>),
     Invalid(Invalid),
 }
 
@@ -276,8 +276,20 @@ impl std::error::Error for ConfigError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.kind {
             ErrorKind::Read(e) => Some(e),
-            ErrorKind::Syntax(e) => Some(e),
+            ErrorKind::Syntax(e) => Some(e.as_ref()),
             ErrorKind::Invalid(e) => Some(e),
+        }
+    }
+}
+
+impl ConfigError {
+    /// An error found in `src` (named `file`) after parsing, at `path`.
+    pub fn at(file: &str, src: &str, path: KeyPath, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_string(),
+            line: locate(src, &path),
+            key: Some(path.clone()),
+            kind: ErrorKind::Invalid(invalid(path, message)),
         }
     }
 }
@@ -325,7 +337,7 @@ pub fn parse(
             file: file.to_string(),
             line: offset.map(|o| line_of(src, o)),
             key: offset.and_then(|o| key_at(src, o)),
-            kind: ErrorKind::Syntax(e),
+            kind: ErrorKind::Syntax(Box::new(e)),
         }
     })?;
     config
@@ -504,6 +516,12 @@ fn validate_upstream(path: KeyPath, up: &UpstreamSpec) -> Result<(), Invalid> {
         ));
     }
     for (i, e) in up.endpoints.iter().enumerate() {
+        if up.endpoints[..i].contains(e) {
+            return Err(invalid(
+                path.key("endpoints").index(i),
+                format!("{:?} is listed twice", redact_url(e)),
+            ));
+        }
         let ok = e
             .parse::<http::Uri>()
             .ok()
@@ -846,6 +864,15 @@ timeout = "250ms"
         assert_eq!(
             err(&src),
             "quartet.toml:9: upstreams.image-store.endpoints[0]: \"ftp://127.0.0.1:9292\" is not an http:// or https:// URL"
+        );
+    }
+
+    #[test]
+    fn an_endpoint_listed_twice_is_refused() {
+        let e = err("[upstreams.a]\nendpoints = [\n  \"http://h:1\",\n  \"http://h:1\",\n]\n");
+        assert_eq!(
+            e,
+            "quartet.toml:4: upstreams.a.endpoints[1]: \"http://h:1\" is listed twice"
         );
     }
 

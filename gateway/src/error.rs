@@ -5,7 +5,7 @@
 
 use axum::body::Body;
 use http::{header, HeaderValue, Response, StatusCode};
-use quartet_http::error::{ConnectError, UpstreamError};
+use quartet_http::error::{BodyError, ConnectError, UpstreamError};
 use quartet_policies::error::{
     BreakerOpen, Elapsed, FaultAbort, NoEndpoint, Overloaded, RateLimited,
 };
@@ -137,6 +137,9 @@ pub fn classify(err: &(dyn StdError + 'static)) -> Edge {
         }
         if let Some(u) = e.downcast_ref::<UnknownTarget>() {
             return edge(StatusCode::NOT_FOUND, &u.to_string());
+        }
+        if e.is::<BodyError>() {
+            return edge(StatusCode::BAD_REQUEST, "request body could not be read");
         }
         if e.is::<ConnectError>() {
             return edge(StatusCode::BAD_GATEWAY, "upstream unreachable");
@@ -311,6 +314,7 @@ mod tests {
             ),
             (Box::new(BodyTooLarge { limit: 10 }), 413, None),
             (Box::new(NoRoute), 404, None),
+            (Box::new(BodyError { source: io() }), 400, None),
             (Box::new(Unauthorized), 401, None),
             (io(), 500, None),
             // Found under a wrapper: the chain is walked.

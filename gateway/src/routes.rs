@@ -134,7 +134,7 @@ async fn handle(State(built): State<Arc<Built>>, req: Request<Body>) -> Response
         method = %method,
         path = %path,
         status = resp.status().as_u16(),
-        duration_ms = start.elapsed().as_secs_f64() * 1000.0,
+        duration_ms = start.elapsed().as_micros() as f64 / 1000.0,
         upstream = facts.upstream.as_deref().unwrap_or("-"),
         endpoint = endpoint.as_deref().unwrap_or("-"),
         attempts,
@@ -175,7 +175,12 @@ async fn forward(
     };
     proxy::prepare_request(&mut req, &fwd, request_id);
 
-    let mut req = buffer_for_replay(req, route.policy.retry.buffer_limit).await?;
+    // An upgrade has no body and is never replayed (its connection is taken over).
+    let mut req = if client_upgrade.is_some() {
+        req
+    } else {
+        buffer_for_replay(req, route.policy.retry.buffer_limit).await?
+    };
     let call = Arc::new(CallInfo::default());
     req.extensions_mut().insert(call.clone());
     facts.call = Some(call);
@@ -185,7 +190,7 @@ async fn forward(
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client) = client_upgrade {
             let upstream = hyper::upgrade::on(&mut resp);
-            tokio::spawn(tunnel(client, upstream, request_id.to_string()));
+            tokio::spawn(proxy::tunnel(client, upstream));
         }
     }
     proxy::prepare_response(&mut resp, request_id);
@@ -203,26 +208,6 @@ fn send(
     req: Request<ProxyBody>,
 ) -> futures_util::future::BoxFuture<'static, Result<Response<ProxyBody>, BoxError>> {
     Box::pin(service.clone().oneshot(req))
-}
-
-/// Copies bytes both ways between the upgraded client and upstream connections.
-async fn tunnel(
-    client: hyper::upgrade::OnUpgrade,
-    upstream: hyper::upgrade::OnUpgrade,
-    request_id: String,
-) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
-        Err(err) => {
-            tracing::debug!(request_id = %request_id, error = %error::Chain(&err), "upgrade failed");
-            return;
-        }
-    };
-    let mut client = hyper_util::rt::TokioIo::new(client);
-    let mut upstream = hyper_util::rt::TokioIo::new(upstream);
-    if let Err(err) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        tracing::debug!(request_id = %request_id, error = %error::Chain(&err), "tunnel closed");
-    }
 }
 
 #[cfg(test)]
