@@ -94,10 +94,16 @@ fn anchor_time(a: &Anchor, rec: &Recording) -> Option<Duration> {
 
 fn anchor_words(a: &Anchor) -> String {
     match a {
-        Anchor::At(t) => format!("of {}", humantime::format_duration(*t)),
+        Anchor::At(t) => format!("of t={}s", trim_secs(*t)),
         Anchor::FaultStart(i) => format!("of fault {} starting", i + 1),
         Anchor::FaultEnd(i) => format!("after fault {} ends", i + 1),
     }
+}
+
+/// `1.5` for 1.5 s, `2` for 2 s.
+fn trim_secs(d: Duration) -> String {
+    let s = format!("{:.3}", d.as_secs_f64());
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 fn target_words(target: &str, endpoint: &Option<String>) -> String {
