@@ -19,6 +19,8 @@ const P50: &str = "#1c7ed6";
 const P90: &str = "#7048e8";
 const P99: &str = "#e8590c";
 const FAULT: &str = "#f08c00";
+/// The top of the success-rate scale, in percent.
+const RATE_TOP: f64 = 115.0;
 
 fn esc(s: &str) -> String {
     let mut o = String::with_capacity(s.len());
@@ -146,9 +148,10 @@ impl Frame {
     }
 
     /// Horizontal grid lines and labels for `0..max` on the left (or right) side.
-    fn y_axis(&self, out: &mut String, max: f64, step: f64, right: bool, unit: &str) {
+    /// Ticks from 0 to `until` (at most `max`, the top of the scale).
+    fn y_axis(&self, out: &mut String, max: f64, until: f64, step: f64, right: bool, unit: &str) {
         let mut v = 0.0;
-        while v <= max + 1e-9 {
+        while v <= until.min(max) + 1e-9 {
             let y = self.y(v, max);
             if !right {
                 let _ = write!(
@@ -206,16 +209,18 @@ fn throughput_chart(out: &mut String, l: &LoadResult, faults: &[FaultResult], tm
         t_max: tmax,
     };
     let max_req = l.series.iter().map(|s| s.requests).max().unwrap_or(0) as f64;
-    let step = nice_step(max_req.max(1.0), 4.0);
-    let ymax = (max_req / step).ceil().max(1.0) * step;
+    // Headroom above the tallest bar, for the fault labels.
+    let step = nice_step(max_req.max(1.0) * 1.2, 4.0);
+    let ymax = (max_req * 1.2 / step).ceil().max(1.0) * step;
     f.open(
         out,
         "throughput",
         &format!("requests per second and success rate of {}", l.name),
     );
     let bottom = f.h - MB;
-    f.y_axis(out, ymax, step, false, "");
-    f.y_axis(out, 100.0, 25.0, true, "%");
+    f.y_axis(out, ymax, ymax, step, false, "");
+    // 100% a little below the top, clear of the fault labels.
+    f.y_axis(out, RATE_TOP, 100.0, 25.0, true, "%");
     f.faults(out, faults, MT, bottom);
     let bw = ((W - ML - MR) / tmax * 0.78).max(1.0);
     for s in &l.series {
@@ -240,7 +245,7 @@ fn throughput_chart(out: &mut String, l: &LoadResult, faults: &[FaultResult], tm
         match s.success_rate {
             Some(r) => {
                 let x = f.x(s.t as f64 + 0.5);
-                let y = f.y(r * 100.0, 100.0);
+                let y = f.y(r * 100.0, RATE_TOP);
                 let _ = write!(d, "{}{x:.1},{y:.1} ", if pen_down { "L" } else { "M" });
                 pen_down = true;
             }
@@ -279,15 +284,15 @@ fn latency_chart(out: &mut String, l: &LoadResult, faults: &[FaultResult], tmax:
         .filter_map(|s| s.p99_ms)
         .fold(0.0, f64::max)
         .max(1.0);
-    let step = nice_step(max, 4.0);
-    let ymax = (max / step).ceil() * step;
+    let step = nice_step(max * 1.2, 4.0);
+    let ymax = (max * 1.2 / step).ceil() * step;
     f.open(
         out,
         "latency",
         &format!("latency percentiles of {}", l.name),
     );
     let bottom = f.h - MB;
-    f.y_axis(out, ymax, step, false, "");
+    f.y_axis(out, ymax, ymax, step, false, "");
     f.faults(out, faults, MT, bottom);
     type Line = (
         &'static str,
@@ -433,9 +438,25 @@ fn breaker_chart(out: &mut String, result: &DrillResult, tmax: f64) {
     }
     let _ = write!(
         out,
-        r#"<line x1="{label_w}" y1="{bottom:.1}" x2="{x2}" y2="{bottom:.1}" class="axis-line"/></svg>"#,
+        r#"<line x1="{label_w}" y1="{bottom:.1}" x2="{x2}" y2="{bottom:.1}" class="axis-line"/>"#,
         x2 = W - MR
     );
+    // The fault windows' edges again, over the bands, so they show across every row.
+    for fw in &result.faults {
+        let a = fw.applied_at.unwrap_or(fw.planned_start);
+        let b = fw.removed_at.unwrap_or(fw.planned_end);
+        let _ = write!(
+            out,
+            r#"<rect x="{x0:.1}" y="{MT}" width="{w:.1}" height="{h:.1}" fill="none" stroke="{FAULT}" stroke-width="1.5" stroke-dasharray="4 3"/><text x="{tx:.1}" y="{ty:.1}" class="fault-label">fault {i}</text>"#,
+            x0 = x(a),
+            w = (x(b) - x(a)).max(1.0),
+            h = bottom - MT,
+            tx = x(a) + 3.0,
+            ty = MT - 4.0,
+            i = fw.index,
+        );
+    }
+    out.push_str("</svg>");
     legend(
         out,
         &[
@@ -488,7 +509,8 @@ svg .tick, svg .axis-line { stroke: #adb5bd; stroke-width: 1; }
 svg text { font-family: system-ui, -apple-system, "Segoe UI", Roboto, Arial, sans-serif; }
 svg .axis { fill: #6c757d; font-size: 11px; }
 svg .axis-title { fill: #495057; font-size: 12px; font-weight: 600; }
-svg .fault-label { fill: #d9480f; font-size: 11px; font-weight: 600; }
+svg .fault-label { fill: #d9480f; font-size: 11px; font-weight: 600; paint-order: stroke;
+  stroke: #fff; stroke-width: 3px; stroke-linejoin: round; }
 svg .row-label { fill: #343a40; font-size: 12px; font-weight: 600; }
 svg .row-label .endpoint { fill: #868e96; font-weight: 400; }
 .legend { display: flex; gap: 16px; flex-wrap: wrap; font-size: 12px; color: #495057; margin: 6px 0 2px 58px; }

@@ -445,3 +445,65 @@ fn an_interrupted_drill_does_not_pass() {
     assert!(!r.pass);
     assert!(html::render(&r).contains("Interrupted"));
 }
+
+/// The report opened in headless Chromium (Debian's `chromium`): the charts are in the
+/// rendered page, and a screenshot is kept as a test artifact.
+#[test]
+fn the_report_renders_in_headless_chromium() {
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".to_string());
+    let found = std::process::Command::new(&chromium)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "headless Chromium is missing (`{chromium} --version` failed): install Debian's package, `apt-get install -y chromium`, or set CHROMIUM to its path"
+    );
+    let p = plan(ALL);
+    let rec = recording();
+    let r = result::build(&p, &rec, evaluate(&p, &rec));
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("drill-report");
+    std::fs::create_dir_all(&dir).expect("artifact dir");
+    let page = dir.join("report.html");
+    std::fs::write(&page, html::render(&r)).expect("write report");
+    let shot = dir.join("report.png");
+    let _ = std::fs::remove_file(&shot);
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(&chromium)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--hide-scrollbars",
+                "--window-size=1200,1900",
+            ])
+            .args(extra)
+            .arg(&page)
+            .output()
+            .expect("run chromium");
+        assert!(
+            out.status.success(),
+            "chromium failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let dom = String::from_utf8(run(&["--dump-dom"]).stdout).expect("utf-8 DOM");
+    for needle in [
+        "class=\"chart throughput\"",
+        "class=\"chart latency\"",
+        "class=\"chart breakers\"",
+        "class=\"band band-forced_open\"",
+        "class=\"success-rate\"",
+    ] {
+        assert!(dom.contains(needle), "the rendered page lacks {needle}");
+    }
+    let shot_arg = format!("--screenshot={}", shot.display());
+    run(&[&shot_arg]);
+    let png = std::fs::read(&shot).expect("screenshot written");
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "a real screenshot"
+    );
+    eprintln!("report screenshot: {}", shot.display());
+}
