@@ -125,6 +125,35 @@ impl Admin {
             .map_err(|source| AdminError::Decode { op, source })
     }
 
+    /// The target names `GET /readyz` lists, per channel (targets without a breaker too).
+    pub async fn ready_targets(&self) -> Result<Vec<String>, AdminError> {
+        let op = "GET /readyz".to_string();
+        let rb = self.client.get(self.url("/readyz"));
+        // 503 (not ready) still carries the targets.
+        let resp = self
+            .auth(rb)
+            .send()
+            .await
+            .map_err(|source| AdminError::Unreachable {
+                op: op.clone(),
+                addr: self.addr,
+                source,
+            })?;
+        let v: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|source| AdminError::Decode { op, source })?;
+        let mut names = Vec::new();
+        if let Some(channels) = v.get("channels").and_then(|c| c.as_object()) {
+            for ch in channels.values() {
+                if let Some(t) = ch.get("targets").and_then(|t| t.as_object()) {
+                    names.extend(t.keys().cloned());
+                }
+            }
+        }
+        Ok(names)
+    }
+
     pub async fn set_fault(&self, target: &str, fault: &FaultSpec) -> Result<(), AdminError> {
         let path = format!("/admin/faults/{target}");
         let op = format!("PUT {path}");

@@ -156,6 +156,60 @@ pub fn bands(rec: &Recording) -> Vec<BreakerBands> {
     out
 }
 
+/// The scenario as written, without secrets: passwords in SQL URLs and the values of
+/// headers that carry credentials are replaced by `***` (the admin token is never written).
+pub fn redacted(s: &Scenario) -> Scenario {
+    let mut s = s.clone();
+    for l in &mut s.load {
+        if let Some(url) = &mut l.request.url {
+            *url = redact_url(url);
+        }
+        for (name, value) in l.request.headers.iter_mut() {
+            let n = name.to_ascii_lowercase();
+            if n.contains("token")
+                || n.contains("authorization")
+                || n.contains("secret")
+                || n.contains("key")
+                || n.contains("cookie")
+            {
+                *value = "***".to_string();
+            }
+        }
+    }
+    s
+}
+
+/// `postgres://user:secret@host/db` -> `postgres://user:***@host/db`; `password=...` in a
+/// key=value string too.
+pub fn redact_url(url: &str) -> String {
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@') {
+            let userinfo = &rest[..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_string()
+            };
+            let mut out = format!("{}{masked}{}", &url[..scheme_end + 3], &rest[at..]);
+            if let Some(q) = out.find("password=") {
+                let end = out[q..].find('&').map_or(out.len(), |e| q + e);
+                out.replace_range(q + "password=".len()..end, "***");
+            }
+            return out;
+        }
+    }
+    url.split_whitespace()
+        .map(|kv| match kv.split_once('=') {
+            Some(("password", _)) => "password=***".to_string(),
+            _ => kv.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Builds the result from the plan, the recording and the verdicts.
 pub fn build(plan: &Plan, rec: &Recording, verdicts: Vec<Verdict>) -> DrillResult {
     let seconds = rec.elapsed.as_secs() + 1;
@@ -245,7 +299,7 @@ pub fn build(plan: &Plan, rec: &Recording, verdicts: Vec<Verdict>) -> DrillResul
     DrillResult {
         name: plan.name.clone(),
         scenario_file: plan.file.clone(),
-        scenario: plan.scenario.clone(),
+        scenario: redacted(&plan.scenario),
         elapsed: rec.elapsed.as_secs_f64(),
         interrupted: rec.interrupted,
         pass,

@@ -83,23 +83,9 @@ pub async fn preflight(plan: &Plan, admin: &Admin) -> Result<(), RunError> {
     admin.healthz().await.map_err(RunError::Unreachable)?;
     let breakers = admin.breakers().await.map_err(RunError::Unreachable)?;
     let mut known: Vec<String> = breakers.iter().map(|b| b.target.clone()).collect();
-    // /readyz lists targets that may have no breaker.
-    if let Ok(resp) = reqwest::Client::new()
-        .get(format!("http://{}/readyz", admin.addr()))
-        .bearer_auth(plan.admin_token.clone().unwrap_or_default())
-        .timeout(Duration::from_secs(5))
-        .send()
-        .await
-    {
-        if let Ok(v) = resp.json::<serde_json::Value>().await {
-            if let Some(channels) = v.get("channels").and_then(|c| c.as_object()) {
-                for ch in channels.values() {
-                    if let Some(t) = ch.get("targets").and_then(|t| t.as_object()) {
-                        known.extend(t.keys().cloned());
-                    }
-                }
-            }
-        }
+    // /readyz lists targets that may have no breaker; an older Quartet may not say.
+    if let Ok(more) = admin.ready_targets().await {
+        known.extend(more);
     }
     known.sort();
     known.dedup();
@@ -358,6 +344,28 @@ async fn progress(
     }
 }
 
+/// The last moment a breaker expectation looks at, from the planned fault times.
+pub fn observe_until(plan: &Plan) -> Duration {
+    use crate::scenario::{Anchor, Expect};
+    plan.expects
+        .iter()
+        .filter_map(|e| match e {
+            Expect::BreakerOpens { from, within, .. }
+            | Expect::BreakerCloses { from, within, .. } => {
+                let at = match from {
+                    Anchor::At(t) => Some(*t),
+                    Anchor::FaultStart(i) => plan.faults.get(*i).map(|f| f.at),
+                    Anchor::FaultEnd(i) => plan.faults.get(*i).map(FaultStep::end),
+                };
+                // A sample period more, so the last moment is seen.
+                at.map(|t| t + *within + SAMPLE_EVERY)
+            }
+            _ => None,
+        })
+        .max()
+        .unwrap_or_default()
+}
+
 /// Runs the plan; `interrupt` resolving stops it early (the recording says so).
 pub async fn execute(
     plan: &Plan,
@@ -473,6 +481,15 @@ pub async fn execute(
         }
     }
     cleanup(&admin, &windows, t0).await;
+    // Breaker expectations may look past the end of the load: keep sampling until their
+    // last `within` has passed (bounded by the scenario), unless stopped early.
+    if !interrupted && failure.is_none() {
+        let until = t0 + observe_until(plan);
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => {}
+            _ = &mut interrupt => interrupted = true,
+        }
+    }
     let _ = stop_tx.send(true);
     let _ = sampler_task.await;
     let _ = progress_task.await;

@@ -507,3 +507,37 @@ fn the_report_renders_in_headless_chromium() {
     );
     eprintln!("report screenshot: {}", shot.display());
 }
+
+#[test]
+fn secrets_stay_out_of_the_result() {
+    use quartet_drill::result::redact_url;
+    assert_eq!(
+        redact_url("postgres://app:secret@127.0.0.1:6432/db"),
+        "postgres://app:***@127.0.0.1:6432/db"
+    );
+    assert_eq!(
+        redact_url("postgres://app@127.0.0.1/db?password=secret&sslmode=disable"),
+        "postgres://app@127.0.0.1/db?password=***&sslmode=disable"
+    );
+    assert_eq!(
+        redact_url("host=127.0.0.1 user=app password=secret"),
+        "host=127.0.0.1 user=app password=***"
+    );
+    let src = SCENARIO.replace(
+        "request = { path = \"/api/x\" }",
+        "request = { path = \"/api/x\", headers = { \"X-Auth-Token\" = \"gAAAA-secret\", Accept = \"text/plain\" } }",
+    );
+    let src = src.replace(
+        "admin = \"127.0.0.1:9090\"",
+        "admin = \"127.0.0.1:9090\"\nadmin_token = \"admin-secret\"",
+    );
+    let p = scenario::parse(&src, "s.toml", "s").unwrap_or_else(|e| panic!("{e}"));
+    let rec = recording();
+    let r = result::build(&p, &rec, evaluate(&p, &rec));
+    let json = serde_json::to_string(&r).expect("json");
+    assert!(!json.contains("gAAAA-secret"), "{json}");
+    assert!(!json.contains("admin-secret"), "{json}");
+    assert!(json.contains("text/plain"));
+    let page = html::render(&r);
+    assert!(!page.contains("gAAAA-secret") && !page.contains("admin-secret"));
+}
