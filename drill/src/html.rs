@@ -70,6 +70,16 @@ fn nice_step(max: f64, n: f64) -> f64 {
     k * mag
 }
 
+/// A step of whole seconds for about 12 ticks over `0..t_max`.
+fn time_step(t_max: f64) -> f64 {
+    [
+        1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    ]
+    .into_iter()
+    .find(|s| t_max / s <= 12.0)
+    .unwrap_or(1200.0)
+}
+
 fn fmt_num(v: f64) -> String {
     if v == v.trunc() && v.abs() < 1e9 {
         format!("{}", v as i64)
@@ -127,7 +137,7 @@ impl Frame {
     }
 
     fn x_axis(&self, out: &mut String, bottom: f64) {
-        let step = nice_step(self.t_max, 12.0);
+        let step = time_step(self.t_max);
         let mut t = 0.0;
         while t <= self.t_max + 1e-9 {
             let x = self.x(t);
@@ -423,7 +433,7 @@ fn breaker_chart(out: &mut String, result: &DrillResult, tmax: f64) {
             );
         }
     }
-    let step = nice_step(tmax, 12.0);
+    let step = time_step(tmax);
     let mut t = 0.0;
     while t <= tmax + 1e-9 {
         let _ = write!(
