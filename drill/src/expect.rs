@@ -22,31 +22,37 @@ pub struct Verdict {
     pub pass: bool,
 }
 
-/// The time range of a window, given the fault windows as applied and the drill's end.
-pub fn window_range(w: &Window, rec: &Recording) -> (Duration, Duration) {
-    let end_of_run = rec.elapsed.max(Duration::from_secs(0));
-    let fault = |i: usize| rec.faults.get(i);
+/// The requests of a load in a window.
+///
+/// `all` and `[START, END]` take the requests by scheduled start. A window relative to a
+/// fault takes only the requests that surely met (or surely missed) the fault, because
+/// setting and removing it are requests to the admin API whose effect lands somewhere
+/// between asking and the answer:
+///
+/// - `before fault N`: requests that ended before the drill asked for the fault;
+/// - `during fault N`: requests sent after Quartet confirmed the fault and before the drill
+///   asked to remove it;
+/// - `after fault N`: requests sent after Quartet confirmed the removal.
+///
+/// The few requests in flight at an edge are in neither window next to it.
+pub fn select<'a>(records: &'a [Record], w: &Window, rec: &Recording) -> Vec<&'a Record> {
+    let keep = |pred: &dyn Fn(&Record) -> bool| records.iter().filter(|r| pred(r)).collect();
     match w {
-        Window::All => (Duration::ZERO, Duration::MAX),
-        Window::Range(a, b) => (*a, *b),
-        Window::During(i) => {
-            fault(*i).map_or((Duration::ZERO, Duration::ZERO), |f| (f.start(), f.end()))
-        }
-        Window::Before(i) => fault(*i).map_or((Duration::ZERO, Duration::ZERO), |f| {
-            (Duration::ZERO, f.start())
-        }),
-        Window::After(i) => {
-            fault(*i).map_or((end_of_run, end_of_run), |f| (f.end(), Duration::MAX))
-        }
+        Window::All => records.iter().collect(),
+        Window::Range(a, b) => keep(&|r| r.scheduled >= *a && r.scheduled < *b),
+        Window::Before(i) => match rec.faults.get(*i) {
+            Some(f) => keep(&|r| r.end < f.start_requested()),
+            None => Vec::new(),
+        },
+        Window::During(i) => match rec.faults.get(*i) {
+            Some(f) => keep(&|r| r.sent >= f.start() && r.sent < f.end_requested()),
+            None => Vec::new(),
+        },
+        Window::After(i) => match rec.faults.get(*i) {
+            Some(f) => keep(&|r| r.sent >= f.end()),
+            None => Vec::new(),
+        },
     }
-}
-
-/// The requests of a load whose scheduled start falls in the window.
-pub fn in_window(records: &[Record], range: (Duration, Duration)) -> Vec<&Record> {
-    records
-        .iter()
-        .filter(|r| r.scheduled >= range.0 && r.scheduled < range.1)
-        .collect()
 }
 
 /// A latency histogram in microseconds (1 µs to 1 h, 3 significant digits).
@@ -156,7 +162,7 @@ pub fn evaluate_one(plan: &Plan, e: &Expect, rec: &Recording) -> Verdict {
                 window,
                 pct(*at_least)
             );
-            let rs = in_window(records_of(rec, *load), window_range(window, rec));
+            let rs = select(records_of(rec, *load), window, rec);
             if rs.is_empty() {
                 return verdict(
                     "success_rate",
@@ -188,7 +194,7 @@ pub fn evaluate_one(plan: &Plan, e: &Expect, rec: &Recording) -> Verdict {
                 window,
                 fmt_ms(*under)
             );
-            let rs = in_window(records_of(rec, *load), window_range(window, rec));
+            let rs = select(records_of(rec, *load), window, rec);
             let done: Vec<&&Record> = rs
                 .iter()
                 .filter(|r| r.outcome != crate::record::Outcome::NotSent)
@@ -259,7 +265,7 @@ pub fn evaluate_one(plan: &Plan, e: &Expect, rec: &Recording) -> Verdict {
                 window,
                 bounds.join(" and ")
             );
-            let rs = in_window(records_of(rec, *load), window_range(window, rec));
+            let rs = select(records_of(rec, *load), window, rec);
             if rs.is_empty() {
                 return verdict(
                     "error_status",

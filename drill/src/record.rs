@@ -134,23 +134,38 @@ pub struct BreakerSample {
     pub breakers: Vec<BreakerObs>,
 }
 
-/// A fault window: planned, and as applied (`None` when it never was).
-#[derive(Clone, Debug, PartialEq)]
+/// A fault window: planned, and as applied (`None` when it never was). Setting a fault
+/// takes a request to the admin API, so each edge has two times: when the drill asked
+/// (`requested_at`, `removing_at`) and when Quartet confirmed (`applied_at`,
+/// `removed_at`); in between, a request may or may not meet the fault.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct FaultWindow {
     pub target: String,
     pub description: String,
     pub planned_start: Duration,
     pub planned_end: Duration,
+    pub requested_at: Option<Duration>,
     pub applied_at: Option<Duration>,
+    pub removing_at: Option<Duration>,
     pub removed_at: Option<Duration>,
 }
 
 impl FaultWindow {
+    /// Surely set from here on (confirmed).
     pub fn start(&self) -> Duration {
         self.applied_at.unwrap_or(self.planned_start)
     }
+    /// Surely not set before this (asked for).
+    pub fn start_requested(&self) -> Duration {
+        self.requested_at.unwrap_or_else(|| self.start())
+    }
+    /// Surely gone from here on (confirmed).
     pub fn end(&self) -> Duration {
         self.removed_at.unwrap_or(self.planned_end)
+    }
+    /// Surely still set before this (removal asked for).
+    pub fn end_requested(&self) -> Duration {
+        self.removing_at.unwrap_or_else(|| self.end())
     }
 }
 

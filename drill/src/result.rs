@@ -71,7 +71,11 @@ pub struct FaultResult {
     pub description: String,
     pub planned_start: f64,
     pub planned_end: f64,
+    /// When the drill asked for it, and when Quartet confirmed it.
+    pub requested_at: Option<f64>,
     pub applied_at: Option<f64>,
+    /// When the drill asked to remove it, and when Quartet confirmed.
+    pub removing_at: Option<f64>,
     pub removed_at: Option<f64>,
 }
 
@@ -291,7 +295,9 @@ pub fn build(plan: &Plan, rec: &Recording, verdicts: Vec<Verdict>) -> DrillResul
             description: f.description.clone(),
             planned_start: f.planned_start.as_secs_f64(),
             planned_end: f.planned_end.as_secs_f64(),
+            requested_at: f.requested_at.map(|d| ms(d) / 1000.0),
             applied_at: f.applied_at.map(|d| ms(d) / 1000.0),
+            removing_at: f.removing_at.map(|d| ms(d) / 1000.0),
             removed_at: f.removed_at.map(|d| ms(d) / 1000.0),
         })
         .collect();
@@ -342,7 +348,7 @@ pub fn table(result: &DrillResult) -> String {
     ));
     for l in &result.loads {
         out.push_str(&format!(
-            "  load {} ({} -> {}): {} requests, {:.2}% ok, p50 {:.1}ms p90 {:.1}ms p99 {:.1}ms max {:.1}ms\n",
+            "  load {} ({} -> {}): {} requests, {:.2}% ok, p50 {:.1}ms p90 {:.1}ms p99 {:.1}ms max {:.1}ms; {}\n",
             l.name,
             l.channel,
             l.target,
@@ -351,7 +357,12 @@ pub fn table(result: &DrillResult) -> String {
             l.latency_ms.p50,
             l.latency_ms.p90,
             l.latency_ms.p99,
-            l.latency_ms.max
+            l.latency_ms.max,
+            l.outcomes
+                .iter()
+                .map(|(k, v)| format!("{k} x {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ));
     }
     for f in &result.faults {

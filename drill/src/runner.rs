@@ -68,7 +68,9 @@ impl RunError {
 struct WindowState {
     step: FaultStep,
     active: bool,
+    requested_at: Option<Duration>,
     applied_at: Option<Duration>,
+    removing_at: Option<Duration>,
     removed_at: Option<Duration>,
 }
 
@@ -154,6 +156,9 @@ async fn cleanup(admin: &Admin, windows: &Shared<Vec<WindowState>>, t0: Instant)
         .collect();
     for (i, step) in active {
         let mut removed = false;
+        if let Some(w) = lock(windows).get_mut(i) {
+            w.removing_at = Some(Instant::now().saturating_duration_since(t0));
+        }
         for attempt in 0..3 {
             match remove(admin, &step).await {
                 Ok(()) => {
@@ -202,7 +207,11 @@ async fn timeline(
         tasks.spawn(async move {
             tokio::time::sleep_until(t0 + step.at).await;
             // Marked before it is sent: if the run stops mid-request, cleanup removes it.
-            lock(&windows)[i].active = true;
+            {
+                let mut ws = lock(&windows);
+                ws[i].active = true;
+                ws[i].requested_at = Some(Instant::now().saturating_duration_since(t0));
+            }
             apply(&admin, &step)
                 .await
                 .map_err(|source| RunError::Fault {
@@ -212,6 +221,7 @@ async fn timeline(
                 })?;
             lock(&windows)[i].applied_at = Some(Instant::now().saturating_duration_since(t0));
             tokio::time::sleep_until(t0 + step.end()).await;
+            lock(&windows)[i].removing_at = Some(Instant::now().saturating_duration_since(t0));
             let removed = remove(&admin, &step).await;
             let mut ws = lock(&windows);
             ws[i].removed_at = Some(Instant::now().saturating_duration_since(t0));
@@ -410,7 +420,9 @@ pub async fn execute(
             .map(|s| WindowState {
                 step: s.clone(),
                 active: false,
+                requested_at: None,
                 applied_at: None,
+                removing_at: None,
                 removed_at: None,
             })
             .collect(),
@@ -514,7 +526,9 @@ pub async fn execute(
             description: w.step.action.describe(),
             planned_start: w.step.at,
             planned_end: w.step.end(),
+            requested_at: w.requested_at,
             applied_at: w.applied_at,
+            removing_at: w.removing_at.filter(|_| w.applied_at.is_some()),
             removed_at: w.removed_at.filter(|_| w.applied_at.is_some()),
         })
         .collect();

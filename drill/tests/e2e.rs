@@ -81,6 +81,10 @@ fn start_quartet(dir: &Path, config: &str) -> Quartet {
                     }
                 }
             }
+            // E2E_LOG=1 shows Quartet's log (its access lines say why a call failed).
+            if std::env::var_os("E2E_LOG").is_some() {
+                eprintln!("quartet: {line}");
+            }
             // Keep draining so Quartet never blocks on a full pipe.
         }
     });

@@ -110,6 +110,7 @@ fn recording() -> Recording {
                 planned_end: ms(4000),
                 applied_at: Some(ms(2000)),
                 removed_at: Some(ms(4000)),
+                ..Default::default()
             },
             FaultWindow {
                 target: "api".into(),
@@ -118,6 +119,7 @@ fn recording() -> Recording {
                 planned_end: ms(7000),
                 applied_at: Some(ms(6000)),
                 removed_at: Some(ms(7000)),
+                ..Default::default()
             },
         ],
         interrupted: false,
@@ -153,7 +155,7 @@ fn success_rate_holds_and_fails_by_window() {
     );
     assert!(v.pass, "{v:?}");
     assert_eq!(v.value, Some(1.0));
-    assert_eq!(v.measured, "100% (200 of 200)");
+    assert_eq!(v.measured, "100% (199 of 199)");
 
     let v = verdict(
         "kind = \"success_rate\"\nload = \"reads\"\nwindow = \"during fault 1\"\nat_least = 0.99",
@@ -192,6 +194,28 @@ fn windows_follow_the_faults_as_applied() {
         &rec,
     );
     assert_eq!(v.measured, "50.00% (95 of 190)");
+}
+
+#[test]
+fn requests_in_flight_at_a_fault_edge_belong_to_neither_side() {
+    // Asked for at 1.995 s, confirmed at 2.000 s; removal asked at 3.995 s, done at 4.005 s.
+    let mut rec = recording();
+    rec.faults[0].requested_at = Some(ms(1995));
+    rec.faults[0].removing_at = Some(ms(3995));
+    rec.faults[0].removed_at = Some(ms(4005));
+    let count = |w: &str| {
+        let v = verdict_on(
+            &format!("kind = \"success_rate\"\nload = \"reads\"\nwindow = \"{w}\"\nat_least = 0.0"),
+            &rec,
+        );
+        v.measured
+    };
+    // Request 199 (1.990..2.000 s) was in flight when the fault was asked for: not before.
+    assert_eq!(count("before fault 1"), "100% (199 of 199)");
+    // 200..399 sent from 2.000 s; 399 was sent at 3.990 s, before the removal was asked.
+    assert_eq!(count("during fault 1"), "50.00% (100 of 200)");
+    // 400 was sent at 4.000 s, before the removal was confirmed: not after.
+    assert_eq!(count("after fault 1"), "83.31% (499 of 599)");
 }
 
 #[test]
