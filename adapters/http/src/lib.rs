@@ -2,6 +2,12 @@
 //! over endpoints (skipping those whose breaker or health check says no), active health
 //! checks, and the header handling of a reverse proxy. Plain `http`/`hyper` types and tower
 //! `Service`s; no axum, no config file.
+//!
+//! A pitfall when calling these services from an `async` block that must be `Send`
+//! (`tokio::spawn`, an axum handler): awaiting `svc.oneshot(req)` there can fail to compile
+//! with "implementation of `Service` is not general enough" (a rustc limitation with the
+//! `Box<dyn Error + Send + Sync>` inside [`ProxyBody`]). Box the future first:
+//! `let fut: BoxFuture<'static, _> = Box::pin(svc.oneshot(req)); fut.await`.
 
 pub mod balance;
 pub mod body;
