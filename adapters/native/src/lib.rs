@@ -13,6 +13,7 @@
 //!   driver results and resends calls;
 //! - [`stack`]: [`driver_stack`], an instance behind the standard policy stack;
 //! - [`drivers`]: the built-in `qemu-img`, `http` and `exec` drivers;
+//! - [`jobs`]: the SQL store of asynchronous calls, which survives a restart;
 //! - [`process`]: running a tool with no shell and no orphan.
 //!
 //! No axum, no config file: the gateway mounts `/native/{driver}/{operation}` and maps
@@ -22,6 +23,7 @@ pub mod classify;
 pub mod driver;
 pub mod drivers;
 pub mod error;
+pub mod jobs;
 pub mod process;
 pub mod registry;
 pub mod spec;
@@ -30,6 +32,7 @@ pub mod stack;
 pub use classify::{NativeClassify, NativeReplay};
 pub use driver::{Driver, NativeCall, Operation};
 pub use error::{ConfigError, DriverError, ErrorKind, UnknownDriver, UnknownOperation};
+pub use jobs::{Job, JobState, Jobs};
 pub use quartet_policies::BoxError;
 pub use registry::{DriverInstance, DriverService, Registry};
 pub use spec::DriverSpec;
