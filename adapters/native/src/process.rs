@@ -6,6 +6,10 @@
 //! while the process stays a zombie in the process table. [`Running`] kills it and hands
 //! the `Child` to a task that waits for it, so a timed-out call leaves nothing behind.
 //! `kill_on_drop(true)` stays set for the case where no runtime is there to run that task.
+//!
+//! Each tool runs in a process group of its own, and the whole group is killed: a tool that
+//! started helpers of its own (a Python CLI calling `iscsiadm`, a script) leaves none of
+//! them behind either.
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -72,6 +76,7 @@ where
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true);
     cmd
 }
@@ -178,6 +183,18 @@ impl Drop for Running {
             return;
         }
         let pid = child.id();
+        // The group first (its id is the tool's pid, see `process_group(0)`), so helpers
+        // the tool started go too; then the tool itself, in case it left the group.
+        if let Some(group) = pid
+            .and_then(|p| i32::try_from(p).ok())
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            if let Err(e) =
+                rustix::process::kill_process_group(group, rustix::process::Signal::KILL)
+            {
+                tracing::debug!(?pid, error = %e, "cannot kill an abandoned process group");
+            }
+        }
         if let Err(e) = child.start_kill() {
             tracing::warn!(?pid, error = %e, "cannot kill an abandoned process");
         }
@@ -193,5 +210,52 @@ impl Drop for Running {
             Err(_) => drop(child),
         }
         tracing::debug!(?pid, "abandoned process killed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn collects_output_and_status() {
+        let f = run(command(
+            Path::new("/bin/sh"),
+            ["-c", "echo out; echo err >&2; exit 3"],
+        ))
+        .await
+        .expect("runs");
+        assert_eq!(f.status.code(), Some(3));
+        assert_eq!(f.stdout, b"out\n");
+        assert_eq!(f.stderr_text(), "err");
+    }
+
+    #[tokio::test]
+    async fn the_environment_is_clean() {
+        let f = run(command(Path::new("/usr/bin/env"), Vec::<&str>::new()))
+            .await
+            .expect("runs");
+        let mut vars: Vec<String> = String::from_utf8_lossy(&f.stdout)
+            .lines()
+            .map(|l| l.split('=').next().unwrap_or_default().to_string())
+            .collect();
+        vars.sort();
+        assert_eq!(vars, vec!["LC_ALL", "PATH"]);
+    }
+
+    #[tokio::test]
+    async fn endless_output_is_cut_not_awaited() {
+        let err = run(command(Path::new("/usr/bin/yes"), Vec::<&str>::new()))
+            .await
+            .expect_err("too much");
+        assert!(matches!(err, ProcessError::OutputTooLarge { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_a_spawn_error() {
+        let err = run(command(Path::new("/nonexistent/tool"), Vec::<&str>::new()))
+            .await
+            .expect_err("no such program");
+        assert!(matches!(err, ProcessError::Spawn { .. }), "{err}");
     }
 }

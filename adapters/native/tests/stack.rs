@@ -178,15 +178,30 @@ async fn caller_errors_do_not_open_the_breaker_and_backend_errors_do() {
     assert_eq!(stack.breaker.state(), BreakerState::Open);
 }
 
-#[tokio::test]
-async fn a_call_outliving_its_timeout_is_cut_and_its_process_killed() {
-    let dir = tempfile::tempdir().expect("tempdir");
+/// A duration no other process on the machine is likely to sleep for.
+fn unique_seconds() -> String {
+    let micros = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .subsec_micros();
+    format!("30.{micros:06}")
+}
+
+/// Runs `executable args` as an exec command under a 2 s per-try timeout, waits until the
+/// process whose command line is `watched` runs, and checks the call gets `Elapsed` and that
+/// process is gone afterwards.
+async fn timed_out_call_leaves_no_process(
+    executable: &str,
+    patterns: &[&str],
+    args: &[&str],
+    watched: &[&str],
+) {
     let mut commands = BTreeMap::new();
     commands.insert(
-        "sleep".to_string(),
+        "run".to_string(),
         ExecCommandSpec {
-            executable: "/bin/sleep".into(),
-            args: vec![r"[0-9]{1,2}\.[0-9]{1,6}".into()],
+            executable: executable.into(),
+            args: patterns.iter().map(|p| p.to_string()).collect(),
             idempotent: false,
         },
     );
@@ -198,21 +213,15 @@ async fn a_call_outliving_its_timeout_is_cut_and_its_process_killed() {
     spec.retry.attempts = 1;
     let stack = driver_stack(&instance, &spec, Metrics::new());
 
-    // A duration no other process on the machine is likely to sleep for.
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .subsec_micros();
-    let arg = format!("30.{nanos:06}");
     let call = tokio::spawn(
         stack
             .service
             .clone()
-            .oneshot(NativeCall::new("sleep", json!({ "args": [arg.clone()] }))),
+            .oneshot(NativeCall::new("run", json!({ "args": args }))),
     );
     let mut pid = None;
-    wait_until("sleep has started", Duration::from_secs(10), || {
-        pid = pid_of(&["/bin/sleep", &arg]);
+    wait_until("the process has started", Duration::from_secs(10), || {
+        pid = pid_of(watched);
         pid.is_some()
     })
     .await;
@@ -222,10 +231,36 @@ async fn a_call_outliving_its_timeout_is_cut_and_its_process_killed() {
     let elapsed = err.downcast_ref::<Elapsed>().expect("an Elapsed");
     assert_eq!(elapsed.kind, TimeoutKind::PerTry);
     wait_until(
-        "the killed process is reaped",
+        "the killed process is gone",
         Duration::from_secs(10),
         || !pid_exists(pid),
     )
     .await;
-    drop(dir);
+}
+
+#[tokio::test]
+async fn a_call_outliving_its_timeout_is_cut_and_its_process_killed() {
+    let secs = unique_seconds();
+    timed_out_call_leaves_no_process(
+        "/bin/sleep",
+        &[r"[0-9]{1,2}\.[0-9]{1,6}"],
+        &[&secs],
+        &["/bin/sleep", &secs],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn helpers_a_timed_out_tool_started_are_killed_too() {
+    // The allow-list names the script exactly; the shell is the tool here, the sleep its
+    // helper (a grandchild of the gateway).
+    let secs = unique_seconds();
+    let script = format!("/bin/sleep {secs} & wait");
+    timed_out_call_leaves_no_process(
+        "/bin/sh",
+        &["-c", r"/bin/sleep [0-9]{1,2}\.[0-9]{1,6} & wait"],
+        &["-c", &script],
+        &["/bin/sleep", &secs],
+    )
+    .await;
 }
