@@ -408,15 +408,15 @@ fn job_from_row(row: &AnyRow) -> Result<Job, JobsError> {
     let id = Uuid::parse_str(&id_text).map_err(|_| corrupt("id is not a uuid"))?;
     let state_text: String = row.try_get("state")?;
     let state = JobState::parse(&state_text).ok_or_else(|| corrupt("unknown state"))?;
-    let args_text: String = row.try_get("args")?;
+    let args_text = text(row, "args")?.ok_or_else(|| corrupt("args are null"))?;
     let args = serde_json::from_str(&args_text).map_err(|_| corrupt("args are not JSON"))?;
-    let result_text: Option<String> = row.try_get("result")?;
+    let result_text = text(row, "result")?;
     let result = result_text
         .map(|t| serde_json::from_str(&t))
         .transpose()
         .map_err(|_| corrupt("result is not JSON"))?;
     let error_kind: Option<String> = row.try_get("error_kind")?;
-    let error_message: Option<String> = row.try_get("error_message")?;
+    let error_message = text(row, "error_message")?;
     let error = match (error_kind, error_message) {
         (Some(kind), message) => Some(JobError {
             kind,
@@ -435,6 +435,19 @@ fn job_from_row(row: &AnyRow) -> Result<Job, JobsError> {
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
     })
+}
+
+/// A `TEXT` column: a string on SQLite and PostgreSQL; MySQL sends `TEXT` as a `BLOB` with
+/// a character set, which the `Any` driver only decodes as bytes.
+fn text(row: &AnyRow, column: &str) -> Result<Option<String>, JobsError> {
+    if let Ok(s) = row.try_get::<Option<String>, _>(column) {
+        return Ok(s);
+    }
+    let bytes: Option<Vec<u8>> = row.try_get(column)?;
+    bytes
+        .map(String::from_utf8)
+        .transpose()
+        .map_err(|e| JobsError::Database(sqlx::Error::Decode(Box::new(e))))
 }
 
 fn now_ms() -> i64 {

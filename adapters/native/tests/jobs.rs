@@ -16,15 +16,14 @@ async fn state_of(jobs: &Jobs, id: uuid::Uuid) -> JobState {
     jobs.get(id).await.expect("get").expect("stored").state
 }
 
-#[tokio::test]
-async fn jobs_survive_a_restart() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
+/// Submits jobs that succeed, fail, hang and never start; "restarts" (drops the store and
+/// its running calls, opens a new one on the same database); checks each job's state.
+async fn restart_scenario(url: &str, owner: &str) {
     let driver = TestDriver::new();
     let instance = DriverInstance::new("device", None, Arc::new(driver.clone()));
     let stack = driver_stack(&instance, &PolicySpec::default(), Metrics::new());
 
-    let jobs = Jobs::open(&url).await.expect("open");
+    let jobs = Jobs::open_as(url, owner).await.expect("open");
     let done = jobs
         .submit(
             "device",
@@ -70,9 +69,10 @@ async fn jobs_survive_a_restart() {
     assert!(error.message.contains("bad arguments"), "{}", error.message);
     assert_eq!(state_of(&jobs, queued).await, JobState::Queued);
 
-    // "Restart": the store and its running call go away; a new store opens the same file.
+    // "Restart": the store and its running call go away; a new store opens the same
+    // database.
     drop(jobs);
-    let jobs = Jobs::open(&url).await.expect("reopen");
+    let jobs = Jobs::open_as(url, owner).await.expect("reopen");
     for id in [held, queued] {
         let job = jobs.get(id).await.expect("get").expect("kept");
         assert_eq!(job.state, JobState::Failed, "{id}");
@@ -99,6 +99,30 @@ async fn jobs_survive_a_restart() {
         state_of(&jobs, again).await == JobState::Succeeded
     })
     .await;
+}
+
+#[tokio::test]
+async fn jobs_survive_a_restart_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("jobs.db").display());
+    restart_scenario(&url, "default").await;
+}
+
+/// A fresh owner per run, so runs sharing the database never touch each other's jobs.
+fn fresh_owner() -> String {
+    format!("test-{}", uuid::Uuid::new_v4())
+}
+
+/// The real PostgreSQL on 127.0.0.1:5432 (as in compose.yaml): same migration, same queries.
+#[tokio::test]
+async fn jobs_survive_a_restart_on_postgresql() {
+    restart_scenario("postgres://postgres@127.0.0.1:5432/test", &fresh_owner()).await;
+}
+
+/// The real MariaDB on 127.0.0.1:3306 (as in compose.yaml): same migration, same queries.
+#[tokio::test]
+async fn jobs_survive_a_restart_on_mysql() {
+    restart_scenario("mysql://root@127.0.0.1:3306/test", &fresh_owner()).await;
 }
 
 #[tokio::test]
