@@ -132,7 +132,12 @@ impl Service<http::Request<ProxyBody>> for EndpointService {
     }
 
     /// Sends the request to this endpoint. The client's `Host` is kept (as Envoy does);
-    /// an HTTP/2 client's `:authority` becomes `Host` when it sent none. A failure to
+    /// an HTTP/2 client's `:authority` becomes `Host` when it sent none. With `http2 =
+    /// true` the `Host` is removed instead, since HTTP/2 carries the endpoint's authority
+    /// in `:authority` and the two must not differ (the client's host reaches the upstream
+    /// in `X-Forwarded-Host`). An `https://` endpoint that picks h2 by ALPN gets the
+    /// client's `Host` next to the endpoint's `:authority`: hyper and Go servers accept
+    /// that; a strict server may not, then set `http2 = true`. A failure to
     /// connect is a [`ConnectError`] (nothing was sent: safe to retry), any other failure
     /// an [`UpstreamError`]. The response keeps its extensions (hyper's `OnUpgrade` for a
     /// 101 among them).
@@ -151,7 +156,11 @@ impl Service<http::Request<ProxyBody>> for EndpointService {
                 })
             }
         };
-        if !parts.headers.contains_key(http::header::HOST) {
+        if self.client.is_http2_only() {
+            // RFC 9113 8.3.1: a `Host` that differs from `:authority` (here the endpoint's)
+            // makes the request malformed; the client's host is in `X-Forwarded-Host`.
+            parts.headers.remove(http::header::HOST);
+        } else if !parts.headers.contains_key(http::header::HOST) {
             if let Some(authority) = parts.uri.authority() {
                 if let Ok(v) = http::HeaderValue::from_str(authority.as_str()) {
                     parts.headers.insert(http::header::HOST, v);

@@ -156,3 +156,27 @@ async fn check(
         Err(_) => Err(format!("no answer within {timeout:?}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_urls_join_the_base_path() {
+        let cases = [
+            ("http://a:1", "/", "http://a:1/"),
+            ("http://a:1", "/healthcheck", "http://a:1/healthcheck"),
+            ("http://a:1/", "healthcheck", "http://a:1/healthcheck"),
+            (
+                "https://a:1/compute/",
+                "/healthcheck?full=1",
+                "https://a:1/compute/healthcheck?full=1",
+            ),
+        ];
+        for (base, path, want) in cases {
+            let url = check_url(&base.parse().unwrap(), path).unwrap();
+            assert_eq!(url.to_string(), want, "{base} + {path}");
+        }
+        assert!(check_url(&"http://a:1".parse().unwrap(), "/bad path").is_none());
+    }
+}

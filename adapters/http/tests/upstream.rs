@@ -185,11 +185,15 @@ async fn http2_true_speaks_h2c_by_prior_knowledge() {
     s.http2 = true;
     let ep = endpoint(&url, &s);
     let req = http::Request::get("/h2c")
+        .header("host", "api.example")
         .body(quartet_http::body::empty())
         .unwrap();
     let resp = send(&ep, req).await.unwrap();
     assert_eq!(seen(&resp, "version"), "HTTP/2.0");
     assert_eq!(seen(&resp, "path"), "/h2c");
+    // HTTP/2 must not carry a Host that differs from :authority.
+    assert_eq!(seen(&resp, "host"), "");
+    assert_eq!(seen(&resp, "authority"), ep.authority());
 }
 
 #[tokio::test]
@@ -280,4 +284,22 @@ async fn a_failing_status_is_a_failed_check() {
         async move { !f.load(Ordering::Relaxed) }
     })
     .await;
+}
+
+#[tokio::test]
+async fn https_with_http2_true_insists_on_h2() {
+    let (ca_pem, acceptor) = tls_pair();
+    let ca = TempFile::new("ca-h2.pem", ca_pem.as_bytes());
+    let up = Upstream::start_tls(acceptor).await;
+    let url = format!("https://127.0.0.1:{}", up.addr.port());
+    let mut s = spec(vec![url.clone()]);
+    s.ca_file = Some(ca.0.clone());
+    s.http2 = true;
+    let ep = endpoint(&url, &s);
+    let req = http::Request::get("/")
+        .body(quartet_http::body::empty())
+        .unwrap();
+    let resp = send(&ep, req).await.unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    assert_eq!(seen(&resp, "version"), "HTTP/2.0");
 }
