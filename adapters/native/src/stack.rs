@@ -8,6 +8,20 @@
 //! observe -> rate limit -> concurrency limit -> fault injection
 //!   -> total timeout -> retry -> circuit breaker -> per-try timeout -> driver
 //! ```
+//!
+//! With the gateway's generic `stack::policy_stack` and `stack::endpoint_stack`, the same
+//! stack is (a driver instance is a target with one endpoint, itself):
+//!
+//! ```text
+//! let inner = endpoint_stack(breaker, policy.per_try_timeout, NativeClassify::Breaker,
+//!                            in_flight, instance.service());
+//! policy_stack(&parts, &policy, &metrics, NativeClassify::Retry,
+//!              NativeReplay::new(instance.operations()), inner)
+//! ```
+//!
+//! Two views of one result (see [`crate::classify`]): the breaker counts permanent errors
+//! as failures, the retry layer does not resend them. The observe layer may take either:
+//! it labels both `Sent` and `Local` outcomes `failure`.
 
 use crate::classify::{NativeClassify, NativeReplay};
 use crate::driver::NativeCall;

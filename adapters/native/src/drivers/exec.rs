@@ -193,6 +193,9 @@ mod tests {
         assert!(re.is_match("abc"));
         assert!(!re.is_match("abc;rm"));
         assert!(!re.is_match("x abc"));
+        // `$` is the end of the text, not of a line: no trailing newline slips through.
+        assert!(!re.is_match("abc\n"));
+        assert!(!re.is_match("abc\nrm"));
         // An alternation cannot escape the anchors.
         let re = anchored("a|b.*").expect("regex");
         assert!(!re.is_match("a; rm -rf /"));

@@ -9,7 +9,8 @@
 //!
 //! | answer | error |
 //! | --- | --- |
-//! | 2xx (and 1xx/3xx, answered as they are) | none: the body, as JSON when it parses |
+//! | 2xx | none: the body, as JSON when it parses (`null` when empty) |
+//! | 1xx, 3xx (redirects are not followed) | `Permanent`: the API is not where the config says |
 //! | cannot connect | `Transient`, nothing sent |
 //! | reset or broken mid-exchange, 5xx, 408, 429 | `Transient`, sent |
 //! | 401, 403 | `Permanent`: our credentials are wrong, the caller cannot fix that |
@@ -373,7 +374,11 @@ fn classify_status(status: http::StatusCode, body: &[u8]) -> Result<(), DriverEr
         408 | 429 => Err(DriverError::transient_sent(what(), None)),
         400..=499 => Err(DriverError::invalid(what())),
         500..=599 => Err(DriverError::transient_sent(what(), None)),
-        _ => Ok(()),
+        200..=299 => Ok(()),
+        _ => Err(DriverError::permanent(
+            format!("the backend answered an unexpected {status}"),
+            None,
+        )),
     }
 }
 
@@ -485,6 +490,7 @@ mod tests {
         use crate::error::ErrorKind::*;
         assert_eq!(kind(200), None);
         assert_eq!(kind(204), None);
+        assert_eq!(kind(301), Some(Permanent));
         assert_eq!(kind(404), Some(NotFound));
         assert_eq!(kind(409), Some(Conflict));
         assert_eq!(kind(400), Some(InvalidInput));
