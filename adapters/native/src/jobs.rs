@@ -321,6 +321,24 @@ impl Jobs {
         Ok(id)
     }
 
+    /// Deletes this owner's finished (`succeeded` or `failed`) jobs last updated before
+    /// `before` (milliseconds since the Unix epoch); how many. Unfinished jobs are kept.
+    /// The table grows by one row per job until this is called.
+    pub async fn forget_finished_before(&self, before: i64) -> Result<u64, JobsError> {
+        let sql = format!(
+            "DELETE FROM quartet_native_jobs WHERE owner = {} AND updated_at < {} \
+             AND state IN ('succeeded', 'failed')",
+            self.ph(1),
+            self.ph(2)
+        );
+        let done = sqlx::query(&sql)
+            .bind(&*self.owner)
+            .bind(before)
+            .execute(&self.db.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
     /// One job, or `None` when no job has this id.
     pub async fn get(&self, id: Uuid) -> Result<Option<Job>, JobsError> {
         let sql = format!(

@@ -99,6 +99,33 @@ async fn restart_scenario(url: &str, owner: &str) {
         state_of(&jobs, again).await == JobState::Succeeded
     })
     .await;
+
+    // Finished jobs can be forgotten; this also leaves a shared database as it was.
+    let running = jobs
+        .submit(
+            "device",
+            stack.service.clone(),
+            NativeCall::new("hold", json!({})),
+        )
+        .await
+        .expect("submit");
+    wait_until_async("the held job runs", Duration::from_secs(10), || async {
+        state_of(&jobs, running).await == JobState::Running
+    })
+    .await;
+    let forgotten = jobs.forget_finished_before(i64::MAX).await.expect("forget");
+    assert_eq!(forgotten, 5);
+    assert_eq!(jobs.get(done).await.expect("get"), None);
+    assert_eq!(state_of(&jobs, running).await, JobState::Running);
+    driver.gate.add_permits(1);
+    wait_until_async("the held job ends", Duration::from_secs(10), || async {
+        state_of(&jobs, running).await == JobState::Succeeded
+    })
+    .await;
+    assert_eq!(
+        jobs.forget_finished_before(i64::MAX).await.expect("forget"),
+        1
+    );
 }
 
 #[tokio::test]

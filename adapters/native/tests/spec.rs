@@ -150,3 +150,15 @@ fn building_checks_the_machine() {
     let err = Registry::build(&specs).expect_err("missing executable");
     assert_eq!(err.key, "native.drivers[0].commands.x.executable");
 }
+
+#[test]
+fn specs_serialize_back_to_the_same_config() {
+    let specs = parse(&example("/tmp/volumes")).expect("parses");
+    #[derive(serde::Serialize)]
+    struct Out<'a> {
+        drivers: &'a [DriverSpec],
+    }
+    let text = toml::to_string(&Out { drivers: &specs }).expect("serializes");
+    let back: Native = toml::from_str(&text).expect("parses back");
+    assert_eq!(back.drivers, specs);
+}
