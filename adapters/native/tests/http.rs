@@ -127,6 +127,68 @@ fn serve(listener: TcpListener, backend: Backend) -> JoinSet<()> {
     set
 }
 
+/// A CA and a server certificate it signed for `localhost`: the CA's PEM and an acceptor.
+fn tls_pair() -> (String, tokio_rustls::TlsAcceptor) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("ca params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca =
+        CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("ca");
+    let params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    let key = KeyPair::generate().expect("key");
+    let cert = params.signed_by(&key, &ca).expect("cert");
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .expect("server config");
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    (ca.pem(), tokio_rustls::TlsAcceptor::from(Arc::new(server)))
+}
+
+/// Serves `backend` over TLS on `listener` until the returned set is dropped.
+fn serve_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    backend: Backend,
+) -> JoinSet<()> {
+    let mut set = JoinSet::new();
+    set.spawn(async move {
+        let mut conns = JoinSet::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (acceptor, backend) = (acceptor.clone(), backend.clone());
+            conns.spawn(async move {
+                // A client that refuses the certificate ends the handshake here.
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let svc = service_fn(move |req| {
+                    let backend = backend.clone();
+                    async move {
+                        let (status, body) = answer(backend, req).await;
+                        hyper::Response::builder()
+                            .status(status)
+                            .body(Full::new(Bytes::from(body.to_string())))
+                    }
+                });
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    set
+}
+
 fn spec_toml(addr: SocketAddr, auth: &str) -> String {
     format!(
         r#"
@@ -383,4 +445,52 @@ async fn the_breaker_opens_on_a_failing_backend_and_closes_after_it_recovers() {
         .oneshot(call())
         .await
         .expect("closed: calls pass");
+}
+
+#[tokio::test]
+async fn tls_certificates_are_verified() {
+    let (ca_pem, acceptor) = tls_pair();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).expect("write ca");
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let backend = Backend::default();
+    let _server = serve_tls(listener, acceptor, backend.clone());
+
+    let spec = |ca: Option<&std::path::Path>| {
+        let ca_line = ca
+            .map(|p| format!("ca_file = {:?}\n", p.display().to_string()))
+            .unwrap_or_default();
+        let text = format!(
+            "name = \"array\"\nkind = \"http\"\nbase_url = \"https://localhost:{port}/api/v1\"\n\
+             auth = {{ header = \"X-Auth-Token\", value = \"secret\" }}\n{ca_line}\
+             [operations.get_volume]\nmethod = \"GET\"\npath = \"/volumes/{{id}}\"\n"
+        );
+        let spec: DriverSpec = toml::from_str(&text).expect("spec parses");
+        let DriverSettings::Http(http) = spec.settings else {
+            panic!("an http spec");
+        };
+        HttpDriver::new(&http).expect("driver")
+    };
+
+    // No ca_file: the system's roots do not know this CA, and the call is refused before
+    // any request is sent.
+    let err = spec(None)
+        .call("get_volume", json!({"id": "v1"}))
+        .await
+        .expect_err("untrusted certificate");
+    assert!(
+        matches!(err, DriverError::Transient { sent: false, .. }),
+        "{err}"
+    );
+    assert_eq!(backend.hits(), 0);
+
+    // With the CA named, the same server is trusted.
+    let out = spec(Some(&ca_file))
+        .call("get_volume", json!({"id": "v1"}))
+        .await
+        .expect("trusted");
+    assert_eq!(out, json!({"path": "/api/v1/volumes/v1"}));
+    assert_eq!(backend.hits(), 1);
 }
