@@ -363,3 +363,76 @@ async fn names_and_sizes_are_checked_before_qemu_img_runs() {
     assert_eq!(files(d.root()), vec!["volume--o_x.qcow2"]);
     assert!(!dir.path().parent().expect("parent").join("escape").exists());
 }
+
+#[tokio::test]
+async fn concurrent_changes_to_one_volume_keep_its_chain_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = std::sync::Arc::new(driver(dir.path()));
+    d.call("create_volume", json!({"id": "v", "size_gb": 1}))
+        .await
+        .expect("create");
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..6 {
+        let d = d.clone();
+        set.spawn(async move {
+            d.call(
+                "create_snapshot",
+                json!({"id": format!("s{i}"), "volume_id": "v"}),
+            )
+            .await
+        });
+    }
+    while let Some(done) = set.join_next().await {
+        done.expect("task").expect("snapshot");
+    }
+    let names = chain(&d.root().join("volume-v.qcow2"));
+    assert_eq!(names.len(), 7, "{names:?}");
+    assert_eq!(names[0], "volume-v.qcow2");
+    let mut snaps: Vec<_> = names[1..].to_vec();
+    snaps.sort();
+    let want: Vec<String> = (0..6)
+        .map(|i| format!("volume-v.snapshot-s{i}.qcow2"))
+        .collect();
+    assert_eq!(snaps, want);
+
+    // And deleting them all at once merges each into its neighbour without loss.
+    for i in 0..6 {
+        let d = d.clone();
+        set.spawn(async move {
+            d.call("delete_snapshot", json!({ "id": format!("s{i}") }))
+                .await
+        });
+    }
+    while let Some(done) = set.join_next().await {
+        done.expect("task").expect("delete");
+    }
+    assert_eq!(
+        chain(&d.root().join("volume-v.qcow2")),
+        vec!["volume-v.qcow2"]
+    );
+    assert_eq!(files(d.root()), vec!["volume-v.qcow2"]);
+}
+
+#[test]
+fn stale_work_files_are_removed_when_a_driver_starts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let old = dir.path().join(".tmp-old.qcow2");
+    let fresh = dir.path().join(".tmp-fresh.qcow2");
+    let other = dir.path().join("notes.txt");
+    for p in [&old, &fresh, &other] {
+        std::fs::write(p, b"x").expect("write");
+    }
+    let two_hours_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(7200);
+    for p in [&old, &other] {
+        std::fs::File::options()
+            .write(true)
+            .open(p)
+            .expect("open")
+            .set_modified(two_hours_ago)
+            .expect("mtime");
+    }
+    let _d = driver(dir.path());
+    assert!(!old.exists(), "an old work file is a leftover");
+    assert!(fresh.exists(), "a fresh one may belong to a running call");
+    assert!(other.exists(), "other files are not ours");
+}

@@ -5,7 +5,9 @@
 //!
 //! - a volume `V` is `volume-V.qcow2`;
 //! - a snapshot `S` of volume `V` is `volume-V.snapshot-S.qcow2`;
-//! - work in progress is `.tmp-<uuid>.qcow2`, removed when the call ends or is dropped.
+//! - work in progress is `.tmp-<uuid>.qcow2`, removed when the call ends or is dropped
+//!   (and, should a killed `qemu-img` recreate one in the instant before it dies, or the
+//!   process stop, removed by the next driver built on the directory once an hour old).
 //!
 //! Ids are 1 to 64 letters, digits, `-` and `_`, so a name can neither leave the directory
 //! nor be read as an option (every path handed to `qemu-img` is absolute), and
@@ -48,6 +50,36 @@ use tokio::sync::Mutex;
 
 const GIB: u64 = 1 << 30;
 const DRIVER_VERSION: &str = "1.0.0";
+/// Work files older than this are leftovers: no call runs that long under any sane timeout.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Removes `.tmp-*.qcow2` files last modified more than `age` ago.
+fn remove_stale_work_files(root: &Path, age: std::time::Duration) {
+    let Ok(dir) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !(name.starts_with(".tmp-") && name.ends_with(".qcow2")) {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|elapsed| elapsed > age);
+        if old {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => tracing::info!(file = name, "removed a stale work file"),
+                Err(e) => {
+                    tracing::warn!(file = name, error = %e, "cannot remove a stale work file")
+                }
+            }
+        }
+    }
+}
 
 pub struct QemuImgDriver {
     name: String,
@@ -87,6 +119,7 @@ impl QemuImgDriver {
                 format!("{} is not a file", spec.qemu_img.display()),
             ));
         }
+        remove_stale_work_files(&root, STALE_AFTER);
         let operations = [
             ("create_volume", false),
             ("delete_volume", true),
