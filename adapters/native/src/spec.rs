@@ -304,8 +304,12 @@ impl QemuImgSpec {
         if !self.qemu_img.is_absolute() {
             return Err(ConfigError::new("qemu_img", "must be an absolute path"));
         }
-        if self.max_size_gb == 0 {
-            return Err(ConfigError::new("max_size_gb", "must be at least 1"));
+        // Sizes are computed in bytes as u64: keep GiB * 2^30 from overflowing.
+        if self.max_size_gb == 0 || self.max_size_gb > u64::MAX >> 30 {
+            return Err(ConfigError::new(
+                "max_size_gb",
+                format!("must be between 1 and {}", u64::MAX >> 30),
+            ));
         }
         Ok(())
     }
