@@ -268,7 +268,7 @@ impl Recent {
 }
 
 enum ReplyEvent {
-    Reply(codec::Reply),
+    Reply(Box<codec::Reply>),
     Lost(Option<Arc<ConnectError>>),
 }
 
@@ -694,7 +694,7 @@ impl Inner {
             }
         }
         if let Some(tx) = w.map.get(&reply.msg_id) {
-            let _ = tx.send(ReplyEvent::Reply(reply));
+            let _ = tx.send(ReplyEvent::Reply(Box::new(reply)));
         } else if w.abandoned.contains(&reply.msg_id) {
             bump(&self.counters.late_replies);
             tracing::info!(msg_id = %reply.msg_id, "dropping a reply that came after its call gave up");
@@ -833,7 +833,11 @@ async fn serve_replies(
                 None => return Some(ConnectError::Lost(None)),
             },
             event = events.next() => match event {
-                Some(lapin::Event::Error(e)) => return Some(ConnectError::Lost(Some(e))),
+                // Channel errors (a 406 on a declaration) come here too: only a
+                // connection that is no longer usable counts as lost.
+                Some(lapin::Event::Error(e)) if !conn.status().connected() => {
+                    return Some(ConnectError::Lost(Some(e)))
+                }
                 Some(_) => {}
                 None => return Some(ConnectError::Lost(None)),
             },
