@@ -282,7 +282,6 @@ pub(crate) async fn declare_queue(
     }
 }
 
-#[allow(dead_code)] // used by the server side
 pub(crate) async fn bind_queue(
     ch: &Channel,
     queue: &str,

@@ -20,6 +20,7 @@ pub mod client;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod server;
 
 pub use broker::{State, Status};
 pub use classify::{RpcClassify, RpcReplay};
@@ -28,3 +29,4 @@ pub use codec::{Context, RemoteFailure};
 pub use config::{AmqpConfig, RpcConfig, RpcServerSpec, RpcTopic};
 pub use error::{ConnectError, RpcError};
 pub use quartet_policies::BoxError;
+pub use server::{IncomingCall, RpcHandler, RpcServer, ServerStats};

@@ -49,7 +49,6 @@ def main():
         out["direct"] = outcome(lambda: client.prepare(server=a.server).call(ctxt, "whoami"))
     out["cast"] = outcome(lambda: client.cast(ctxt, "record", tag="cast-1"))
     out["fanout"] = outcome(lambda: client.prepare(fanout=True).cast(ctxt, "record", tag="fanout-1"))
-    out["after_casts"] = outcome(lambda: client.call(ctxt, "recorded"))
     sys.stdout.write(json.dumps(out) + "\n")
     sys.stdout.flush()
     transport.cleanup()
