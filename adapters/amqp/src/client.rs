@@ -459,8 +459,8 @@ impl RpcClient {
     /// Closes the connection and deletes the reply queue (it is this instance's own).
     pub async fn close(self) {
         let session = self.inner.session.read().ok().and_then(|s| s.clone());
-        self.inner.shutdown.send_replace(true);
-        if let Some(s) = session {
+        // Delete first: the supervisor closes the connection once told to stop.
+        if let Some(s) = &session {
             if let Ok(ch) = s.conn.create_channel().await {
                 let _ = ch
                     .queue_delete(
@@ -469,6 +469,9 @@ impl RpcClient {
                     )
                     .await;
             }
+        }
+        self.inner.shutdown.send_replace(true);
+        if let Some(s) = session {
             let _ = s.conn.close(200, "OK".into()).await;
         }
     }

@@ -144,6 +144,9 @@ async fn a_real_oslo_client_calls_our_server_and_understands_the_replies() {
 
     server.close().await;
     delete_queues(&topic);
+    if let Some(reply_q) = out["reply_q"].as_str() {
+        delete_queues(reply_q);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

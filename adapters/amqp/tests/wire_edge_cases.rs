@@ -373,3 +373,47 @@ async fn the_policy_stack_retries_unroutable_calls_and_the_breaker_opens() {
     assert_eq!(client.stats().calls, 3);
     client.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn our_server_uses_a_topic_queue_declared_durable_by_someone_else() {
+    // A cloud with amqp_durable_queues = True declared `<topic>` durable: our
+    // non-durable declaration gets 406, and we fall back to a passive declaration on a
+    // fresh channel instead of failing (or losing the connection).
+    let topic = unique("qt-durable-q");
+    let (conn, ch) = raw().await;
+    ch.queue_declare(
+        topic.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let server = echo_server(&topic, "qt-durable-q");
+    server
+        .wait_ready(BOUND)
+        .await
+        .expect("server ready despite the 406");
+    let client = RpcClient::start(config("qt-durable-q-cli"));
+    client.wait_ready(BOUND).await.unwrap();
+    let r = client
+        .call(RpcRequest::call(&topic, "echo").arg("d", json!(true)))
+        .await
+        .unwrap();
+    assert_eq!(r, json!({"d": true}));
+    assert_eq!(server.status().connects, 1);
+    // The heartbeat we asked for is the one the broker uses for our connection.
+    assert_eq!(
+        common::connection_heartbeat(&client.status().connection_name),
+        20
+    );
+
+    client.close().await;
+    server.close().await;
+    ch.queue_delete(topic.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    let _ = conn.close(200, "OK".into()).await;
+}

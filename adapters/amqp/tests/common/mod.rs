@@ -210,3 +210,23 @@ pub fn delete_queues(prefix: &str) {
         }
     }
 }
+
+/// The heartbeat (s) the broker negotiated for the connection named `name`.
+pub fn connection_heartbeat(name: &str) -> u64 {
+    let list = rabbitmqctl(&[
+        "list_connections",
+        "timeout",
+        "client_properties",
+        "-q",
+        "--no-table-headers",
+    ]);
+    let needle = format!("{{\"connection_name\",\"{name}\"}}");
+    let line = list
+        .lines()
+        .find(|l| l.contains(&needle))
+        .expect("our connection is listed");
+    line.split('\t')
+        .next()
+        .and_then(|t| t.trim().parse().ok())
+        .expect("a timeout column")
+}

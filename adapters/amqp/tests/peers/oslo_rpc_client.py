@@ -49,6 +49,8 @@ def main():
         out["direct"] = outcome(lambda: client.prepare(server=a.server).call(ctxt, "whoami"))
     out["cast"] = outcome(lambda: client.cast(ctxt, "record", tag="cast-1"))
     out["fanout"] = outcome(lambda: client.prepare(fanout=True).cast(ctxt, "record", tag="fanout-1"))
+    # So the test can delete it (oslo leaves it to x-expires).
+    out["reply_q"] = getattr(transport._driver, "_reply_q", None)
     sys.stdout.write(json.dumps(out) + "\n")
     sys.stdout.flush()
     transport.cleanup()
