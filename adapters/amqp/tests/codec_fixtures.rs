@@ -291,3 +291,27 @@ fn reply_we_write_has_the_captured_structure() {
     let (b, b_order) = inner(&raw);
     assert_eq!((a, a_order), (b, b_order));
 }
+
+#[test]
+fn truncated_and_mangled_captures_never_panic() {
+    for kind in kinds() {
+        let raw = body(&kind);
+        for cut in 0..raw.len() {
+            let _ = codec::decode(&raw[..cut]);
+        }
+        // Mangle each byte in turn (a cheap, deterministic fuzz).
+        for i in (0..raw.len()).step_by(7) {
+            let mut m = raw.clone();
+            m[i] = m[i].wrapping_add(13);
+            let _ = codec::decode(&m);
+        }
+    }
+}
+
+#[test]
+fn the_bare_1_0_form_is_accepted_for_replies_too() {
+    let outer: Value = serde_json::from_slice(&body("call-reply")).unwrap();
+    let inner = outer["oslo.message"].as_str().unwrap();
+    let bare = codec::decode_reply(inner.as_bytes()).unwrap();
+    assert_eq!(bare, codec::decode_reply(&body("call-reply")).unwrap());
+}

@@ -68,6 +68,8 @@ fn handler(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_oslo_client_calls_our_server_and_understands_the_replies() {
+    // Before declaring anything: a missing venv fails here, leaving nothing behind.
+    common::python();
     let topic = unique("qt-serve");
     let (tx, mut records) = mpsc::unbounded_channel();
     let server = RpcServer::start(config("qt-serve"), spec(&topic, "q1"), handler("q1", tx));
