@@ -99,6 +99,66 @@ impl Context {
     }
 }
 
+/// Who is calling, for [`Context::oslo`]: what a validated Keystone token gives.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Caller {
+    pub user_id: Option<String>,
+    pub project_id: Option<String>,
+    pub domain_id: Option<String>,
+    pub user_domain_id: Option<String>,
+    pub project_domain_id: Option<String>,
+    /// `"all"` for a system-scoped token.
+    pub system_scope: Option<String>,
+    pub roles: Vec<String>,
+    pub is_admin: bool,
+    pub is_admin_project: bool,
+    pub request_id: Option<String>,
+    pub global_request_id: Option<String>,
+    /// Put in `_context_auth_token` (in clear on the wire): only when the target asks.
+    pub auth_token: Option<String>,
+}
+
+impl Context {
+    /// The context oslo.context's `RequestContext.to_dict()` gives for `caller`: the same
+    /// 17 keys in the same order (`user`, `project_id`, `system_scope`, `project`,
+    /// `domain`, `user_domain`, `project_domain`, `is_admin`, `read_only`,
+    /// `show_deleted`, `auth_token`, `request_id`, `global_request_id`, `resource_uuid`,
+    /// `roles`, `user_identity`, `is_admin_project`).
+    pub fn oslo(caller: &Caller) -> Self {
+        let opt = |v: &Option<String>| v.clone().map_or(Value::Null, Value::String);
+        let dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
+        let user_identity = format!(
+            "{} {} {} {} {}",
+            dash(&caller.user_id),
+            dash(&caller.project_id),
+            dash(&caller.domain_id),
+            dash(&caller.user_domain_id),
+            dash(&caller.project_domain_id)
+        );
+        Context::new()
+            .with("user", opt(&caller.user_id))
+            .with("project_id", opt(&caller.project_id))
+            .with("system_scope", opt(&caller.system_scope))
+            .with("project", opt(&caller.project_id))
+            .with("domain", opt(&caller.domain_id))
+            .with("user_domain", opt(&caller.user_domain_id))
+            .with("project_domain", opt(&caller.project_domain_id))
+            .with("is_admin", Value::Bool(caller.is_admin))
+            .with("read_only", Value::Bool(false))
+            .with("show_deleted", Value::Bool(false))
+            .with("auth_token", opt(&caller.auth_token))
+            .with("request_id", opt(&caller.request_id))
+            .with("global_request_id", opt(&caller.global_request_id))
+            .with("resource_uuid", Value::Null)
+            .with(
+                "roles",
+                Value::Array(caller.roles.iter().cloned().map(Value::String).collect()),
+            )
+            .with("user_identity", Value::String(user_identity))
+            .with("is_admin_project", Value::Bool(caller.is_admin_project))
+    }
+}
+
 impl FromIterator<(String, Value)> for Context {
     fn from_iter<I: IntoIterator<Item = (String, Value)>>(iter: I) -> Self {
         let mut ctx = Context::new();

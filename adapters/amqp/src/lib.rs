@@ -25,7 +25,7 @@ pub mod server;
 pub use broker::{State, Status};
 pub use classify::{RpcClassify, RpcReplay};
 pub use client::{CallKind, ClientStats, RpcClient, RpcRequest, RpcResponse};
-pub use codec::{Context, RemoteFailure};
+pub use codec::{Caller, Context, RemoteFailure};
 pub use config::{AmqpConfig, RpcConfig, RpcServerSpec, RpcTopic};
 pub use error::{ConnectError, RpcError};
 pub use quartet_policies::BoxError;

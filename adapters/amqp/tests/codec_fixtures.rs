@@ -315,3 +315,31 @@ fn the_bare_1_0_form_is_accepted_for_replies_too() {
     let bare = codec::decode_reply(inner.as_bytes()).unwrap();
     assert_eq!(bare, codec::decode_reply(&body("call-reply")).unwrap());
 }
+
+#[test]
+fn an_oslo_context_is_what_oslo_context_writes() {
+    let captured = codec::decode_request(&body("call-request"))
+        .unwrap()
+        .context;
+    let caller = codec::Caller {
+        user_id: Some("4a2b6010d52842ac81b8e0ef29169188".into()),
+        project_id: Some("5e78fe57e75443aca521771d2b6dd113".into()),
+        domain_id: Some("default".into()),
+        user_domain_id: Some("default".into()),
+        project_domain_id: Some("default".into()),
+        system_scope: None,
+        roles: vec!["member".into(), "reader".into()],
+        is_admin: false,
+        is_admin_project: true,
+        request_id: Some("req-6c9b4d29-e625-4a12-829e-96879ca1f886".into()),
+        global_request_id: Some("req-b310750c-6e6d-439f-abab-5b6c95c1b4ba".into()),
+        auth_token: Some("gAAAAAB-example-fernet-token".into()),
+    };
+    assert_eq!(Context::oslo(&caller), captured);
+    let anonymous = Context::oslo(&codec::Caller::default());
+    assert_eq!(
+        anonymous.get("user_identity"),
+        Some(&Value::String("- - - - -".into()))
+    );
+    assert_eq!(anonymous.get("auth_token"), Some(&Value::Null));
+}
