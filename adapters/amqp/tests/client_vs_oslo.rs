@@ -61,6 +61,18 @@ async fn call_cast_fanout_and_direct_call_reach_real_oslo_servers() {
         .unwrap();
     assert_eq!(v, json!(2));
 
+    // A namespaced, versioned endpoint.
+    let ns = c
+        .call(
+            RpcRequest::call(&topic, "ns_echo")
+                .namespace("quartet_ns")
+                .version("2.0")
+                .arg("k", json!("v")),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ns, json!({"namespace": "quartet_ns", "args": {"k": "v"}}));
+
     // Direct call to topic.server, with the context passed through.
     let who = c
         .call(
@@ -106,7 +118,7 @@ async fn call_cast_fanout_and_direct_call_reach_real_oslo_servers() {
     .unwrap();
     assert_eq!(h1.lines_matching_tag("direct-cast").await["server"], "h1");
 
-    assert_eq!(c.stats().calls, 5);
+    assert_eq!(c.stats().calls, 6);
     assert_eq!(c.stats().casts, 3);
     h1.stop().await;
     h2.stop().await;
@@ -419,4 +431,78 @@ async fn an_exchange_declared_with_other_flags_is_used_without_losing_the_connec
         .unwrap();
     let _ = conn.close(200, "OK".into()).await;
     c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_steady_load_a_broker_side_close_hangs_nothing_and_serving_resumes() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+    let topic = unique("qt-load");
+    let peer = Peer::oslo_server(&topic, "h1").await;
+    let c = client("qt-load").await;
+    let timeout = Duration::from_secs(5);
+    let running = Arc::new(AtomicBool::new(true));
+    let ok = Arc::new(AtomicU64::new(0));
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let (c, topic, running, ok) = (c.clone(), topic.clone(), running.clone(), ok.clone());
+            tokio::spawn(async move {
+                let mut errors = Vec::new();
+                let mut i = 0i64;
+                while running.load(Ordering::Relaxed) {
+                    i += 1;
+                    let req = RpcRequest::call(&topic, "add")
+                        .args(json!({"a": w, "b": i}))
+                        .timeout(timeout);
+                    // A call never outlives its timeout by much: the outer bound is a hang check.
+                    match tokio::time::timeout(timeout * 3, c.call(req)).await {
+                        Ok(Ok(v)) => {
+                            assert_eq!(v, json!(w + i));
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(Err(e)) => {
+                            errors.push(e);
+                            // Do not spin while the client is down.
+                            let mut s = c.watch_status();
+                            let _ =
+                                tokio::time::timeout(timeout, s.wait_for(|s| s.is_ready())).await;
+                        }
+                        Err(_) => panic!("a call hung past its timeout"),
+                    }
+                }
+                errors
+            })
+        })
+        .collect();
+    wait_until("load is flowing", || ok.load(Ordering::Relaxed) >= 50).await;
+    let mut states = c.watch_status();
+    close_connection_named(&c.status().connection_name);
+    tokio::time::timeout(
+        BOUND,
+        states.wait_for(|s| s.state == State::Ready && s.connects == 2),
+    )
+    .await
+    .expect("reconnects")
+    .unwrap();
+    let after = ok.load(Ordering::Relaxed);
+    wait_until("calls succeed again", || {
+        ok.load(Ordering::Relaxed) >= after + 50
+    })
+    .await;
+    running.store(false, Ordering::Relaxed);
+    let mut errors = Vec::new();
+    for w in workers {
+        errors.extend(w.await.unwrap());
+    }
+    // During the outage: only "broker unavailable" errors (503 at the edge), never a
+    // timeout (504) and never anything else.
+    for e in &errors {
+        assert!(
+            e.is_unavailable(),
+            "unexpected error during the outage: {e:?}"
+        );
+    }
+    peer.stop().await;
+    c.close().await;
+    delete_queues(&topic);
 }

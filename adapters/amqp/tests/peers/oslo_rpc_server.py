@@ -61,6 +61,13 @@ class Endpoint(object):
         say({"event": "record", "tag": tag, "server": self.server})
 
 
+class NamespacedEndpoint(object):
+    target = om.Target(namespace="quartet_ns", version="2.1")
+
+    def ns_echo(self, ctxt, **kwargs):
+        return {"namespace": "quartet_ns", "args": kwargs}
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--url", required=True)
@@ -73,7 +80,7 @@ def main():
     transport = om.get_rpc_transport(cfg.CONF, url=a.url)
     target = om.Target(topic=a.topic, server=a.server)
     server = om.get_rpc_server(
-        transport, target, [Endpoint(a.server)],
+        transport, target, [Endpoint(a.server), NamespacedEndpoint()],
         access_policy=om.DefaultRPCAccessPolicy)
     server.start()
     say({"event": "ready", "server": a.server})
