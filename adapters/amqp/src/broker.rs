@@ -143,9 +143,10 @@ pub(crate) fn is_precondition_failed(e: &lapin::Error) -> bool {
 /// Queue arguments for transient (reply, fanout) queues: `x-expires` in ms.
 pub(crate) fn transient_queue_args(cfg: &AmqpConfig) -> FieldTable {
     let mut args = FieldTable::default();
-    let ms = u32::try_from(cfg.transient_queues_ttl.as_millis()).unwrap_or(u32::MAX);
+    // py-amqp writes a Python int as a signed 32-bit field ('I'); so do we.
+    let ms = i32::try_from(cfg.transient_queues_ttl.as_millis()).unwrap_or(i32::MAX);
     if ms > 0 {
-        args.insert("x-expires".into(), AMQPValue::LongUInt(ms));
+        args.insert("x-expires".into(), AMQPValue::LongInt(ms));
     }
     args
 }
