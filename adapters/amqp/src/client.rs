@@ -332,6 +332,10 @@ impl RpcClient {
     /// Starts the client: spawns its supervisor on the current tokio runtime, which
     /// connects in the background. Calls made before it is ready fail with
     /// [`RpcError::NotConnected`]; see [`RpcClient::wait_ready`].
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime (as `tokio::spawn` does).
     pub fn start(cfg: AmqpConfig) -> Self {
         let name = broker::connection_name(&cfg.connection_name);
         let (status, _) = watch::channel(Status::new(name));
@@ -491,7 +495,8 @@ impl RpcClient {
         session: &Session,
         spec: &ExchangeSpec,
     ) -> Result<(), RpcError> {
-        if lock(&session.exchanges).contains(&spec.name) {
+        // The default exchange always exists and cannot be declared.
+        if spec.name.is_empty() || lock(&session.exchanges).contains(&spec.name) {
             return Ok(());
         }
         broker::declare_exchange(&session.conn, spec)
@@ -840,6 +845,13 @@ async fn serve_replies(
                 // connection that is no longer usable counts as lost.
                 Some(lapin::Event::Error(e)) if !conn.status().connected() => {
                     return Some(ConnectError::Lost(Some(e)))
+                }
+                // Publishes wait (and calls run into their timeouts) while blocked.
+                Some(lapin::Event::ConnectionBlocked(reason)) => {
+                    tracing::warn!(%reason, "the broker blocked our connection (resource alarm)");
+                }
+                Some(lapin::Event::ConnectionUnblocked) => {
+                    tracing::info!("the broker unblocked our connection");
                 }
                 Some(_) => {}
                 None => return Some(ConnectError::Lost(None)),
