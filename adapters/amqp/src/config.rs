@@ -149,6 +149,17 @@ pub struct RpcTopic {
     pub status_map: BTreeMap<String, u16>,
 }
 
+impl RpcTopic {
+    /// The HTTP status mapped for a remote exception: by `module.class` first, then by
+    /// class; `None` means the edge's default (500).
+    pub fn status_for(&self, failure: &crate::codec::RemoteFailure) -> Option<u16> {
+        self.status_map
+            .get(&failure.qualified_class())
+            .or_else(|| self.status_map.get(&failure.class))
+            .copied()
+    }
+}
+
 /// One `[[rpc.servers]]` entry: Quartet consumes `<topic>`, `<topic>.<server>` and the
 /// fanout queue on `exchange`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -355,6 +366,10 @@ mod tests {
         assert_eq!(t.timeout, Some(Duration::from_secs(5)));
         assert_eq!(t.status_map["NotFound"], 404);
         assert!(doc.rpc.servers[0].fanout);
+        let nf = crate::codec::RemoteFailure::new("NotFound", "nova.exception", "x");
+        assert_eq!(t.status_for(&nf), Some(404));
+        let ve = crate::codec::RemoteFailure::new("ValueError", "builtins", "x");
+        assert_eq!(t.status_for(&ve), None);
     }
 
     #[test]
