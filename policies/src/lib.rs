@@ -15,6 +15,7 @@
 //! argument so they are tested with plain `#[test]`s or paused tokio time.
 
 pub mod access;
+pub mod auth;
 pub mod breaker;
 pub mod classify;
 pub mod error;
