@@ -108,3 +108,27 @@ pub async fn bootstrap(store: &Store, password: Option<&str>) -> Result<Bootstra
         created,
     })
 }
+
+/// The environment variable the gateway reads the first admin password from.
+pub const ADMIN_PASSWORD_ENV: &str = "QUARTET_ADMIN_PASSWORD";
+
+/// Bootstraps the store only when it holds no user (a first start). `None` when it
+/// already had users. Instances starting together on one shared database may race:
+/// the one that loses sees the other's rows and finishes without creating anything.
+pub async fn bootstrap_if_empty(
+    store: &Store,
+    password: Option<&str>,
+) -> Result<Option<Bootstrapped>, StoreError> {
+    if !store.is_empty().await? {
+        return Ok(None);
+    }
+    let mut attempt = 0;
+    loop {
+        match bootstrap(store, password).await {
+            Ok(done) => return Ok(Some(done)),
+            // Another instance created a row first: run again over what it made.
+            Err(e) if e.is_conflict() && attempt < 3 => attempt += 1,
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -285,3 +285,35 @@ async fn mariadb() {
     suite(&db.url).await;
     db.drop_db().await;
 }
+
+#[tokio::test]
+async fn first_start_bootstraps_once_even_when_racing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TempDb::sqlite(&dir).await;
+    let a = Store::connect_with(&db.url, HashCost::CHEAP).await.unwrap();
+    let b = Store::connect_with(&db.url, HashCost::CHEAP).await.unwrap();
+    let (ra, rb) = tokio::join!(
+        quartet_identity::bootstrap::bootstrap_if_empty(&a, None),
+        quartet_identity::bootstrap::bootstrap_if_empty(&b, None)
+    );
+    let outcomes = [ra.unwrap(), rb.unwrap()];
+    let created: Vec<_> = outcomes.iter().flatten().filter(|o| o.created).collect();
+    assert_eq!(created.len(), 1, "exactly one instance created the admin");
+    let password = created[0]
+        .generated_password
+        .clone()
+        .expect("a generated password");
+    assert_eq!(password.len(), 24);
+    let admin = a.user_by_name("default", "admin").await.unwrap();
+    assert!(a.check_password(&admin.id, &password).await.unwrap());
+    assert!(
+        quartet_identity::bootstrap::bootstrap_if_empty(&a, Some("x"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        a.check_password(&admin.id, &password).await.unwrap(),
+        "not bootstrapped again"
+    );
+}
