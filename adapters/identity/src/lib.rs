@@ -17,6 +17,7 @@ pub mod config;
 pub mod error;
 mod identity;
 pub mod jws;
+pub mod remote;
 pub mod store;
 
 pub use api::IdentityApi;
@@ -25,6 +26,7 @@ pub use error::{KeyError, StoreError};
 pub use identity::{
     AuthError, Credential, DomainRef, Identity, Issued, ProjectRef, ScopeRequest, UserRef,
 };
+pub use remote::{JwsPrefilter, RemoteError, RemoteKeystone};
 
 /// Why the embedded identity could not start.
 #[derive(Debug, thiserror::Error)]
