@@ -85,8 +85,9 @@ pub const UNAUTHORIZED_BODY: &str = r#"{"error": {"code": 401, "title": "Unautho
 /// `HTTPServiceUnavailable` message, in the same JSON error shape as the 401.
 pub const UNAVAILABLE_BODY: &str = r#"{"error": {"code": 503, "title": "Service Unavailable", "message": "The Keystone service is temporarily unavailable."}}"#;
 
-/// The `Content-Type` of both error bodies (webob with `charset='UTF-8'`).
-pub const ERROR_CONTENT_TYPE: &str = "application/json; charset=UTF-8";
+/// The `Content-Type` of both error bodies: what keystonemiddleware 13 sends (webob
+/// leaves the charset off for JSON).
+pub const ERROR_CONTENT_TYPE: &str = "application/json";
 
 /// `WWW-Authenticate: Keystone uri="<www_authenticate_uri>"`.
 pub fn www_authenticate(uri: &str) -> Option<HeaderValue> {

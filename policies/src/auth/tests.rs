@@ -521,7 +521,7 @@ async fn required_mode() {
             headers["www-authenticate"],
             "Keystone uri=\"http://127.0.0.1:5000/v3\""
         );
-        assert_eq!(headers["content-type"], "application/json; charset=UTF-8");
+        assert_eq!(headers["content-type"], "application/json");
         assert_eq!(
             body,
             json!({"error": {"code": 401, "title": "Unauthorized", "message": "The request you have made requires authentication."}})
