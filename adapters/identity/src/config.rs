@@ -49,7 +49,7 @@ pub struct IdentityConfig {
 
 /// `[identity.keystone]`: where a real Keystone is and the service user Quartet
 /// validates tokens with (it needs the `service` role).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RemoteKeystone {
     /// The identity endpoint, e.g. `http://keystone:5000/v3`.
@@ -65,6 +65,21 @@ pub struct RemoteKeystone {
     /// Keystone's JWS public keys, to check its JWS tokens offline first.
     #[serde(default)]
     pub jws_public_key_repository: Option<PathBuf>,
+}
+
+/// The password never appears in logs.
+impl std::fmt::Debug for RemoteKeystone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteKeystone")
+            .field("url", &self.url)
+            .field("username", &self.username)
+            .field("password", &"***")
+            .field("user_domain_name", &self.user_domain_name)
+            .field("project_name", &self.project_name)
+            .field("project_domain_name", &self.project_domain_name)
+            .field("jws_public_key_repository", &self.jws_public_key_repository)
+            .finish()
+    }
 }
 
 fn default_database() -> String {
@@ -170,6 +185,10 @@ mod tests {
             "Default"
         );
         assert!(full.identity.validate().is_ok());
+        assert!(
+            !format!("{:?}", full.identity).contains("\"p\""),
+            "password redacted"
+        );
     }
 
     #[test]
