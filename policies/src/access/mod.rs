@@ -24,12 +24,14 @@
 
 mod check;
 mod error;
+mod layer;
 mod parse;
 mod rules;
 mod value;
 
 pub use check::{Check, Rule};
 pub use error::{LoadError, ParseError, ParseErrorKind};
+pub use layer::{Authorize, AuthorizeLayer, TargetFn};
 pub use rules::Rules;
 pub use value::{Credentials, Target};
 

@@ -616,3 +616,58 @@ async fn none_mode_only_strips() {
     assert!(body.get("x-identity-status").is_none());
     assert_eq!(table.calls(), 0);
 }
+
+#[tokio::test]
+async fn authorize_behind_require_token() {
+    use crate::access::{AuthorizeLayer, Rule, Rules, Target};
+    let rules = Arc::new(
+        Rules::from_yaml_str("\"compute:get\": \"role:member and project_id:%(project_id)s\"\n")
+            .unwrap(),
+    );
+    // The target from the path: /projects/{project_id}/...
+    let target: crate::access::TargetFn = Arc::new(|parts: &http::request::Parts| {
+        let segs: Vec<&str> = parts.uri.path().split('/').collect();
+        Target::new().with("project_id", segs.get(2).copied().unwrap_or_default())
+    });
+    let authorize = AuthorizeLayer::new(
+        "compute:get",
+        Rule::parse("rule:compute:get").unwrap(),
+        rules,
+        target,
+    );
+    let require = RequireTokenLayer::new(
+        RequireTokenConfig::new(AuthMode::Delay, "http://127.0.0.1:5000/v3"),
+        Arc::new(TokenCache::default()),
+        table_with_users(),
+    );
+    let svc = require.layer(authorize.layer(Echo));
+    let call = |path: &str, token: Option<&str>| {
+        let mut b = Request::builder().uri(path);
+        if let Some(t) = token {
+            b = b.header("x-auth-token", t);
+        }
+        svc.clone().oneshot(b.body(Bytes::new()).unwrap())
+    };
+    let ok = call(
+        "/projects/5e78fe57e75443aca521771d2b6dd113/servers",
+        Some("user"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.status(), StatusCode::OK);
+    let denied = call("/projects/other/servers", Some("user")).await.unwrap();
+    assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+    let body: Value = serde_json::from_slice(denied.body()).unwrap();
+    assert_eq!(
+        body,
+        json!({"error": {"code": 403, "message": "You are not authorized to perform the requested action: compute:get.", "title": "Forbidden"}})
+    );
+    let anonymous = call("/projects/5e78fe57e75443aca521771d2b6dd113/servers", None)
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        anonymous.headers().contains_key("www-authenticate"),
+        "RequireToken adds it on the way back"
+    );
+}
