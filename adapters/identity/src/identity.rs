@@ -194,7 +194,10 @@ impl Identity {
                 };
                 let user = match user {
                     Ok(user) => user,
-                    Err(e) if e.is_not_found() => return Err(AuthError::Unauthorized),
+                    Err(e) if e.is_not_found() => {
+                        self.store.check_no_password(password).await?;
+                        return Err(AuthError::Unauthorized);
+                    }
                     Err(e) => return Err(e.into()),
                 };
                 if !user.enabled || !self.store.check_password(&user.id, password).await? {

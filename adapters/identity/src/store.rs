@@ -534,6 +534,24 @@ impl Store {
         Ok(ok)
     }
 
+    /// Spends the time of one password check and fails: answering "unknown user" faster
+    /// than "wrong password" would tell an attacker which user names exist.
+    pub async fn check_no_password(&self, password: &str) -> Result<bool, StoreError> {
+        let cost = self.cost;
+        let dummy = format!(
+            "$argon2id$v=19$m={},t={},p={}$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            cost.memory_kib, cost.iterations, cost.parallelism
+        );
+        let password = password.to_owned();
+        tokio::task::spawn_blocking(move || {
+            if let Ok(parsed) = PasswordHash::new(&dummy) {
+                let _ = Argon2::default().verify_password(password.as_bytes(), &parsed);
+            }
+        })
+        .await?;
+        Ok(false)
+    }
+
     // ---- roles
 
     pub async fn create_role(&self, id: Option<&str>, name: &str) -> Result<Role, StoreError> {

@@ -317,3 +317,52 @@ async fn first_start_bootstraps_once_even_when_racing() {
         "not bootstrapped again"
     );
 }
+
+#[tokio::test]
+async fn unknown_users_cost_a_password_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = TempDb::sqlite(&dir).await;
+    let store = Store::connect_with(
+        &db.url,
+        HashCost {
+            memory_kib: 8 * 1024,
+            iterations: 3,
+            parallelism: 1,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(!store.check_no_password("anything").await.unwrap());
+    bootstrap(&store, Some("pw")).await.unwrap();
+    let identity = Identity::new(
+        store,
+        KeyRepository::generate(),
+        Duration::from_secs(60),
+        vec![],
+    );
+    let attempt = |name: &str| Credential::Password {
+        user: UserRef::Name {
+            name: name.into(),
+            domain: DomainRef::Id("default".into()),
+        },
+        password: "wrong".into(),
+    };
+    let time = |name: &'static str| {
+        let identity = &identity;
+        async move {
+            let start = std::time::Instant::now();
+            for _ in 0..3 {
+                assert!(identity
+                    .authenticate(&attempt(name), &ScopeRequest::Unscoped)
+                    .await
+                    .is_err());
+            }
+            start.elapsed()
+        }
+    };
+    let (known, unknown) = (time("admin").await, time("nobody").await);
+    assert!(
+        unknown * 3 > known,
+        "unknown {unknown:?} vs known {known:?}: no early answer"
+    );
+}
