@@ -14,6 +14,8 @@
 //! [`classify::Replay`]. State machines (breaker, budget) take the current time as an
 //! argument so they are tested with plain `#[test]`s or paused tokio time.
 
+pub mod access;
+pub mod auth;
 pub mod breaker;
 pub mod classify;
 pub mod error;

@@ -1,0 +1,320 @@
+//! keystonemiddleware's header rules (`auth_token/_request.py`), as data and pure
+//! functions over an [`http::HeaderMap`].
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use super::token::{Scope, Service, TokenInfo};
+
+pub const X_AUTH_TOKEN: &str = "x-auth-token";
+pub const X_STORAGE_TOKEN: &str = "x-storage-token";
+pub const X_SERVICE_TOKEN: &str = "x-service-token";
+pub const X_IDENTITY_STATUS: &str = "x-identity-status";
+pub const X_SERVICE_IDENTITY_STATUS: &str = "x-service-identity-status";
+pub const X_SERVICE_CATALOG: &str = "x-service-catalog";
+pub const X_IS_ADMIN_PROJECT: &str = "x-is-admin-project";
+pub const OPENSTACK_SYSTEM_SCOPE: &str = "openstack-system-scope";
+pub const CONFIRMED: &str = "Confirmed";
+pub const INVALID: &str = "Invalid";
+
+/// The ten identity headers, for the user (`X-`) and service (`X-Service-`) prefixes
+/// (keystonemiddleware's `_HEADER_TEMPLATE`), in its order.
+const TEMPLATE: [&str; 10] = [
+    "domain-id",
+    "domain-name",
+    "project-id",
+    "project-name",
+    "project-domain-id",
+    "project-domain-name",
+    "user-id",
+    "user-name",
+    "user-domain-id",
+    "user-domain-name",
+];
+
+/// The deprecated copies set for a user token: `(alias, header it copies)`.
+pub const DEPRECATED_ALIASES: [(&str, &str); 5] = [
+    ("x-role", "x-roles"),
+    ("x-user", "x-user-name"),
+    ("x-tenant-id", "x-project-id"),
+    ("x-tenant-name", "x-project-name"),
+    ("x-tenant", "x-project-name"),
+];
+
+/// Every header removed from a client's request before validation
+/// (keystonemiddleware's `_all_auth_headers`), plus `OpenStack-System-Scope`, which
+/// keystonemiddleware sets but forgets to remove.
+pub const REMOVED_HEADERS: [&str; 32] = [
+    X_SERVICE_CATALOG,
+    X_IDENTITY_STATUS,
+    X_SERVICE_IDENTITY_STATUS,
+    X_IS_ADMIN_PROJECT,
+    "x-role",
+    "x-user",
+    "x-tenant-id",
+    "x-tenant-name",
+    "x-tenant",
+    "x-domain-id",
+    "x-service-domain-id",
+    "x-domain-name",
+    "x-service-domain-name",
+    "x-project-id",
+    "x-service-project-id",
+    "x-project-name",
+    "x-service-project-name",
+    "x-project-domain-id",
+    "x-service-project-domain-id",
+    "x-project-domain-name",
+    "x-service-project-domain-name",
+    "x-user-id",
+    "x-service-user-id",
+    "x-user-name",
+    "x-service-user-name",
+    "x-user-domain-id",
+    "x-service-user-domain-id",
+    "x-user-domain-name",
+    "x-service-user-domain-name",
+    "x-roles",
+    "x-service-roles",
+    OPENSTACK_SYSTEM_SCOPE,
+];
+
+/// The 401 body keystonemiddleware sends (`jsonutils.dumps` of its error dict).
+pub const UNAUTHORIZED_BODY: &str = r#"{"error": {"code": 401, "title": "Unauthorized", "message": "The request you have made requires authentication."}}"#;
+
+/// The 503 answer when the identity backend cannot be reached; keystonemiddleware's
+/// `HTTPServiceUnavailable` message, in the same JSON error shape as the 401.
+pub const UNAVAILABLE_BODY: &str = r#"{"error": {"code": 503, "title": "Service Unavailable", "message": "The Keystone service is temporarily unavailable."}}"#;
+
+/// The `Content-Type` of both error bodies: what keystonemiddleware 13 sends (webob
+/// leaves the charset off for JSON).
+pub const ERROR_CONTENT_TYPE: &str = "application/json";
+
+/// `WWW-Authenticate: Keystone uri="<www_authenticate_uri>"`.
+pub fn www_authenticate(uri: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!("Keystone uri=\"{uri}\"")).ok()
+}
+
+/// The user token: `X-Auth-Token`, else `X-Storage-Token`, whitespace stripped. An empty
+/// or non-text value counts as no token.
+pub fn user_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(X_AUTH_TOKEN)
+        .or_else(|| headers.get(X_STORAGE_TOKEN))?;
+    non_empty(value)
+}
+
+/// The service token from `X-Service-Token`, whitespace stripped.
+pub fn service_token(headers: &HeaderMap) -> Option<&str> {
+    non_empty(headers.get(X_SERVICE_TOKEN)?)
+}
+
+fn non_empty(value: &HeaderValue) -> Option<&str> {
+    let s = value.to_str().ok()?.trim();
+    (!s.is_empty()).then_some(s)
+}
+
+/// Removes every identity header a client could use to pretend to be someone.
+pub fn remove_auth_headers(headers: &mut HeaderMap) {
+    for name in REMOVED_HEADERS {
+        headers.remove(name);
+    }
+}
+
+/// `X-Identity-Status: Confirmed | Invalid`.
+pub fn set_identity_status(headers: &mut HeaderMap, valid: bool) {
+    headers.insert(X_IDENTITY_STATUS, status(valid));
+}
+
+/// `X-Service-Identity-Status: Confirmed | Invalid`, set only when a service token came.
+pub fn set_service_identity_status(headers: &mut HeaderMap, valid: bool) {
+    headers.insert(X_SERVICE_IDENTITY_STATUS, status(valid));
+}
+
+fn status(valid: bool) -> HeaderValue {
+    HeaderValue::from_static(if valid { CONFIRMED } else { INVALID })
+}
+
+/// The headers keystonemiddleware's `set_user_headers` sets for a valid user token:
+/// `X-Roles`, `OpenStack-System-Scope`, the ten identity headers, `X-Is-Admin-Project`
+/// and the deprecated aliases. Attributes that do not apply to the token's scope are
+/// left unset (removed).
+pub fn set_user_headers(headers: &mut HeaderMap, token: &TokenInfo) {
+    set_auth_headers(headers, token, "x-");
+    set(
+        headers,
+        X_IS_ADMIN_PROJECT,
+        Some(if token.is_admin_project {
+            "True"
+        } else {
+            "False"
+        }),
+    );
+    for (alias, source) in DEPRECATED_ALIASES {
+        let value = headers.get(source).cloned();
+        match value {
+            Some(v) => {
+                headers.insert(alias, v);
+            }
+            None => {
+                headers.remove(alias);
+            }
+        }
+    }
+}
+
+/// The `X-Service-*` headers for a valid service token (`set_service_headers`). As in
+/// keystonemiddleware, this also rewrites `OpenStack-System-Scope` from the service token.
+pub fn set_service_headers(headers: &mut HeaderMap, token: &TokenInfo) {
+    set_auth_headers(headers, token, "x-service-");
+}
+
+/// `X-Service-Catalog` in the v2 shape, or no header when the token has no catalog.
+pub fn set_service_catalog_header(headers: &mut HeaderMap, token: &TokenInfo) {
+    if token.catalog.is_empty() {
+        headers.remove(X_SERVICE_CATALOG);
+        return;
+    }
+    set(
+        headers,
+        X_SERVICE_CATALOG,
+        Some(&v2_catalog_json(&token.catalog)),
+    );
+}
+
+fn set_auth_headers(headers: &mut HeaderMap, token: &TokenInfo, prefix: &str) {
+    let roles: Vec<&str> = token.role_names().collect();
+    set(headers, &format!("{prefix}roles"), Some(&roles.join(",")));
+    set(
+        headers,
+        OPENSTACK_SYSTEM_SCOPE,
+        matches!(token.scope, Scope::System).then_some("all"),
+    );
+    let (domain, project) = match &token.scope {
+        Scope::Domain(d) => (Some(d), None),
+        Scope::Project {
+            id, name, domain, ..
+        } => (None, Some((id, name, domain))),
+        _ => (None, None),
+    };
+    let values: [Option<&str>; 10] = [
+        domain.map(|d| d.id.as_str()),
+        domain.map(|d| d.name.as_str()),
+        project.map(|p| p.0.as_str()),
+        project.map(|p| p.1.as_str()),
+        project.map(|p| p.2.id.as_str()),
+        project.map(|p| p.2.name.as_str()),
+        Some(token.user.id.as_str()),
+        Some(token.user.name.as_str()),
+        Some(token.user.domain.id.as_str()),
+        Some(token.user.domain.name.as_str()),
+    ];
+    for (suffix, value) in TEMPLATE.iter().zip(values) {
+        set(headers, &format!("{prefix}{suffix}"), value);
+    }
+}
+
+/// Sets `name` to `value`, or removes it for `None` (webob's `headers[name] = None`).
+/// A value that is not a valid header value is left out rather than sent mangled.
+fn set(headers: &mut HeaderMap, name: &str, value: Option<&str>) {
+    let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+        return;
+    };
+    match value.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
+        Some(v) => {
+            headers.insert(name, v);
+        }
+        None => {
+            headers.remove(name);
+        }
+    }
+}
+
+/// The v3 catalog converted to the v2 shape (`_normalize_catalog`), serialised as Python's
+/// `json.dumps` does: `[{"type": ..., "name": ..., "endpoints": [{"region": ...,
+/// "publicURL": ..., "internalURL": ..., "adminURL": ...}]}]`, one endpoint entry per
+/// region, in order of first appearance.
+pub fn v2_catalog_json(catalog: &[Service]) -> String {
+    let mut out = String::from("[");
+    for (i, service) in catalog.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str("{\"type\": ");
+        py_str(&mut out, &service.kind);
+        if let Some(name) = &service.name {
+            out.push_str(", \"name\": ");
+            py_str(&mut out, name);
+        }
+        // regions in order of first appearance, each with its interfaces in order.
+        let mut regions: Vec<Region<'_>> = Vec::new();
+        for endpoint in &service.endpoints {
+            let region = endpoint.region.as_deref();
+            let key = format!("{}URL", endpoint.interface.to_lowercase());
+            let slot = match regions.iter().position(|(r, _)| *r == region) {
+                Some(i) => i,
+                None => {
+                    regions.push((region, Vec::new()));
+                    regions.len() - 1
+                }
+            };
+            let urls = &mut regions[slot].1;
+            match urls.iter_mut().find(|(k, _)| *k == key) {
+                Some(entry) => entry.1 = &endpoint.url,
+                None => urls.push((key, &endpoint.url)),
+            }
+        }
+        out.push_str(", \"endpoints\": [");
+        for (j, (region, urls)) in regions.iter().enumerate() {
+            if j > 0 {
+                out.push_str(", ");
+            }
+            out.push('{');
+            let mut first = true;
+            if let Some(region) = region.filter(|r| !r.is_empty()) {
+                out.push_str("\"region\": ");
+                py_str(&mut out, region);
+                first = false;
+            }
+            for (key, url) in urls {
+                if !first {
+                    out.push_str(", ");
+                }
+                first = false;
+                py_str(&mut out, key);
+                out.push_str(": ");
+                py_str(&mut out, url);
+            }
+            out.push('}');
+        }
+        out.push_str("]}");
+    }
+    out.push(']');
+    out
+}
+
+/// One v2 endpoint entry: a region and its `(interfaceURL, url)` pairs.
+type Region<'a> = (Option<&'a str>, Vec<(String, &'a str)>);
+
+/// A JSON string as Python's `json.dumps` writes it (`ensure_ascii=True`).
+fn py_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 || (c as u32) > 0x7f => {
+                let mut buf = [0u16; 2];
+                for unit in c.encode_utf16(&mut buf) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}

@@ -1,0 +1,295 @@
+//! The `RequireToken` middleware: keystonemiddleware's `auth_token` as a tower layer.
+//!
+//! For every request, in keystonemiddleware's order (`AuthProtocol.process_request`):
+//!
+//! 1. Remove every identity header the client sent ([`REMOVED_HEADERS`]).
+//! 2. A service token (`X-Service-Token`) is validated first; it counts only when it
+//!    carries one of the service roles (default `service`).
+//! 3. The user token (`X-Auth-Token`, else `X-Storage-Token`) is validated, through the
+//!    cache, then the validators in order.
+//! 4. `X-Identity-Status` (and `X-Service-Identity-Status` when a service token came) is
+//!    set. Without a valid user token (or with an invalid service token) the request is
+//!    refused with 401 and `WWW-Authenticate`, unless the mode is `delay`, where it goes on
+//!    marked `Invalid` and the service decides.
+//! 5. A backend that cannot answer (and no cached answer) gives 503 in `required` mode
+//!    and an `Invalid` mark in `delay` mode, as keystonemiddleware does.
+//! 6. For a valid user token the user headers and `X-Service-Catalog` are set; for a
+//!    valid service token the `X-Service-*` headers. The validated tokens travel on in the
+//!    request's extensions as [`Identity`], for the access rules.
+//!
+//! On the way back, `WWW-Authenticate` is added to any 401 the service answers.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{Request, Response, StatusCode};
+use tower::{Layer, Service};
+
+use super::cache::TokenCache;
+use super::headers::{self, REMOVED_HEADERS};
+use super::token::TokenInfo;
+use super::validator::{ValidateError, Validator};
+
+/// What a route asks of its callers (`auth = "required" | "delay" | "none"`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Refuse requests without a valid token (401), or when the backend is down (503).
+    #[default]
+    Required,
+    /// Let every request through, marked `X-Identity-Status: Confirmed | Invalid`
+    /// (keystonemiddleware's `delay_auth_decision`).
+    Delay,
+    /// No token checks; spoofed identity headers are still removed.
+    None,
+}
+
+/// The validated tokens of a request, put in its extensions.
+#[derive(Clone, Debug, Default)]
+pub struct Identity {
+    pub user: Option<Arc<TokenInfo>>,
+    pub service: Option<Arc<TokenInfo>>,
+}
+
+/// What RequireToken decided about one request's headers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Forward the request (its headers have been rewritten).
+    Forward,
+    /// Answer 401.
+    Unauthorized,
+    /// Answer 503: the identity backend could not answer.
+    Unavailable,
+}
+
+/// Settings of the middleware, keystonemiddleware's option names in comments.
+#[derive(Clone)]
+pub struct RequireTokenConfig {
+    pub mode: AuthMode,
+    /// `www_authenticate_uri`: where clients get tokens.
+    pub www_authenticate_uri: String,
+    /// `include_service_catalog` (default true).
+    pub include_service_catalog: bool,
+    /// `service_token_roles` (default `["service"]`).
+    pub service_token_roles: Vec<String>,
+    /// `service_token_roles_required` (default true since keystonemiddleware 13).
+    pub service_token_roles_required: bool,
+}
+
+impl RequireTokenConfig {
+    pub fn new(mode: AuthMode, www_authenticate_uri: impl Into<String>) -> Self {
+        Self {
+            mode,
+            www_authenticate_uri: www_authenticate_uri.into(),
+            include_service_catalog: true,
+            service_token_roles: vec!["service".to_owned()],
+            service_token_roles_required: true,
+        }
+    }
+}
+
+struct Shared {
+    config: RequireTokenConfig,
+    www_authenticate: Option<HeaderValue>,
+    cache: Arc<TokenCache>,
+    validator: Arc<dyn Validator>,
+}
+
+/// The layer: configuration, the shared cache, and the validators.
+#[derive(Clone)]
+pub struct RequireTokenLayer {
+    shared: Arc<Shared>,
+}
+
+impl RequireTokenLayer {
+    pub fn new(
+        config: RequireTokenConfig,
+        cache: Arc<TokenCache>,
+        validator: Arc<dyn Validator>,
+    ) -> Self {
+        let www_authenticate = headers::www_authenticate(&config.www_authenticate_uri);
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                www_authenticate,
+                cache,
+                validator,
+            }),
+        }
+    }
+
+    /// Runs steps 1 to 6 on a request's headers: the decision, without a service behind.
+    pub async fn decide(&self, headers: &mut HeaderMap) -> (Decision, Identity) {
+        decide(&self.shared, headers).await
+    }
+}
+
+impl<S> Layer<S> for RequireTokenLayer {
+    type Service = RequireToken<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireToken {
+            inner,
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// The middleware in front of a service.
+#[derive(Clone)]
+pub struct RequireToken<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S, B, RB> Service<Request<B>> for RequireToken<S>
+where
+    S: Service<Request<B>, Response = Response<RB>> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+    RB: From<Bytes> + Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response<RB>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let shared = self.shared.clone();
+        // The clone that was polled ready serves this request (tower's clone-swap).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let (decision, identity) = decide(&shared, request.headers_mut()).await;
+            match decision {
+                Decision::Forward => {
+                    request.extensions_mut().insert(identity);
+                    let mut response = inner.call(request).await?;
+                    if response.status() == StatusCode::UNAUTHORIZED {
+                        if let Some(value) = &shared.www_authenticate {
+                            response
+                                .headers_mut()
+                                .append(WWW_AUTHENTICATE, value.clone());
+                        }
+                    }
+                    Ok(response)
+                }
+                Decision::Unauthorized => Ok(reject(&shared, StatusCode::UNAUTHORIZED)),
+                Decision::Unavailable => Ok(reject(&shared, StatusCode::SERVICE_UNAVAILABLE)),
+            }
+        })
+    }
+}
+
+/// The 401 or 503 answer, with keystonemiddleware's body and headers.
+fn reject<RB: From<Bytes>>(shared: &Shared, status: StatusCode) -> Response<RB> {
+    let body = if status == StatusCode::UNAUTHORIZED {
+        headers::UNAUTHORIZED_BODY
+    } else {
+        headers::UNAVAILABLE_BODY
+    };
+    let mut response = Response::new(RB::from(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static(headers::ERROR_CONTENT_TYPE),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        if let Some(value) = &shared.www_authenticate {
+            response
+                .headers_mut()
+                .insert(WWW_AUTHENTICATE, value.clone());
+        }
+    }
+    response
+}
+
+enum Check {
+    Valid(Arc<TokenInfo>),
+    Invalid,
+    Unavailable,
+}
+
+async fn check(shared: &Shared, token: &str) -> Check {
+    match shared
+        .cache
+        .get_or_validate(token, shared.validator.clone())
+        .await
+    {
+        Ok(info) => Check::Valid(info),
+        Err(ValidateError::Invalid(reason)) => {
+            tracing::debug!(%reason, "token refused");
+            Check::Invalid
+        }
+        Err(ValidateError::Unavailable(source)) => {
+            tracing::warn!(error = %source, "identity backend unavailable");
+            Check::Unavailable
+        }
+    }
+}
+
+async fn decide(shared: &Shared, headers: &mut HeaderMap) -> (Decision, Identity) {
+    let config = &shared.config;
+    headers::remove_auth_headers(headers);
+    debug_assert!(REMOVED_HEADERS.iter().all(|h| !headers.contains_key(*h)));
+    if config.mode == AuthMode::None {
+        return (Decision::Forward, Identity::default());
+    }
+    let delay = config.mode == AuthMode::Delay;
+    let user_token = headers::user_token(headers).map(str::to_owned);
+    let service_token = headers::service_token(headers).map(str::to_owned);
+
+    let mut identity = Identity::default();
+    let mut service_valid = None;
+    if let Some(token) = &service_token {
+        match check(shared, token).await {
+            Check::Valid(info) => {
+                let passed = config
+                    .service_token_roles
+                    .iter()
+                    .any(|wanted| info.role_names().any(|r| r == wanted));
+                let valid = passed || !config.service_token_roles_required;
+                if valid {
+                    identity.service = Some(info);
+                }
+                service_valid = Some(valid);
+            }
+            Check::Invalid => service_valid = Some(false),
+            Check::Unavailable if delay => service_valid = Some(false),
+            Check::Unavailable => return (Decision::Unavailable, identity),
+        }
+    }
+    if let Some(token) = &user_token {
+        match check(shared, token).await {
+            Check::Valid(info) => identity.user = Some(info),
+            Check::Invalid => {}
+            Check::Unavailable if delay => {}
+            Check::Unavailable => return (Decision::Unavailable, Identity::default()),
+        }
+    }
+
+    headers::set_identity_status(headers, identity.user.is_some());
+    if let Some(valid) = service_valid {
+        headers::set_service_identity_status(headers, valid);
+    }
+    let confirmed = identity.user.is_some() && service_valid != Some(false);
+    if !confirmed && !delay {
+        return (Decision::Unauthorized, Identity::default());
+    }
+    if let Some(user) = &identity.user {
+        headers::set_user_headers(headers, user);
+        if config.include_service_catalog {
+            headers::set_service_catalog_header(headers, user);
+        }
+    }
+    if let Some(service) = &identity.service {
+        headers::set_service_headers(headers, service);
+    }
+    (Decision::Forward, identity)
+}
