@@ -34,11 +34,18 @@ pub struct Verdict {
 ///   asked to remove it;
 /// - `after fault N`: requests sent after Quartet confirmed the removal.
 ///
-/// The few requests in flight at an edge are in neither window next to it.
+/// The few requests in flight at an edge are in neither window next to it. Requests never
+/// sent are in no window.
 pub fn select<'a>(records: &'a [Record], w: &Window, rec: &Recording) -> Vec<&'a Record> {
-    let keep = |pred: &dyn Fn(&Record) -> bool| records.iter().filter(|r| pred(r)).collect();
+    // A request never sent says nothing about Quartet (an interrupted drill fails anyway).
+    let keep = |pred: &dyn Fn(&Record) -> bool| {
+        records
+            .iter()
+            .filter(|r| r.outcome != crate::record::Outcome::NotSent && pred(r))
+            .collect()
+    };
     match w {
-        Window::All => records.iter().collect(),
+        Window::All => keep(&|_| true),
         Window::Range(a, b) => keep(&|r| r.scheduled >= *a && r.scheduled < *b),
         Window::Before(i) => match rec.faults.get(*i) {
             Some(f) => keep(&|r| r.end < f.start_requested()),

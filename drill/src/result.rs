@@ -29,9 +29,13 @@ pub struct LoadResult {
     pub name: String,
     pub channel: &'static str,
     pub target: String,
+    /// Requests sent (answered, failed or timed out).
     pub requests: u64,
     pub successes: u64,
     pub success_rate: f64,
+    /// Requests never sent: the drill was interrupted, or ran out of connections before
+    /// its end. Counted apart: they say nothing about Quartet.
+    pub not_sent: u64,
     /// Latencies from the scheduled start, in milliseconds.
     pub latency_ms: Percentiles,
     /// How many requests ended each way (`200`, `503`, `timeout`, ...).
@@ -56,6 +60,7 @@ pub struct Second {
     pub requests: u64,
     pub successes: u64,
     pub errors: u64,
+    pub not_sent: u64,
     /// `None` when no request was scheduled in this second.
     pub success_rate: Option<f64>,
     pub p50_ms: Option<f64>,
@@ -229,7 +234,12 @@ pub fn build(plan: &Plan, rec: &Recording, verdicts: Vec<Verdict>) -> DrillResul
                 .collect();
             let h = histogram(done.iter().map(|r| r.latency()));
             let successes = lr.records.iter().filter(|r| r.outcome.is_success()).count() as u64;
-            let requests = lr.records.len() as u64;
+            let not_sent = lr
+                .records
+                .iter()
+                .filter(|r| r.outcome == Outcome::NotSent)
+                .count() as u64;
+            let requests = lr.records.len() as u64 - not_sent;
             let mut outcomes = BTreeMap::new();
             for r in &lr.records {
                 *outcomes.entry(r.outcome.label()).or_insert(0u64) += 1;
@@ -245,7 +255,11 @@ pub fn build(plan: &Plan, rec: &Recording, verdicts: Vec<Verdict>) -> DrillResul
                 }
                 let slice = &records[start_i..i];
                 let ok = slice.iter().filter(|r| r.outcome.is_success()).count() as u64;
-                let n = slice.len() as u64;
+                let unsent = slice
+                    .iter()
+                    .filter(|r| r.outcome == Outcome::NotSent)
+                    .count() as u64;
+                let n = slice.len() as u64 - unsent;
                 let sent: Vec<_> = slice
                     .iter()
                     .filter(|r| r.outcome != Outcome::NotSent)
@@ -255,6 +269,7 @@ pub fn build(plan: &Plan, rec: &Recording, verdicts: Vec<Verdict>) -> DrillResul
                 series.push(Second {
                     t,
                     requests: n,
+                    not_sent: unsent,
                     successes: ok,
                     errors: n - ok,
                     success_rate: (n > 0).then(|| ok as f64 / n as f64),
@@ -265,7 +280,11 @@ pub fn build(plan: &Plan, rec: &Recording, verdicts: Vec<Verdict>) -> DrillResul
                 });
             }
             // Trailing seconds with nothing scheduled add nothing to a plot.
-            while series.last().is_some_and(|s| s.requests == 0) && series.len() > 1 {
+            while series
+                .last()
+                .is_some_and(|s| s.requests == 0 && s.not_sent == 0)
+                && series.len() > 1
+            {
                 series.pop();
             }
             LoadResult {
@@ -273,6 +292,7 @@ pub fn build(plan: &Plan, rec: &Recording, verdicts: Vec<Verdict>) -> DrillResul
                 channel: l.channel.as_str(),
                 target: l.target.clone(),
                 requests,
+                not_sent,
                 successes,
                 success_rate: if requests == 0 {
                     0.0

@@ -464,7 +464,21 @@ fn an_interrupted_drill_does_not_pass() {
     );
     let mut rec = recording();
     rec.interrupted = true;
+    // Stopped at 5 s: what was scheduled later was never sent, and counts nowhere.
+    for r in rec.loads[0].records.iter_mut().skip(500) {
+        r.outcome = Outcome::NotSent;
+        r.sent = ms(5000);
+        r.end = ms(5000);
+    }
+    let p_after = plan(
+        "[[expect]]\nkind = \"success_rate\"\nload = \"reads\"\nwindow = \"after fault 1\"\nat_least = 0.99",
+    );
+    let after = evaluate(&p_after, &rec);
+    assert_eq!(after[0].measured, "100% (100 of 100)");
     let r = result::build(&p, &rec, evaluate(&p, &rec));
+    assert_eq!((r.loads[0].requests, r.loads[0].not_sent), (500, 500));
+    assert_eq!(r.loads[0].series[7].requests, 0);
+    assert_eq!(r.loads[0].series[7].not_sent, 100);
     assert!(r.expectations[0].pass);
     assert!(!r.pass);
     assert!(html::render(&r).contains("Interrupted"));
