@@ -420,3 +420,78 @@ async fn an_interrupted_drill_removes_its_faults() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The SQL load generator against the real PostgreSQL (the one the SQL proxy's tests use,
+/// started by tests/run.sh): statements complete, SQL errors keep their SQLSTATE, a
+/// refused connection is a connect failure. Quartet's SQL listener speaks the same
+/// protocol, so a drill's SQL load is these requests sent to its address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sql_load_runs_statements_on_a_real_postgres() {
+    use quartet_drill::load::{self, Caller, Counters};
+    use quartet_drill::record::Outcome;
+    const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+    let reachable = tokio::net::TcpStream::connect("127.0.0.1:5432")
+        .await
+        .is_ok();
+    assert!(
+        reachable,
+        "PostgreSQL is not listening on 127.0.0.1:5432: start it (bash tests/run.sh does) and run again"
+    );
+    let run = |statement: &str, url: &str| {
+        let src = format!(
+            r#"
+[quartet]
+public = "127.0.0.1:8080"
+admin = "127.0.0.1:9090"
+[[load]]
+name = "q"
+channel = "sql"
+target = "main"
+rate = 40
+connections = 2
+duration = "500ms"
+timeout = "5s"
+request = {{ url = "{url}", statement = "{statement}" }}
+"#
+        );
+        let plan = quartet_drill::scenario::parse(&src, "sql.toml", "sql")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let l = plan.loads[0].clone();
+        async move {
+            let caller = Arc::new(Caller::new(&l, plan.public).expect("caller"));
+            let t0 = tokio::time::Instant::now();
+            let (_tx, cancel) = tokio::sync::watch::channel(false);
+            load::run(
+                Arc::new(l),
+                caller,
+                t0,
+                t0 + Duration::from_secs(10),
+                Arc::new(Counters::default()),
+                cancel,
+            )
+            .await
+        }
+    };
+    let ok = run("SELECT 1", PG_URL).await;
+    assert_eq!(ok.len(), 20);
+    assert!(
+        ok.iter().all(|r| r.outcome == Outcome::SqlOk),
+        "{:?}",
+        ok.iter().map(|r| &r.outcome).collect::<Vec<_>>()
+    );
+    let div = run("SELECT 1/0", PG_URL).await;
+    assert!(
+        div.iter().all(|r| r.outcome
+            == Outcome::SqlError {
+                code: "22012".into()
+            }),
+        "{:?}",
+        div.iter().map(|r| &r.outcome).collect::<Vec<_>>()
+    );
+    let refused = run("SELECT 1", "postgres://postgres@127.0.0.1:1/test").await;
+    assert!(
+        refused.iter().all(|r| r.outcome == Outcome::Connect),
+        "{:?}",
+        refused.iter().map(|r| &r.outcome).collect::<Vec<_>>()
+    );
+}
