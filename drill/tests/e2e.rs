@@ -495,3 +495,103 @@ request = {{ url = "{url}", statement = "{statement}" }}
         refused.iter().map(|r| &r.outcome).collect::<Vec<_>>()
     );
 }
+
+/// The RPC and native load generators send what the gateway's `/rpc/{topic}` and
+/// `/native/{driver}/{operation}` expect: checked against a stand-in public listener that
+/// records each request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_and_native_loads_post_json_to_the_public_listener() {
+    use axum::extract::{Path as UrlPath, State};
+    use axum::http::HeaderMap;
+    use axum::routing::post;
+    use quartet_drill::load::{self, Caller, Counters};
+    use quartet_drill::record::Outcome;
+    type Seen =
+        Arc<std::sync::Mutex<Vec<(String, Option<String>, Option<String>, serde_json::Value)>>>;
+    let seen: Seen = Arc::default();
+    async fn record(
+        State(seen): State<Seen>,
+        UrlPath(parts): UrlPath<Vec<(String, String)>>,
+        headers: HeaderMap,
+        body: String,
+    ) -> &'static str {
+        let path = parts
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect::<Vec<_>>()
+            .join("/");
+        let h = |n: &str| {
+            headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let json = serde_json::from_str(&body).unwrap_or(serde_json::Value::Null);
+        seen.lock().unwrap_or_else(|p| p.into_inner()).push((
+            path,
+            h("content-type"),
+            h("x-auth-token"),
+            json,
+        ));
+        "{}"
+    }
+    let app = Router::new()
+        .route("/rpc/{topic}", post(record))
+        .route("/native/{driver}/{operation}", post(record))
+        .with_state(seen.clone());
+    let public = serve(app).await;
+    let src = format!(
+        r#"
+[quartet]
+public = "{public}"
+admin = "127.0.0.1:9090"
+[[load]]
+name = "calls"
+channel = "rpc"
+target = "compute"
+concurrency = 1
+duration = "200ms"
+request = {{ topic = "compute", method = "get_info", args = {{ instance = "i-1" }}, headers = {{ "X-Auth-Token" = "tok" }} }}
+[[load]]
+name = "ops"
+channel = "native"
+target = "volumes"
+concurrency = 1
+duration = "200ms"
+request = {{ driver = "volumes", operation = "create", args = {{ size = 1 }} }}
+"#
+    );
+    let plan =
+        quartet_drill::scenario::parse(&src, "rpc.toml", "rpc").unwrap_or_else(|e| panic!("{e}"));
+    for l in &plan.loads {
+        let caller = Arc::new(Caller::new(l, plan.public).expect("caller"));
+        let t0 = tokio::time::Instant::now();
+        let (_tx, cancel) = tokio::sync::watch::channel(false);
+        let records = load::run(
+            Arc::new(l.clone()),
+            caller,
+            t0,
+            t0 + Duration::from_secs(10),
+            Arc::new(Counters::default()),
+            cancel,
+        )
+        .await;
+        assert!(!records.is_empty());
+        assert!(records
+            .iter()
+            .all(|r| r.outcome == Outcome::Status { status: 200 }));
+    }
+    let seen = seen.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let rpc = seen.iter().find(|s| s.0 == "compute").expect("an rpc call");
+    assert_eq!(rpc.1.as_deref(), Some("application/json"));
+    assert_eq!(rpc.2.as_deref(), Some("tok"));
+    assert_eq!(
+        rpc.3,
+        serde_json::json!({"method": "get_info", "args": {"instance": "i-1"}})
+    );
+    let native = seen
+        .iter()
+        .find(|s| s.0 == "volumes/create")
+        .expect("a native call");
+    assert_eq!(native.3, serde_json::json!({"size": 1}));
+}
