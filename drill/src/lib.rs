@@ -12,7 +12,14 @@
 //! - `1` when one fails (or the drill could not run to its end),
 //! - `2` when the scenario is invalid (the reason names the file, line and key).
 //!
-//! The gateway's CLI calls [`run`]; tests and other tools can call [`drill`] for the data.
+//! The gateway's CLI calls [`run`]; tests and other tools can call [`drill`] for the data:
+//!
+//! ```no_run
+//! # use std::path::Path;
+//! let options = quartet_drill::Options::default(); // NAME.result.json, NAME.report.html
+//! let status = quartet_drill::run(Path::new("drills/rest-half-failing.toml"), &options);
+//! # let _ = status;
+//! ```
 
 pub mod admin;
 pub mod expect;

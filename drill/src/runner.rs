@@ -31,7 +31,7 @@ pub enum ProgressMode {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("Quartet is not answering")]
+    #[error("cannot use Quartet's admin API")]
     Unreachable(#[source] AdminError),
     #[error("Quartet at {admin} knows no target `{target}` (it knows: {known})")]
     UnknownTarget {
