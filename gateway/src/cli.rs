@@ -1,4 +1,4 @@
-//! The command line: `quartet serve`, `quartet check`, `quartet config default`.
+//! The command line: `quartet serve`, `quartet check`, `quartet config default`, `quartet drill`.
 
 use crate::config::{self, LogFormat};
 use clap::{Parser, Subcommand};
@@ -41,6 +41,17 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Run a resilience drill against a running Quartet: exit 0 when every expectation
+    /// holds, 1 when one fails, 2 when the scenario is invalid.
+    Drill {
+        scenario: PathBuf,
+        /// Where the JSON result goes (default: beside the scenario, NAME.result.json).
+        #[arg(long, value_name = "FILE")]
+        result: Option<PathBuf>,
+        /// Where the HTML report goes (default: beside the scenario, NAME.report.html).
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,6 +81,18 @@ pub fn init_tracing(format: LogFormat) {
 /// Runs the command line and returns the process's exit status.
 pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Drill {
+            scenario,
+            result,
+            report,
+        } => quartet_drill::run(
+            &scenario,
+            &quartet_drill::Options {
+                result_path: result,
+                report_path: report,
+                ..Default::default()
+            },
+        ),
         Command::Config {
             command: ConfigCommand::Default,
         } => {
