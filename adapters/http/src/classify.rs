@@ -1,13 +1,18 @@
 //! How the REST channel classifies its results and replays its requests.
 
-use crate::body::ProxyBody;
-use quartet_policies::classify::{Class, Classify, Replay};
+use crate::body::{full, Buffered, ProxyBody};
+use crate::error::ConnectError;
+use quartet_policies::classify::{classify_policy_error, Class, Classify, Replay};
 use quartet_policies::BoxError;
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 
 /// Per-call facts the layers below share with the access log (kept in the request's
 /// extensions as `Arc<CallInfo>`, carried over to every replayed attempt).
+///
+/// The [`Balancer`](crate::balance::Balancer) updates it once per attempt it sends:
+/// `attempts += 1`, the endpoint's name, its index in `tried`. Replaying a request does
+/// not touch it (an attempt refused before an endpoint was chosen is not counted).
 #[derive(Debug, Default)]
 pub struct CallInfo {
     /// Attempts sent (1 + retries).
@@ -18,13 +23,30 @@ pub struct CallInfo {
     pub tried: Mutex<Vec<usize>>,
 }
 
+/// Results of the REST channel: a status of 500 to 599 is a [`Class::Sent`] failure, any
+/// other status (the client's 4xx included) a success. Errors: the policy layers' own
+/// first, then [`ConnectError`] (nothing sent) and [`UpstreamError`](crate::error::UpstreamError) (maybe sent); an
+/// unknown error counts as sent, the safe assumption.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HttpClassify;
 
 impl<B> Classify<http::Response<B>> for HttpClassify {
     fn classify(&self, result: &Result<http::Response<B>, BoxError>) -> Class {
-        let _ = result;
-        todo!("classify")
+        match result {
+            Ok(resp) if resp.status().is_server_error() => Class::Sent,
+            Ok(_) => Class::Success,
+            Err(err) => {
+                if let Some(class) = classify_policy_error(err) {
+                    class
+                } else if err.is::<ConnectError>() {
+                    Class::NotSent
+                } else {
+                    // An `UpstreamError`, or an error we do not know: it may have been
+                    // sent, the safe assumption.
+                    Class::Sent
+                }
+            }
+        }
     }
 }
 
@@ -35,12 +57,193 @@ pub struct HttpReplay {
 }
 
 impl Replay<http::Request<ProxyBody>> for HttpReplay {
+    /// A copy with the same method, URI, version, headers and extensions (the shared
+    /// `Arc<CallInfo>` and [`Buffered`] among them) and the buffered bytes as its body;
+    /// `None` when the body was not buffered (see
+    /// [`buffer_for_replay`](crate::body::buffer_for_replay)).
     fn replay(&self, req: &http::Request<ProxyBody>) -> Option<http::Request<ProxyBody>> {
-        let _ = req;
-        todo!("replay")
+        let Buffered(bytes) = req.extensions().get::<Buffered>()?;
+        let mut copy = http::Request::new(full(bytes.clone()));
+        *copy.method_mut() = req.method().clone();
+        *copy.uri_mut() = req.uri().clone();
+        *copy.version_mut() = req.version();
+        *copy.headers_mut() = req.headers().clone();
+        *copy.extensions_mut() = req.extensions().clone();
+        Some(copy)
     }
+
+    /// GET, HEAD, OPTIONS, TRACE, PUT and DELETE (RFC 9110 9.2.2), or any method on a
+    /// route marked idempotent.
     fn idempotent(&self, req: &http::Request<ProxyBody>) -> bool {
-        let _ = req;
-        todo!("idempotent")
+        use http::Method;
+        self.idempotent_route
+            || matches!(
+                *req.method(),
+                Method::GET
+                    | Method::HEAD
+                    | Method::OPTIONS
+                    | Method::TRACE
+                    | Method::PUT
+                    | Method::DELETE
+            )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::UpstreamError;
+    use http_body_util::BodyExt;
+    use quartet_policies::error::{
+        BreakerOpen, Elapsed, FaultAbort, NoEndpoint, Overloaded, RateLimited, TimeoutKind,
+    };
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    fn status(code: u16) -> Result<http::Response<()>, BoxError> {
+        Ok(http::Response::builder().status(code).body(()).unwrap())
+    }
+
+    fn err(
+        e: impl std::error::Error + Send + Sync + 'static,
+    ) -> Result<http::Response<()>, BoxError> {
+        Err(Box::new(e))
+    }
+
+    #[test]
+    fn classifies_results() {
+        let c = HttpClassify;
+        let table: Vec<(Result<http::Response<()>, BoxError>, Class)> = vec![
+            (status(200), Class::Success),
+            (status(204), Class::Success),
+            (status(301), Class::Success),
+            (status(404), Class::Success),
+            (status(429), Class::Success),
+            (status(499), Class::Success),
+            (status(500), Class::Sent),
+            (status(501), Class::Sent),
+            (status(503), Class::Sent),
+            (status(599), Class::Sent),
+            (
+                err(ConnectError {
+                    endpoint: "a:1".into(),
+                    source: "refused".into(),
+                }),
+                Class::NotSent,
+            ),
+            (
+                err(UpstreamError {
+                    endpoint: "a:1".into(),
+                    source: "reset".into(),
+                }),
+                Class::Sent,
+            ),
+            (
+                err(Elapsed {
+                    kind: TimeoutKind::PerTry,
+                    after: Duration::from_secs(1),
+                }),
+                Class::Sent,
+            ),
+            (
+                err(Elapsed {
+                    kind: TimeoutKind::Total,
+                    after: Duration::from_secs(1),
+                }),
+                Class::Local,
+            ),
+            (
+                err(BreakerOpen {
+                    target: "rest:a".into(),
+                    retry_after: Duration::from_secs(1),
+                }),
+                Class::Local,
+            ),
+            (
+                err(NoEndpoint {
+                    target: "rest:a".into(),
+                }),
+                Class::Local,
+            ),
+            (err(Overloaded { limit: 1 }), Class::Local),
+            (
+                err(RateLimited {
+                    retry_after: Duration::from_secs(1),
+                }),
+                Class::Local,
+            ),
+            (
+                err(FaultAbort {
+                    status: Some(503),
+                    message: "x".into(),
+                }),
+                Class::Local,
+            ),
+            (Err("something else".into()), Class::Sent),
+        ];
+        for (result, want) in table {
+            let got = c.classify(&result);
+            assert_eq!(got, want, "{:?}", result.as_ref().map(|r| r.status()));
+        }
+    }
+
+    #[tokio::test]
+    async fn replay_copies_a_buffered_request() {
+        let info = Arc::new(CallInfo::default());
+        info.attempts.store(1, Ordering::Relaxed);
+        let mut req = http::Request::put("http://gw/v2/servers/1?x=y")
+            .version(http::Version::HTTP_2)
+            .header("x-auth-token", "t")
+            .header("content-type", "application/json")
+            .body(full(bytes::Bytes::from_static(b"{\"a\":1}")))
+            .unwrap();
+        req.extensions_mut().insert(info.clone());
+        req.extensions_mut()
+            .insert(Buffered(bytes::Bytes::from_static(b"{\"a\":1}")));
+
+        let copy = HttpReplay::default().replay(&req).expect("buffered");
+        assert_eq!(copy.method(), http::Method::PUT);
+        assert_eq!(copy.uri(), req.uri());
+        assert_eq!(copy.version(), http::Version::HTTP_2);
+        assert_eq!(copy.headers(), req.headers());
+        let shared = copy.extensions().get::<Arc<CallInfo>>().unwrap();
+        assert!(Arc::ptr_eq(shared, &info));
+        assert_eq!(shared.attempts.load(Ordering::Relaxed), 1);
+        assert!(copy.extensions().get::<Buffered>().is_some());
+        let body = copy.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, "{\"a\":1}");
+    }
+
+    #[test]
+    fn no_replay_without_a_buffer() {
+        let req = http::Request::get("/").body(crate::body::empty()).unwrap();
+        assert!(HttpReplay::default().replay(&req).is_none());
+    }
+
+    #[test]
+    fn idempotent_methods() {
+        let plain = HttpReplay::default();
+        let marked = HttpReplay {
+            idempotent_route: true,
+        };
+        for (method, idempotent) in [
+            ("GET", true),
+            ("HEAD", true),
+            ("OPTIONS", true),
+            ("TRACE", true),
+            ("PUT", true),
+            ("DELETE", true),
+            ("POST", false),
+            ("PATCH", false),
+            ("CONNECT", false),
+        ] {
+            let req = http::Request::builder()
+                .method(method)
+                .uri("/")
+                .body(crate::body::empty())
+                .unwrap();
+            assert_eq!(plain.idempotent(&req), idempotent, "{method}");
+            assert!(marked.idempotent(&req), "{method} on a marked route");
+        }
     }
 }

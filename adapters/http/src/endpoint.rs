@@ -3,9 +3,11 @@
 
 use crate::body::ProxyBody;
 use crate::client::HttpClient;
-use crate::error::BuildError;
+use crate::error::{BuildError, ConnectError, UpstreamError};
 use crate::BoxError;
 use futures_util::future::BoxFuture;
+use http_body_util::BodyExt;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::Service;
 
@@ -13,17 +15,111 @@ use tower::Service;
 pub struct EndpointService {
     base: http::Uri,
     client: HttpClient,
+    /// The base path without its trailing slash (`""` for none).
+    base_path: Arc<str>,
+    authority: Arc<str>,
 }
 
 impl EndpointService {
+    /// `url` is `http(s)://host[:port][/base]`; a bad one is a [`BuildError`] naming
+    /// `endpoints`.
     pub fn new(url: &str, client: HttpClient) -> Result<Self, BuildError> {
-        let _ = (url, client);
-        todo!("endpoint")
+        let base = parse_endpoint(url)?;
+        let base_path = base.path().trim_end_matches('/').into();
+        let authority = authority_of(&base).into();
+        Ok(Self {
+            base,
+            client,
+            base_path,
+            authority,
+        })
     }
+
     /// `host:port`, the endpoint's name in metrics, logs and the admin API.
     pub fn authority(&self) -> String {
-        todo!("endpoint")
+        self.authority.to_string()
     }
+
+    /// The endpoint's URL as configured (scheme, authority, base path), for the health
+    /// checks.
+    pub fn base(&self) -> &http::Uri {
+        &self.base
+    }
+}
+
+/// Parses one `endpoints` entry: scheme `http` or `https`, a host, no query.
+pub fn parse_endpoint(url: &str) -> Result<http::Uri, BuildError> {
+    let err = |message: String| BuildError {
+        key: "endpoints".into(),
+        message,
+    };
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| err(format!("{url:?} is not a URL: {e}")))?;
+    match uri.scheme_str() {
+        Some("http") | Some("https") => {}
+        Some(other) => {
+            return Err(err(format!(
+                "{url:?}: scheme {other:?} is not http or https"
+            )))
+        }
+        None => return Err(err(format!("{url:?} has no scheme (http:// or https://)"))),
+    }
+    match uri.authority() {
+        Some(a) if !a.host().is_empty() => {
+            if a.as_str().contains('@') {
+                return Err(err(format!("{url:?}: user info is not supported")));
+            }
+        }
+        _ => return Err(err(format!("{url:?} has no host"))),
+    }
+    if uri.query().is_some() {
+        return Err(err(format!(
+            "{url:?}: a query is not allowed in an endpoint"
+        )));
+    }
+    Ok(uri)
+}
+
+/// `host:port` of an endpoint URL, with the scheme's default port when none is given.
+pub(crate) fn authority_of(uri: &http::Uri) -> String {
+    let host = uri.host().unwrap_or_default();
+    let port = uri
+        .port_u16()
+        .unwrap_or(if uri.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        });
+    format!("{host}:{port}")
+}
+
+/// Joins an endpoint's base path (no trailing slash) and a request's path and query:
+/// `("/api", "/v2/x?y")` -> `"/api/v2/x?y"`, `("", "")` -> `"/"`.
+pub fn join_path(base_path: &str, path_and_query: &str) -> String {
+    let base = base_path.trim_end_matches('/');
+    let mut out = String::with_capacity(base.len() + path_and_query.len() + 1);
+    out.push_str(base);
+    if !path_and_query.starts_with('/') {
+        out.push('/');
+    }
+    out.push_str(path_and_query);
+    out
+}
+
+/// The request URI rewritten onto `base`: its scheme and authority, its base path in front
+/// of the request's path and query.
+pub(crate) fn rewrite_uri(
+    base: &http::Uri,
+    base_path: &str,
+    uri: &http::Uri,
+) -> Result<http::Uri, http::Error> {
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = base.scheme().cloned();
+    parts.authority = base.authority().cloned();
+    parts.path_and_query = Some(join_path(base_path, pq).parse()?);
+    Ok(http::Uri::from_parts(parts)?)
 }
 
 impl Service<http::Request<ProxyBody>> for EndpointService {
@@ -35,8 +131,129 @@ impl Service<http::Request<ProxyBody>> for EndpointService {
         Poll::Ready(Ok(()))
     }
 
+    /// Sends the request to this endpoint. The client's `Host` is kept (as Envoy does);
+    /// an HTTP/2 client's `:authority` becomes `Host` when it sent none. With `http2 =
+    /// true` the `Host` is removed instead, since HTTP/2 carries the endpoint's authority
+    /// in `:authority` and the two must not differ (the client's host reaches the upstream
+    /// in `X-Forwarded-Host`). An `https://` endpoint that picks h2 by ALPN gets the
+    /// client's `Host` next to the endpoint's `:authority`: hyper and Go servers accept
+    /// that; a strict server may not, then set `http2 = true`. A failure to
+    /// connect is a [`ConnectError`] (nothing was sent: safe to retry), any other failure
+    /// an [`UpstreamError`]. The response keeps its extensions (hyper's `OnUpgrade` for a
+    /// 101 among them).
     fn call(&mut self, req: http::Request<ProxyBody>) -> Self::Future {
-        let _ = (&self.base, &self.client, req);
-        todo!("endpoint")
+        let (mut parts, body) = req.into_parts();
+        let endpoint = self.authority.to_string();
+        let uri = match rewrite_uri(&self.base, &self.base_path, &parts.uri) {
+            Ok(uri) => uri,
+            Err(e) => {
+                return Box::pin(async move {
+                    Err(UpstreamError {
+                        endpoint,
+                        source: e.into(),
+                    }
+                    .into())
+                })
+            }
+        };
+        if self.client.is_http2_only() {
+            // RFC 9113 8.3.1: a `Host` that differs from `:authority` (here the endpoint's)
+            // makes the request malformed; the client's host is in `X-Forwarded-Host`.
+            parts.headers.remove(http::header::HOST);
+        } else if !parts.headers.contains_key(http::header::HOST) {
+            if let Some(authority) = parts.uri.authority() {
+                if let Ok(v) = http::HeaderValue::from_str(authority.as_str()) {
+                    parts.headers.insert(http::header::HOST, v);
+                }
+            }
+        }
+        parts.uri = uri;
+        parts.version = self.client.request_version();
+        let fut = self.client.send(http::Request::from_parts(parts, body));
+        Box::pin(async move {
+            match fut.await {
+                Ok(resp) => Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync())),
+                Err(e) if e.is_connect() => Err(ConnectError {
+                    endpoint,
+                    source: e.into(),
+                }
+                .into()),
+                Err(e) => Err(UpstreamError {
+                    endpoint,
+                    source: e.into(),
+                }
+                .into()),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_base_and_request_paths() {
+        let cases = [
+            ("", "/", "/"),
+            ("", "", "/"),
+            ("", "/v2/servers?limit=1", "/v2/servers?limit=1"),
+            ("/api", "/", "/api/"),
+            ("/api", "/v2/x", "/api/v2/x"),
+            ("/api/", "/v2/x", "/api/v2/x"),
+            ("/api", "v2/x", "/api/v2/x"),
+            ("/api", "/?q=1", "/api/?q=1"),
+            ("/a/b", "//c", "/a/b//c"),
+        ];
+        for (base, pq, want) in cases {
+            assert_eq!(join_path(base, pq), want, "join_path({base:?}, {pq:?})");
+        }
+    }
+
+    #[test]
+    fn rewrites_onto_the_endpoint() {
+        let base = parse_endpoint("https://10.0.0.1:8443/compute/").unwrap();
+        let uri: http::Uri = "http://gateway.example/v2.1/servers?all_tenants=1"
+            .parse()
+            .unwrap();
+        let out = rewrite_uri(&base, base.path().trim_end_matches('/'), &uri).unwrap();
+        assert_eq!(
+            out.to_string(),
+            "https://10.0.0.1:8443/compute/v2.1/servers?all_tenants=1"
+        );
+        let origin: http::Uri = "/x".parse().unwrap();
+        let out = rewrite_uri(&base, "/compute", &origin).unwrap();
+        assert_eq!(out.to_string(), "https://10.0.0.1:8443/compute/x");
+    }
+
+    #[test]
+    fn authority_names_the_port() {
+        let cases = [
+            ("http://a.example", "a.example:80"),
+            ("https://a.example", "a.example:443"),
+            ("http://127.0.0.1:8774/base", "127.0.0.1:8774"),
+            ("http://[::1]:9000", "[::1]:9000"),
+        ];
+        for (url, want) in cases {
+            assert_eq!(authority_of(&parse_endpoint(url).unwrap()), want, "{url}");
+        }
+    }
+
+    #[test]
+    fn bad_endpoints_name_the_key() {
+        for url in [
+            "",
+            "127.0.0.1:8774",
+            "ftp://host:21",
+            "http://",
+            "http:///path",
+            "http://host:80/?q=1",
+            "http://user:pw@host",
+            "not a url",
+        ] {
+            let err = parse_endpoint(url).expect_err(url);
+            assert_eq!(err.key, "endpoints", "{url}");
+            assert!(err.to_string().starts_with("endpoints: "), "{err}");
+        }
     }
 }

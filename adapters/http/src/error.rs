@@ -25,3 +25,12 @@ pub struct BuildError {
     pub key: String,
     pub message: String,
 }
+
+/// The client's request body failed while it was being read for the replay buffer (the
+/// client went away or sent a malformed body). Nothing was sent upstream. Edge: 400.
+#[derive(Debug, thiserror::Error)]
+#[error("client request body failed")]
+pub struct BodyError {
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}

@@ -1,5 +1,24 @@
-//! What a reverse proxy does to headers on the way in and out.
+//! What a reverse proxy does to headers on the way in and out, and the tunnel of an
+//! upgraded connection (WebSocket).
+//!
+//! # Upgrades (WebSocket), for the gateway
+//!
+//! 1. Before the request enters the stack, take the client's upgrade:
+//!    `let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));`
+//!    ([`prepare_request`] keeps `Upgrade` and sets `Connection: upgrade` on such a
+//!    request; do not buffer or replay its body, it has none).
+//! 2. Send it through the stack as any request. The upstream connection is HTTP/1.1 (an
+//!    upgrade does not work over HTTP/2; an upstream with `http2 = true` cannot upgrade).
+//! 3. When the answer is `101 Switching Protocols`, take the upstream's upgrade:
+//!    `let upstream_upgrade = hyper::upgrade::on(&mut resp);`, then
+//!    `tokio::spawn(tunnel(client_upgrade, upstream_upgrade));` and return the 101
+//!    ([`prepare_response`] leaves its `Connection`/`Upgrade` alone) to the client. The
+//!    client's upgrade completes once hyper has written the 101; [`tunnel`] then copies
+//!    bytes both ways until either side closes.
+//! 4. Any other answer: drop `client_upgrade`, return the response as usual.
 
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 
 /// Facts about the client connection the forwarded headers need.
@@ -12,28 +31,389 @@ pub struct Forwarded {
 
 pub const REQUEST_ID: &str = "x-openstack-request-id";
 
-/// The client's `X-OpenStack-Request-ID` when it is a valid `req-<uuid4>`, else a new one.
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
+
+/// Hop-by-hop headers (RFC 9110 7.6.1), besides those `Connection` names.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The client's `X-OpenStack-Request-ID` when it is a valid `req-<uuid>` (as
+/// oslo.middleware accepts it: any UUID version, in its lowercase hyphenated form), else a
+/// new `req-<uuid4>`.
 pub fn request_id(headers: &http::HeaderMap) -> String {
-    let _ = headers;
-    todo!("request id")
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| is_valid_request_id(v))
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("req-{}", uuid::Uuid::new_v4()))
+}
+
+/// `req-` followed by a UUID in lowercase hyphenated form.
+pub fn is_valid_request_id(id: &str) -> bool {
+    id.strip_prefix("req-").is_some_and(|rest| {
+        uuid::Uuid::try_parse(rest).is_ok_and(|u| u.hyphenated().to_string() == rest)
+    })
 }
 
 /// Removes hop-by-hop headers (except `Upgrade`/`Connection: upgrade` on an upgrade
 /// request), sets `X-Forwarded-For` (appended), `-Proto`, `-Host`, and the request id.
+///
+/// `TE: trailers` is kept (HTTP/2 allows it, gRPC needs it); any other `TE` goes.
+/// `X-Forwarded-Host` is the client's `Host`, or the URI's authority (an HTTP/2 client's
+/// `:authority`).
 pub fn prepare_request<B>(req: &mut http::Request<B>, fwd: &Forwarded, request_id: &str) {
-    let _ = (req, fwd, request_id);
-    todo!("prepare_request")
+    let upgrade = is_upgrade(req);
+    let te_trailers = req
+        .headers()
+        .get_all(http::header::TE)
+        .iter()
+        .any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case("trailers")));
+    let upgrade_value = req.headers().get(http::header::UPGRADE).cloned();
+    let forwarded_host = req.headers().get(http::header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
+    });
+
+    let headers = req.headers_mut();
+    remove_hop_by_hop(headers);
+    if te_trailers {
+        headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
+    }
+    if upgrade {
+        if let Some(v) = upgrade_value {
+            headers.insert(http::header::UPGRADE, v);
+        }
+        headers.insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
+    }
+
+    let client_ip = fwd.client_addr.ip().to_string();
+    let mut xff: Vec<u8> = Vec::new();
+    for v in headers.get_all(X_FORWARDED_FOR) {
+        let v = v.as_bytes().trim_ascii();
+        if !v.is_empty() {
+            xff.extend_from_slice(v);
+            xff.extend_from_slice(b", ");
+        }
+    }
+    xff.extend_from_slice(client_ip.as_bytes());
+    // Valid header bytes, ", " and an IP make a valid header value.
+    if let Ok(xff) = http::HeaderValue::from_bytes(&xff) {
+        headers.insert(X_FORWARDED_FOR, xff);
+    }
+    headers.insert(X_FORWARDED_PROTO, http::HeaderValue::from_static(fwd.proto));
+    match forwarded_host {
+        Some(host) => {
+            headers.insert(X_FORWARDED_HOST, host);
+        }
+        None => {
+            headers.remove(X_FORWARDED_HOST);
+        }
+    }
+    set_request_id(headers, request_id);
 }
 
 /// Removes hop-by-hop headers from the upstream's response (except on a 101) and sets the
 /// request id.
 pub fn prepare_response<B>(resp: &mut http::Response<B>, request_id: &str) {
-    let _ = (resp, request_id);
-    todo!("prepare_response")
+    if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+        remove_hop_by_hop(resp.headers_mut());
+    }
+    set_request_id(resp.headers_mut(), request_id);
 }
 
-/// Whether the request asks for a protocol upgrade (WebSocket).
+/// Whether the request asks for a protocol upgrade (WebSocket): an HTTP/1.1 request with
+/// an `Upgrade` header and the token `upgrade` in `Connection`.
 pub fn is_upgrade<B>(req: &http::Request<B>) -> bool {
-    let _ = req;
-    todo!("is_upgrade")
+    req.version() == http::Version::HTTP_11
+        && req.headers().contains_key(http::header::UPGRADE)
+        && req
+            .headers()
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case("upgrade")))
+}
+
+/// Copies bytes both ways between an upgraded client connection and an upgraded upstream
+/// connection until either side closes (see the module docs for the whole flow). Errors
+/// are logged, never raised.
+pub async fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade did not complete; no tunnel");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((sent, received)) => tracing::debug!(sent, received, "tunnel closed"),
+        Err(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
+    }
+}
+
+fn set_request_id(headers: &mut http::HeaderMap, request_id: &str) {
+    match http::HeaderValue::from_str(request_id) {
+        Ok(v) => {
+            headers.insert(REQUEST_ID, v);
+        }
+        Err(_) => tracing::warn!(request_id, "request id is not a valid header value"),
+    }
+}
+
+fn remove_hop_by_hop(headers: &mut http::HeaderMap) {
+    let named: Vec<http::HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .flat_map(tokens)
+        .filter_map(|t| http::HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+/// The comma-separated tokens of a header value (none when it is not visible ASCII).
+fn tokens(value: &http::HeaderValue) -> impl Iterator<Item = &str> {
+    value
+        .to_str()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::header::{CONNECTION, HOST, TE, UPGRADE};
+
+    fn fwd() -> Forwarded {
+        Forwarded {
+            client_addr: "192.0.2.7:51000".parse().unwrap(),
+            proto: "https",
+        }
+    }
+
+    fn get(headers: &[(&str, &str)]) -> http::Request<()> {
+        let mut b = http::Request::get("/v2/servers");
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap()
+    }
+
+    const ID: &str = "req-3f1c2a7e-9b4d-4c1e-8a2f-0123456789ab";
+
+    #[test]
+    fn request_id_kept_only_when_valid() {
+        let mut h = http::HeaderMap::new();
+        h.insert(REQUEST_ID, ID.parse().unwrap());
+        assert_eq!(request_id(&h), ID);
+
+        for bad in [
+            "3f1c2a7e-9b4d-4c1e-8a2f-0123456789ab",
+            "req-3F1C2A7E-9B4D-4C1E-8A2F-0123456789AB",
+            "req-3f1c2a7e9b4d4c1e8a2f0123456789ab",
+            "req-{3f1c2a7e-9b4d-4c1e-8a2f-0123456789ab}",
+            "req-not-a-uuid",
+            "req-",
+            "",
+        ] {
+            h.insert(REQUEST_ID, bad.parse().unwrap());
+            let id = request_id(&h);
+            assert_ne!(id, bad);
+            assert!(is_valid_request_id(&id), "{id}");
+        }
+        let fresh = request_id(&http::HeaderMap::new());
+        assert!(is_valid_request_id(&fresh), "{fresh}");
+        assert_eq!(
+            uuid::Uuid::parse_str(&fresh[4..])
+                .unwrap()
+                .get_version_num(),
+            4
+        );
+        assert_ne!(fresh, request_id(&http::HeaderMap::new()));
+    }
+
+    #[test]
+    fn removes_hop_by_hop_and_the_headers_connection_names() {
+        let mut req = get(&[
+            ("connection", "keep-alive, X-Secret"),
+            ("connection", "x-other"),
+            ("x-secret", "1"),
+            ("x-other", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic Zm9v"),
+            ("proxy-authenticate", "Basic"),
+            ("te", "gzip"),
+            ("trailer", "x-checksum"),
+            ("transfer-encoding", "chunked"),
+            ("upgrade", "h2c"),
+            ("x-auth-token", "kept"),
+            ("host", "api.example"),
+        ]);
+        prepare_request(&mut req, &fwd(), ID);
+        let h = req.headers();
+        for gone in [
+            "connection",
+            "x-secret",
+            "x-other",
+            "keep-alive",
+            "proxy-connection",
+            "proxy-authorization",
+            "proxy-authenticate",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+        ] {
+            assert!(!h.contains_key(gone), "{gone} should be removed");
+        }
+        assert_eq!(h["x-auth-token"], "kept");
+        assert_eq!(h[HOST], "api.example");
+        assert_eq!(h[REQUEST_ID], ID);
+    }
+
+    #[test]
+    fn keeps_te_trailers_only() {
+        let mut req = get(&[("te", "trailers, deflate")]);
+        prepare_request(&mut req, &fwd(), ID);
+        assert_eq!(req.headers()[TE], "trailers");
+        let mut req = get(&[("te", "deflate;q=0.5")]);
+        prepare_request(&mut req, &fwd(), ID);
+        assert!(!req.headers().contains_key(TE));
+    }
+
+    #[test]
+    fn upgrade_request_keeps_upgrade() {
+        let mut req = get(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("keep-alive", "timeout=5"),
+        ]);
+        assert!(is_upgrade(&req));
+        prepare_request(&mut req, &fwd(), ID);
+        let h = req.headers();
+        assert_eq!(h[UPGRADE], "websocket");
+        assert_eq!(h[CONNECTION], "upgrade");
+        assert_eq!(h.get_all(CONNECTION).iter().count(), 1);
+        assert!(!h.contains_key("keep-alive"));
+        assert_eq!(h["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+    }
+
+    #[test]
+    fn detects_upgrades() {
+        assert!(is_upgrade(&get(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket")
+        ])));
+        assert!(!is_upgrade(&get(&[("upgrade", "websocket")])));
+        assert!(!is_upgrade(&get(&[("connection", "upgrade")])));
+        assert!(!is_upgrade(&get(&[
+            ("connection", "keep-alive"),
+            ("upgrade", "websocket")
+        ])));
+        let mut h2 = get(&[("connection", "upgrade"), ("upgrade", "websocket")]);
+        *h2.version_mut() = http::Version::HTTP_2;
+        assert!(!is_upgrade(&h2));
+    }
+
+    #[test]
+    fn sets_forwarded_headers() {
+        let mut req = get(&[("host", "api.example:8080")]);
+        prepare_request(&mut req, &fwd(), ID);
+        let h = req.headers();
+        assert_eq!(h["x-forwarded-for"], "192.0.2.7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "api.example:8080");
+    }
+
+    #[test]
+    fn appends_to_x_forwarded_for() {
+        let mut req = get(&[
+            ("x-forwarded-for", "203.0.113.1"),
+            ("x-forwarded-for", "198.51.100.2, 198.51.100.3"),
+            ("x-forwarded-proto", "http"),
+        ]);
+        let v6 = Forwarded {
+            client_addr: "[2001:db8::1]:443".parse().unwrap(),
+            proto: "http",
+        };
+        prepare_request(&mut req, &v6, ID);
+        let h = req.headers();
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(
+            h["x-forwarded-for"],
+            "203.0.113.1, 198.51.100.2, 198.51.100.3, 2001:db8::1"
+        );
+        assert_eq!(h["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn forwarded_host_of_an_http2_client_is_its_authority() {
+        let mut req = http::Request::get("https://api.example/v3/auth/tokens")
+            .version(http::Version::HTTP_2)
+            .body(())
+            .unwrap();
+        prepare_request(&mut req, &fwd(), ID);
+        assert_eq!(req.headers()["x-forwarded-host"], "api.example");
+    }
+
+    #[test]
+    fn prepares_responses() {
+        let mut resp = http::Response::builder()
+            .status(200)
+            .header("connection", "close, x-internal")
+            .header("x-internal", "1")
+            .header("keep-alive", "timeout=5")
+            .header("transfer-encoding", "chunked")
+            .header("content-type", "application/json")
+            .body(())
+            .unwrap();
+        prepare_response(&mut resp, ID);
+        let h = resp.headers();
+        for gone in [
+            "connection",
+            "x-internal",
+            "keep-alive",
+            "transfer-encoding",
+        ] {
+            assert!(!h.contains_key(gone), "{gone}");
+        }
+        assert_eq!(h["content-type"], "application/json");
+        assert_eq!(h[REQUEST_ID], ID);
+
+        let mut switching = http::Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(())
+            .unwrap();
+        prepare_response(&mut switching, ID);
+        assert_eq!(switching.headers()[CONNECTION], "upgrade");
+        assert_eq!(switching.headers()[UPGRADE], "websocket");
+        assert_eq!(switching.headers()[REQUEST_ID], ID);
+    }
 }

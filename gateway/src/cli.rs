@@ -1,0 +1,128 @@
+//! The command line: `quartet serve`, `quartet check`, `quartet config default`.
+
+use crate::config::{self, LogFormat};
+use clap::{Parser, Subcommand};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Exit status of a config that cannot be used (EX_CONFIG is 78; we keep EX_USAGE, 64,
+/// the status the docs and tests rely on).
+pub const EXIT_CONFIG: u8 = 64;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "quartet",
+    version,
+    about = "One gateway, one resilience policy stack for every channel."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve with a config file, or with the embedded default config.
+    Serve {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Overrides server.log_format.
+        #[arg(long, value_enum)]
+        log_format: Option<LogFormat>,
+    },
+    /// Check a config file: prints "FILE: ok", or the error (exit status 64).
+    Check {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Work with the embedded config.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the embedded default config (the commented reference of every key).
+    Default,
+}
+
+/// Logs to stdout, text or JSON; RUST_LOG sets the levels (default info).
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    let result = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::stdout().is_terminal())
+            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    if let Err(err) = result {
+        eprintln!("quartet: logging not set up: {err}");
+    }
+}
+
+/// Runs the command line and returns the process's exit status.
+pub fn main(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Default,
+        } => {
+            print!("{}", config::DEFAULT_CONFIG);
+            ExitCode::SUCCESS
+        }
+        Command::Check { config: path } => match config::load(Some(&path)) {
+            Ok(loaded) => {
+                if let Some(tls) = &loaded.config.server.tls {
+                    if let Err(err) = crate::server::load_tls(tls) {
+                        eprintln!("{}: {}", path.display(), crate::error::Chain(&err));
+                        return ExitCode::from(EXIT_CONFIG);
+                    }
+                }
+                println!("{}: ok", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("{err}");
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Serve { config, log_format } => {
+            let loaded = match config::load(config.as_deref()) {
+                Ok(loaded) => loaded,
+                Err(err) => {
+                    eprintln!("{err}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            init_tracing(log_format.unwrap_or(loaded.config.server.log_format));
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(err) => {
+                    tracing::error!(error = %err, "cannot start the runtime");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(crate::run(loaded)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    tracing::error!("{}", crate::error::Chain(&err));
+                    eprintln!("quartet: {}", crate::error::Chain(&err));
+                    if err.is_config() {
+                        ExitCode::from(EXIT_CONFIG)
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,976 @@
+//! The config file as data: serde types with defaults (unknown keys refused), environment
+//! overrides of backend URLs, and [`Config::validate`], which names the offending key. Every
+//! error a user sees says where: `FILE:LINE: KEY: message`.
+
+use quartet_http::spec::UpstreamSpec;
+use quartet_policies::spec::PolicySpec;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The embedded default config, also the commented reference of every key.
+pub const DEFAULT_CONFIG: &str = include_str!("../quartet.default.toml");
+
+/// How the embedded default is named in messages.
+pub const EMBEDDED_NAME: &str = "<embedded default config>";
+
+/// The name of the policy every target gets when it names none.
+pub const DEFAULT_POLICY: &str = "default";
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub policies: BTreeMap<String, PolicySpec>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamSpec>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub amqp: Option<AmqpConfig>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub admin_token: Option<Secret>,
+    pub tls: Option<TlsConfig>,
+    pub max_body_bytes: u64,
+    #[serde(with = "humantime_serde")]
+    pub grace_period: Duration,
+    pub log_format: LogFormat,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            admin_token: None,
+            tls: None,
+            max_body_bytes: 10 * 1024 * 1024,
+            grace_period: Duration::from_secs(30),
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// A secret from the config: never shown by `Debug`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub prefix: String,
+    #[serde(default)]
+    pub host: Option<String>,
+    pub upstream: String,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    #[serde(default = "default_policy_name")]
+    pub policy: String,
+    #[serde(default)]
+    pub idempotent: bool,
+}
+
+fn default_policy_name() -> String {
+    DEFAULT_POLICY.to_string()
+}
+
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpConfig {
+    pub url: String,
+}
+
+impl fmt::Debug for AmqpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AmqpConfig")
+            .field("url", &redact_url(&self.url))
+            .finish()
+    }
+}
+
+/// Where the running config came from; SIGHUP re-reads a file, never the embedded one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    Embedded,
+}
+
+impl Source {
+    pub fn name(&self) -> String {
+        match self {
+            Source::File(p) => p.display().to_string(),
+            Source::Embedded => EMBEDDED_NAME.to_string(),
+        }
+    }
+}
+
+/// An environment variable that replaced a value of the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Override {
+    pub var: String,
+    pub key: String,
+    /// The new value with any password in a URL replaced by `***`.
+    pub value: String,
+}
+
+/// A config read, overridden and validated.
+#[derive(Clone, Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub source: Source,
+    pub overrides: Vec<Override>,
+}
+
+/// One step of a key path: `routes[1].upstream` is `routes`, `[1]`, `upstream`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+/// A key path, shown as `policies.default.retry.budget` or `routes[1].upstream`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyPath(pub Vec<Seg>);
+
+impl KeyPath {
+    fn key(mut self, k: impl Into<String>) -> Self {
+        self.0.push(Seg::Key(k.into()));
+        self
+    }
+    fn index(mut self, i: usize) -> Self {
+        self.0.push(Seg::Index(i));
+        self
+    }
+    /// Appends a dotted relative key such as `retry.budget`.
+    fn dotted(mut self, rel: &str) -> Self {
+        self.0.extend(
+            rel.split('.')
+                .filter(|s| !s.is_empty())
+                .map(|s| Seg::Key(s.into())),
+        );
+        self
+    }
+    fn root(k: &str) -> Self {
+        Self::default().key(k)
+    }
+}
+
+impl fmt::Display for KeyPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut first = true;
+        for seg in &self.0 {
+            match seg {
+                Seg::Key(k) => {
+                    if !first {
+                        f.write_str(".")?;
+                    }
+                    let bare = !k.is_empty()
+                        && k.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+                    if bare {
+                        f.write_str(k)?;
+                    } else {
+                        write!(f, "{k:?}")?;
+                    }
+                }
+                Seg::Index(i) => write!(f, "[{i}]")?,
+            }
+            first = false;
+        }
+        Ok(())
+    }
+}
+
+/// A value serde accepted but the config cannot use, naming its key.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct Invalid {
+    pub path: KeyPath,
+    pub message: String,
+}
+
+fn invalid(path: KeyPath, message: impl Into<String>) -> Invalid {
+    Invalid {
+        path,
+        message: message.into(),
+    }
+}
+
+/// What went wrong with a config.
+#[derive(Debug)]
+pub enum ErrorKind {
+    Read(std::io::Error),
+    Syntax(Box<toml::de::Error>),
+    Invalid(Invalid),
+}
+
+/// A config error as the user sees it: `FILE:LINE: KEY: message`.
+#[derive(Debug)]
+pub struct ConfigError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub key: Option<KeyPath>,
+    pub kind: ErrorKind,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = self.key.as_ref().filter(|k| !k.0.is_empty()) {
+            write!(f, ": {key}")?;
+        }
+        match &self.kind {
+            ErrorKind::Read(e) => write!(f, ": cannot read the file: {e}"),
+            ErrorKind::Syntax(e) => write!(f, ": {}", e.message().trim_end()),
+            ErrorKind::Invalid(e) => write!(f, ": {}", e.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            ErrorKind::Read(e) => Some(e),
+            ErrorKind::Syntax(e) => Some(e.as_ref()),
+            ErrorKind::Invalid(e) => Some(e),
+        }
+    }
+}
+
+/// Reads the file (or the embedded default when `path` is `None`), applies the process's
+/// environment overrides and validates.
+pub fn load(path: Option<&Path>) -> Result<Loaded, ConfigError> {
+    let env = |name: &str| std::env::var(name).ok();
+    match path {
+        None => {
+            let (config, overrides) = parse(DEFAULT_CONFIG, EMBEDDED_NAME, env)?;
+            Ok(Loaded {
+                config,
+                source: Source::Embedded,
+                overrides,
+            })
+        }
+        Some(path) => {
+            let file = path.display().to_string();
+            let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                file: file.clone(),
+                line: None,
+                key: None,
+                kind: ErrorKind::Read(e),
+            })?;
+            let (config, overrides) = parse(&src, &file, env)?;
+            Ok(Loaded {
+                config,
+                source: Source::File(path.to_path_buf()),
+                overrides,
+            })
+        }
+    }
+}
+
+/// Parses `src` (named `file` in messages), applies the overrides `env` gives, validates.
+pub fn parse(
+    src: &str,
+    file: &str,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<(Config, Vec<Override>), ConfigError> {
+    let mut config: Config = toml::from_str(src).map_err(|e| {
+        let offset = e.span().map(|s| s.start);
+        ConfigError {
+            file: file.to_string(),
+            line: offset.map(|o| line_of(src, o)),
+            key: offset.and_then(|o| key_at(src, o)),
+            kind: ErrorKind::Syntax(Box::new(e)),
+        }
+    })?;
+    config
+        .policies
+        .entry(DEFAULT_POLICY.to_string())
+        .or_default();
+    let overrides = config.apply_env(env);
+    config.validate().map_err(|e| ConfigError {
+        file: file.to_string(),
+        line: locate(src, &e.path),
+        key: Some(e.path.clone()),
+        kind: ErrorKind::Invalid(e),
+    })?;
+    Ok((config, overrides))
+}
+
+/// The environment variable that overrides `upstreams.NAME.endpoints`.
+pub fn upstream_env_var(name: &str) -> String {
+    format!(
+        "QUARTET_UPSTREAM_{}_ENDPOINTS",
+        name.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+pub const AMQP_URL_VAR: &str = "QUARTET_AMQP_URL";
+
+impl Config {
+    /// Replaces backend URLs with the ones the environment gives (empty values ignored).
+    pub fn apply_env(&mut self, env: impl Fn(&str) -> Option<String>) -> Vec<Override> {
+        let mut applied = Vec::new();
+        if let Some(url) = env(AMQP_URL_VAR).filter(|v| !v.trim().is_empty()) {
+            let url = url.trim().to_string();
+            applied.push(Override {
+                var: AMQP_URL_VAR.to_string(),
+                key: "amqp.url".to_string(),
+                value: redact_url(&url),
+            });
+            self.amqp = Some(AmqpConfig { url });
+        }
+        for (name, upstream) in &mut self.upstreams {
+            let var = upstream_env_var(name);
+            let Some(value) = env(&var) else { continue };
+            let endpoints: Vec<String> = value
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect();
+            if endpoints.is_empty() {
+                continue;
+            }
+            applied.push(Override {
+                var,
+                key: KeyPath::root("upstreams")
+                    .key(name.clone())
+                    .key("endpoints")
+                    .to_string(),
+                value: endpoints
+                    .iter()
+                    .map(|e| redact_url(e))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            });
+            upstream.endpoints = endpoints;
+        }
+        applied
+    }
+
+    /// The policy named `name` (the `default` one always exists after [`parse`]).
+    pub fn policy(&self, name: &str) -> PolicySpec {
+        self.policies.get(name).cloned().unwrap_or_default()
+    }
+
+    /// Checks what serde cannot: references between sections, value ranges, addresses.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let server = KeyPath::root("server");
+        let s = &self.server;
+        if let Some(token) = &s.admin_token {
+            if token.expose().trim().is_empty() {
+                return Err(invalid(server.key("admin_token"), "must not be empty"));
+            }
+        }
+        if !s.admin_listen.ip().is_loopback() && s.admin_token.is_none() {
+            return Err(invalid(
+                server.key("admin_listen"),
+                format!(
+                    "{} is not a loopback address: set server.admin_token to expose the admin API",
+                    s.admin_listen
+                ),
+            ));
+        }
+        if s.max_body_bytes == 0 {
+            return Err(invalid(
+                server.key("max_body_bytes"),
+                "must be greater than zero",
+            ));
+        }
+        if let Some(tls) = &s.tls {
+            for (key, path) in [("cert", &tls.cert), ("key", &tls.key)] {
+                if !path.is_file() {
+                    return Err(invalid(
+                        server.clone().key("tls").key(key),
+                        format!("no such file: {}", path.display()),
+                    ));
+                }
+            }
+        }
+
+        for (name, policy) in &self.policies {
+            policy.validate().map_err(|e| {
+                invalid(
+                    KeyPath::root("policies").key(name.clone()).dotted(&e.key),
+                    e.message,
+                )
+            })?;
+        }
+
+        for (name, up) in &self.upstreams {
+            let path = KeyPath::root("upstreams").key(name.clone());
+            validate_upstream(path, up)?;
+        }
+
+        let mut seen: Vec<(String, Option<String>)> = Vec::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let path = KeyPath::root("routes").index(i);
+            if !route.prefix.starts_with('/') {
+                return Err(invalid(path.key("prefix"), "must start with \"/\""));
+            }
+            if let Some(host) = &route.host {
+                if host.trim().is_empty() {
+                    return Err(invalid(path.key("host"), "must not be empty"));
+                }
+            }
+            if !self.upstreams.contains_key(&route.upstream) {
+                return Err(invalid(
+                    path.key("upstream"),
+                    format!("no upstream named {:?}", route.upstream),
+                ));
+            }
+            if !self.policies.contains_key(&route.policy) {
+                return Err(invalid(
+                    path.key("policy"),
+                    format!("no policy named {:?}", route.policy),
+                ));
+            }
+            let key = (
+                normalize_prefix(&route.prefix).to_string(),
+                route.host.as_deref().map(normalize_host),
+            );
+            if let Some(j) = seen.iter().position(|k| *k == key) {
+                return Err(invalid(
+                    path.key("prefix"),
+                    format!("routes[{j}] has the same prefix and host"),
+                ));
+            }
+            seen.push(key);
+        }
+
+        if let Some(amqp) = &self.amqp {
+            if !(amqp.url.starts_with("amqp://") || amqp.url.starts_with("amqps://")) {
+                return Err(invalid(
+                    KeyPath::root("amqp").key("url"),
+                    "must be an amqp:// or amqps:// URL",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn validate_upstream(path: KeyPath, up: &UpstreamSpec) -> Result<(), Invalid> {
+    if up.endpoints.is_empty() {
+        return Err(invalid(
+            path.key("endpoints"),
+            "must list at least one endpoint",
+        ));
+    }
+    for (i, e) in up.endpoints.iter().enumerate() {
+        let ok = e
+            .parse::<http::Uri>()
+            .ok()
+            .filter(|u| matches!(u.scheme_str(), Some("http") | Some("https")))
+            .filter(|u| u.authority().is_some_and(|a| !a.host().is_empty()));
+        if ok.is_none() {
+            return Err(invalid(
+                path.key("endpoints").index(i),
+                format!("{:?} is not an http:// or https:// URL", redact_url(e)),
+            ));
+        }
+    }
+    if let Some(h) = &up.health {
+        let hp = path.clone().key("health");
+        if !h.path.starts_with('/') {
+            return Err(invalid(hp.key("path"), "must start with \"/\""));
+        }
+        if h.interval.is_zero() {
+            return Err(invalid(hp.key("interval"), "must be greater than zero"));
+        }
+        if h.timeout.is_zero() {
+            return Err(invalid(hp.key("timeout"), "must be greater than zero"));
+        }
+        if h.unhealthy_threshold == 0 {
+            return Err(invalid(hp.key("unhealthy_threshold"), "must be at least 1"));
+        }
+        if h.healthy_threshold == 0 {
+            return Err(invalid(hp.key("healthy_threshold"), "must be at least 1"));
+        }
+    }
+    if up.connect_timeout.is_zero() {
+        return Err(invalid(
+            path.key("connect_timeout"),
+            "must be greater than zero",
+        ));
+    }
+    if let Some(ca) = &up.ca_file {
+        if !ca.is_file() {
+            return Err(invalid(
+                path.key("ca_file"),
+                format!("no such file: {}", ca.display()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A prefix without its trailing slashes (`"/"` becomes `""`, which matches every path).
+pub fn normalize_prefix(prefix: &str) -> &str {
+    prefix.trim_end_matches('/')
+}
+
+/// A host without its port, lower-cased.
+pub fn normalize_host(host: &str) -> String {
+    let host = host.trim();
+    let no_port = if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        match host.rsplit_once(':') {
+            Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) => h,
+            _ => host,
+        }
+    };
+    no_port.to_ascii_lowercase()
+}
+
+/// `scheme://user:pass@host/...` becomes `scheme://***@host/...`; anything else unchanged.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest_start = scheme_end + 3;
+    let rest = &url[rest_start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..rest_start], &rest[at..]),
+        None => url.to_string(),
+    }
+}
+
+fn line_of(src: &str, offset: usize) -> usize {
+    let end = offset.min(src.len());
+    src.as_bytes()[..end]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
+}
+
+/// The line of the deepest part of `path` written in `src` (the key itself when it is
+/// there, else the nearest table that holds it).
+pub fn locate(src: &str, path: &KeyPath) -> Option<usize> {
+    use toml_edit::{ImDocument, Item, Value};
+    let doc = ImDocument::parse(src).ok()?;
+
+    enum Node<'a> {
+        Item(&'a Item),
+        Table(&'a toml_edit::Table),
+        Value(&'a Value),
+    }
+
+    let mut node = Node::Item(doc.as_item());
+    let mut best: Option<usize> = None;
+    for seg in &path.0 {
+        match seg {
+            Seg::Key(k) => {
+                let table: Option<&dyn toml_edit::TableLike> = match &node {
+                    Node::Item(i) => i.as_table_like(),
+                    Node::Table(t) => Some(*t),
+                    Node::Value(v) => v.as_inline_table().map(|t| t as &dyn toml_edit::TableLike),
+                };
+                let Some((key, item)) = table.and_then(|t| t.get_key_value(k)) else {
+                    break;
+                };
+                best = key.span().or_else(|| item.span()).map(|s| s.start).or(best);
+                node = Node::Item(item);
+            }
+            Seg::Index(i) => {
+                let next = match &node {
+                    Node::Item(Item::ArrayOfTables(a)) => {
+                        a.get(*i).map(|t| (t.span(), Node::Table(t)))
+                    }
+                    Node::Item(Item::Value(Value::Array(a))) | Node::Value(Value::Array(a)) => {
+                        a.get(*i).map(|v| (v.span(), Node::Value(v)))
+                    }
+                    _ => None,
+                };
+                let Some((span, next)) = next else { break };
+                best = span.map(|s| s.start).or(best);
+                node = next;
+            }
+        }
+    }
+    best.map(|o| line_of(src, o))
+}
+
+/// The key path of the value or key written at byte `offset` of `src`.
+fn key_at(src: &str, offset: usize) -> Option<KeyPath> {
+    use toml_edit::{ImDocument, Item, TableLike, Value};
+    let doc = ImDocument::parse(src).ok()?;
+
+    fn hit(span: Option<std::ops::Range<usize>>, offset: usize) -> bool {
+        span.is_some_and(|s| s.start <= offset && offset < s.end.max(s.start + 1))
+    }
+
+    fn in_table(t: &dyn TableLike, offset: usize, path: &mut Vec<Seg>) -> bool {
+        for (k, _) in t.iter() {
+            let Some((key, item)) = t.get_key_value(k) else {
+                continue;
+            };
+            path.push(Seg::Key(k.to_string()));
+            if in_item(item, offset, path) || hit(key.span(), offset) || hit(item.span(), offset) {
+                return true;
+            }
+            path.pop();
+        }
+        false
+    }
+
+    fn in_value(v: &Value, offset: usize, path: &mut Vec<Seg>) -> bool {
+        match v {
+            Value::InlineTable(t) => in_table(t, offset, path),
+            Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    path.push(Seg::Index(i));
+                    if in_value(v, offset, path) || hit(v.span(), offset) {
+                        return true;
+                    }
+                    path.pop();
+                }
+                false
+            }
+            _ => false,
+        }
+    }
+
+    fn in_item(item: &Item, offset: usize, path: &mut Vec<Seg>) -> bool {
+        match item {
+            Item::Table(t) => in_table(t, offset, path),
+            Item::ArrayOfTables(a) => {
+                for (i, t) in a.iter().enumerate() {
+                    path.push(Seg::Index(i));
+                    if in_table(t, offset, path) || hit(t.span(), offset) {
+                        return true;
+                    }
+                    path.pop();
+                }
+                false
+            }
+            Item::Value(v) => in_value(v, offset, path),
+            Item::None => false,
+        }
+    }
+
+    let mut path = Vec::new();
+    in_table(doc.as_table(), offset, &mut path).then_some(KeyPath(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn err(src: &str) -> String {
+        parse(src, "quartet.toml", no_env).unwrap_err().to_string()
+    }
+
+    const GOOD: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+
+[upstreams.compute]
+endpoints = ["http://127.0.0.1:8774"]
+
+[upstreams.image-store]
+endpoints = ["http://127.0.0.1:9292"]
+
+[[routes]]
+prefix = "/compute"
+upstream = "compute"
+
+[[routes]]
+prefix = "/image"
+upstream = "image-store"
+policy = "fast"
+
+[policies.fast]
+timeout = "250ms"
+"#;
+
+    #[test]
+    fn embedded_default_parses_and_validates() {
+        let (c, overrides) = parse(DEFAULT_CONFIG, EMBEDDED_NAME, no_env).unwrap();
+        assert!(overrides.is_empty());
+        assert_eq!(c.server, ServerConfig::default());
+        assert_eq!(c.policies["default"], PolicySpec::default());
+        assert_eq!(c.upstreams["demo"].endpoints, ["http://127.0.0.1:8000"]);
+        assert!(c.upstreams["demo"].health.is_none());
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.routes[0].prefix, "/demo");
+        assert!(c.routes[0].strip_prefix);
+        assert!(c.amqp.is_none());
+    }
+
+    #[test]
+    fn defaults_fill_what_is_left_out() {
+        let (c, _) = parse(GOOD, "q.toml", no_env).unwrap();
+        assert_eq!(c.server.admin_listen, ServerConfig::default().admin_listen);
+        assert_eq!(c.server.max_body_bytes, 10 * 1024 * 1024);
+        assert_eq!(c.server.grace_period, Duration::from_secs(30));
+        assert_eq!(c.server.log_format, LogFormat::Text);
+        assert_eq!(c.policies["default"], PolicySpec::default());
+        assert_eq!(c.policies["fast"].timeout, Duration::from_millis(250));
+        assert_eq!(c.policies["fast"].retry, PolicySpec::default().retry);
+        assert_eq!(c.routes[0].policy, "default");
+        assert!(!c.routes[0].strip_prefix);
+        assert!(!c.routes[0].idempotent);
+    }
+
+    #[test]
+    fn empty_file_is_a_valid_config() {
+        let (c, _) = parse("", "q.toml", no_env).unwrap();
+        assert!(c.routes.is_empty());
+        assert!(c.policies.contains_key("default"));
+    }
+
+    #[test]
+    fn unknown_key_is_refused_with_file_line_and_key() {
+        let e = err("[server]\nlisten = \"127.0.0.1:0\"\nlistne = \"x\"\n");
+        assert!(
+            e.starts_with("quartet.toml:3: server.listne: unknown field"),
+            "{e}"
+        );
+        let e = err(
+            "[upstreams.a]\nendpoints = [\"http://x:1\"]\n\n[[routes]]\nprefix = \"/a\"\nupstream = \"a\"\nretries = 2\n",
+        );
+        assert!(
+            e.starts_with("quartet.toml:7: routes[0].retries: unknown field"),
+            "{e}"
+        );
+        let e = err("[policies.default]\nretry = { attempts = 2, budgett = 1 }\n");
+        assert!(
+            e.starts_with("quartet.toml:2: policies.default.retry"),
+            "{e}"
+        );
+        assert!(e.contains("budgett"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_line() {
+        let e = err("[server]\n\ngrace_period = \"soon\"\n");
+        assert!(
+            e.starts_with("quartet.toml:3: server.grace_period: "),
+            "{e}"
+        );
+        let e = err("[server]\nlog_format = \"xml\"\n");
+        assert!(e.starts_with("quartet.toml:2: server.log_format: "), "{e}");
+        let e = err("[server]\nlisten = \"nowhere\"\n");
+        assert!(e.starts_with("quartet.toml:2: server.listen: "), "{e}");
+    }
+
+    #[test]
+    fn validation_errors_name_key_and_line() {
+        let src = GOOD.replace("upstream = \"image-store\"", "upstream = \"imagestore\"");
+        let e = err(&src);
+        assert_eq!(
+            e,
+            "quartet.toml:17: routes[1].upstream: no upstream named \"imagestore\""
+        );
+
+        let src = GOOD.replace("policy = \"fast\"", "policy = \"slow\"");
+        assert_eq!(
+            err(&src),
+            "quartet.toml:18: routes[1].policy: no policy named \"slow\""
+        );
+
+        let src = GOOD.replace("prefix = \"/image\"", "prefix = \"image\"");
+        assert_eq!(
+            err(&src),
+            "quartet.toml:16: routes[1].prefix: must start with \"/\""
+        );
+
+        let src = GOOD.replace("prefix = \"/image\"", "prefix = \"/compute/\"");
+        assert_eq!(
+            err(&src),
+            "quartet.toml:16: routes[1].prefix: routes[0] has the same prefix and host"
+        );
+
+        let src = format!("{GOOD}\n[policies.slow]\nretry = {{ attempts = 0 }}\n");
+        assert_eq!(
+            err(&src),
+            "quartet.toml:24: policies.slow.retry.attempts: must be at least 1 (1 means no retries)"
+        );
+
+        let src = GOOD.replace("http://127.0.0.1:9292", "ftp://127.0.0.1:9292");
+        assert_eq!(
+            err(&src),
+            "quartet.toml:9: upstreams.image-store.endpoints[0]: \"ftp://127.0.0.1:9292\" is not an http:// or https:// URL"
+        );
+    }
+
+    #[test]
+    fn policy_default_breaker_error_points_at_the_table_key() {
+        let src = "[policies.default.breaker]\nwindow = \"0s\"\n";
+        assert_eq!(
+            err(src),
+            "quartet.toml:2: policies.default.breaker.window: must be greater than zero"
+        );
+    }
+
+    #[test]
+    fn admin_listen_off_loopback_needs_a_token() {
+        let e = err("[server]\nadmin_listen = \"0.0.0.0:9090\"\n");
+        assert!(
+            e.starts_with("quartet.toml:2: server.admin_listen: 0.0.0.0:9090 is not a loopback"),
+            "{e}"
+        );
+        let (c, _) = parse(
+            "[server]\nadmin_listen = \"0.0.0.0:9090\"\nadmin_token = \"s3cret\"\n",
+            "q",
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(c.server.admin_token.unwrap().expose(), "s3cret");
+        let e = err("[server]\nadmin_token = \"\"\n");
+        assert!(e.starts_with("quartet.toml:2: server.admin_token:"), "{e}");
+    }
+
+    #[test]
+    fn missing_tls_files_are_named() {
+        let e = err(
+            "[server]\ntls = { cert = \"/nonexistent/c.pem\", key = \"/nonexistent/k.pem\" }\n",
+        );
+        assert!(
+            e.starts_with("quartet.toml:2: server.tls.cert: no such file"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn secrets_are_not_in_debug_output() {
+        let (c, _) = parse(
+            "[server]\nadmin_token = \"s3cret\"\n[amqp]\nurl = \"amqp://guest:pw@rabbit:5672/%2f\"\n",
+            "q",
+            no_env,
+        )
+        .unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("s3cret"), "{dbg}");
+        assert!(!dbg.contains("pw@"), "{dbg}");
+    }
+
+    #[test]
+    fn env_overrides_backend_urls_and_redacts_passwords() {
+        let env = |name: &str| match name {
+            "QUARTET_AMQP_URL" => Some("amqp://user:hunter2@rabbit:5672/%2f".to_string()),
+            "QUARTET_UPSTREAM_IMAGE_STORE_ENDPOINTS" => {
+                Some("http://10.0.0.1:9292, http://10.0.0.2:9292".to_string())
+            }
+            "QUARTET_UPSTREAM_COMPUTE_ENDPOINTS" => Some(" ".to_string()),
+            _ => None,
+        };
+        let (c, overrides) = parse(GOOD, "q.toml", env).unwrap();
+        assert_eq!(
+            c.amqp.as_ref().unwrap().url,
+            "amqp://user:hunter2@rabbit:5672/%2f"
+        );
+        assert_eq!(
+            c.upstreams["image-store"].endpoints,
+            ["http://10.0.0.1:9292", "http://10.0.0.2:9292"]
+        );
+        assert_eq!(c.upstreams["compute"].endpoints, ["http://127.0.0.1:8774"]);
+        assert_eq!(
+            overrides,
+            vec![
+                Override {
+                    var: "QUARTET_AMQP_URL".into(),
+                    key: "amqp.url".into(),
+                    value: "amqp://***@rabbit:5672/%2f".into(),
+                },
+                Override {
+                    var: "QUARTET_UPSTREAM_IMAGE_STORE_ENDPOINTS".into(),
+                    key: "upstreams.image-store.endpoints".into(),
+                    value: "http://10.0.0.1:9292,http://10.0.0.2:9292".into(),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn env_override_is_validated_and_named() {
+        let env = |name: &str| {
+            (name == "QUARTET_UPSTREAM_COMPUTE_ENDPOINTS").then(|| "not a url".to_string())
+        };
+        let e = parse(GOOD, "q.toml", env).unwrap_err().to_string();
+        assert!(
+            e.starts_with("q.toml:6: upstreams.compute.endpoints[0]: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn redaction() {
+        assert_eq!(redact_url("http://a:b@h:1/x@y"), "http://***@h:1/x@y");
+        assert_eq!(redact_url("http://h:1/x"), "http://h:1/x");
+        assert_eq!(redact_url("nonsense"), "nonsense");
+    }
+
+    #[test]
+    fn hosts_lose_their_port() {
+        assert_eq!(normalize_host("API.example.com:8080"), "api.example.com");
+        assert_eq!(normalize_host("[::1]:80"), "::1");
+        assert_eq!(normalize_host("example.com"), "example.com");
+    }
+
+    #[test]
+    fn unreadable_file_is_named() {
+        let e = load(Some(Path::new("/nonexistent/quartet.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("/nonexistent/quartet.toml: cannot read the file"),
+            "{e}"
+        );
+    }
+}

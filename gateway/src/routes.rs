@@ -1,0 +1,295 @@
+//! The public router: every request goes to the fallback handler, which matches the route
+//! table, checks the body size, prepares the request as a reverse proxy does, calls the
+//! route's policy stack and streams the answer back. `Upgrade` (WebSocket) requests get a
+//! tunnel once the upstream answers 101.
+
+use crate::error::{self, BodyTooLarge, NoRoute};
+use crate::stack::{Built, Route};
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::Router;
+use http::{header, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use quartet_http::body::buffer_for_replay;
+use quartet_http::classify::CallInfo;
+use quartet_http::proxy::{self, Forwarded};
+use quartet_http::ProxyBody;
+use quartet_policies::BoxError;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+use tower::ServiceExt;
+
+/// Facts about the client connection, set on every request by the server loop.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub tls: bool,
+}
+
+/// The public router of one built config.
+pub fn app(state: Arc<Built>) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+/// Whether `prefix` (without trailing slash) matches `path` on a segment boundary.
+pub fn prefix_matches(prefix: &str, path: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/') || prefix.is_empty(),
+        None => false,
+    }
+}
+
+/// The first route (host-specific first, then longest prefix) matching `host` and `path`.
+pub fn find_route<'a>(routes: &'a [Route], host: Option<&str>, path: &str) -> Option<&'a Route> {
+    let host = host.map(crate::config::normalize_host);
+    routes.iter().find(|r| {
+        let host_ok = match (&r.host, &host) {
+            (None, _) => true,
+            (Some(want), Some(got)) => want == got,
+            (Some(_), None) => false,
+        };
+        host_ok && prefix_matches(&r.prefix, path)
+    })
+}
+
+/// `path` without `prefix` (which matched it); never empty.
+pub fn strip_path<'a>(prefix: &str, path: &'a str) -> &'a str {
+    match path.strip_prefix(prefix) {
+        Some("") | None => "/",
+        Some(rest) => rest,
+    }
+}
+
+fn strip_uri(uri: &http::Uri, prefix: &str) -> Result<http::Uri, http::Error> {
+    let path = strip_path(prefix, uri.path());
+    let pq = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(pq.parse()?);
+    Ok(http::Uri::from_parts(parts)?)
+}
+
+fn request_host<B>(req: &Request<B>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_string());
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(String::from)
+}
+
+fn content_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn client_facts<B>(req: &Request<B>) -> ConnInfo {
+    if let Some(info) = req.extensions().get::<ConnInfo>() {
+        return *info;
+    }
+    let remote = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0)
+        .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    ConnInfo { remote, tls: false }
+}
+
+/// What the access log line reports besides the request and the status.
+#[derive(Default)]
+struct Facts {
+    upstream: Option<String>,
+    call: Option<Arc<CallInfo>>,
+}
+
+async fn handle(State(built): State<Arc<Built>>, req: Request<Body>) -> Response<Body> {
+    let start = Instant::now();
+    let request_id = proxy::request_id(req.headers());
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let mut facts = Facts::default();
+
+    let resp = match forward(&built, req, &request_id, &mut facts).await {
+        Ok(resp) => resp,
+        Err(err) => error::into_response(err.as_ref(), Some(&request_id)),
+    };
+
+    let (attempts, endpoint) = match &facts.call {
+        Some(call) => (
+            call.attempts.load(Ordering::Relaxed),
+            call.endpoint.lock().ok().and_then(|e| e.clone()),
+        ),
+        None => (0, None),
+    };
+    tracing::info!(
+        target: "quartet::access",
+        request_id = %request_id,
+        method = %method,
+        path = %path,
+        status = resp.status().as_u16(),
+        duration_ms = start.elapsed().as_micros() as f64 / 1000.0,
+        upstream = facts.upstream.as_deref().unwrap_or("-"),
+        endpoint = endpoint.as_deref().unwrap_or("-"),
+        attempts,
+        "request"
+    );
+    resp
+}
+
+async fn forward(
+    built: &Built,
+    mut req: Request<Body>,
+    request_id: &str,
+    facts: &mut Facts,
+) -> Result<Response<Body>, BoxError> {
+    let host = request_host(&req);
+    let route = find_route(&built.rest.routes, host.as_deref(), req.uri().path()).ok_or(NoRoute)?;
+    facts.upstream = Some(route.upstream.clone());
+
+    let limit = built.config.server.max_body_bytes;
+    if content_length(&req).is_some_and(|len| len > limit) {
+        return Err(BodyTooLarge { limit }.into());
+    }
+
+    // Taken before the request is sent on: the client's side of a WebSocket upgrade.
+    let client_upgrade = proxy::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let conn = client_facts(&req);
+
+    let (mut parts, body) = req.into_parts();
+    if route.strip_prefix {
+        parts.uri = strip_uri(&parts.uri, &route.prefix)?;
+    }
+    // The body streams through; `Limited` stops a chunked body that grows past the limit.
+    let body = limited(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    let mut req = Request::from_parts(parts, body);
+    let fwd = Forwarded {
+        client_addr: conn.remote,
+        proto: if conn.tls { "https" } else { "http" },
+    };
+    proxy::prepare_request(&mut req, &fwd, request_id);
+
+    let mut req = buffer_for_replay(req, route.policy.retry.buffer_limit).await?;
+    let call = Arc::new(CallInfo::default());
+    req.extensions_mut().insert(call.clone());
+    facts.call = Some(call);
+
+    let mut resp = send(&route.service, req).await?;
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client) = client_upgrade {
+            let upstream = hyper::upgrade::on(&mut resp);
+            tokio::spawn(proxy::tunnel(client, upstream));
+        }
+    }
+    proxy::prepare_response(&mut resp, request_id);
+    Ok(resp.map(Body::new))
+}
+
+/// The client's body as the stack's body type, failing once it grows past `limit`.
+fn limited(body: Body, limit: usize) -> ProxyBody {
+    Limited::new(body, limit).boxed_unsync()
+}
+
+/// Calls a route's stack; a plain function so the future's type is named once.
+fn send(
+    service: &crate::stack::RestService,
+    req: Request<ProxyBody>,
+) -> futures_util::future::BoxFuture<'static, Result<Response<ProxyBody>, BoxError>> {
+    Box::pin(service.clone().oneshot(req))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quartet_policies::spec::PolicySpec;
+    use tower::util::BoxCloneSyncService;
+
+    fn route(prefix: &str, host: Option<&str>, upstream: &str) -> Route {
+        let svc = tower::service_fn(|_req: Request<ProxyBody>| async {
+            Ok::<_, BoxError>(Response::new(ProxyBody::default()))
+        });
+        Route {
+            prefix: crate::config::normalize_prefix(prefix).to_string(),
+            host: host.map(crate::config::normalize_host),
+            strip_prefix: false,
+            upstream: upstream.to_string(),
+            policy: PolicySpec::default(),
+            service: BoxCloneSyncService::new(svc),
+        }
+    }
+
+    fn sorted(mut routes: Vec<Route>) -> Vec<Route> {
+        routes.sort_by_key(|r| (r.host.is_none(), std::cmp::Reverse(r.prefix.len())));
+        routes
+    }
+
+    fn pick(routes: &[Route], host: Option<&str>, path: &str) -> Option<String> {
+        find_route(routes, host, path).map(|r| r.upstream.clone())
+    }
+
+    #[test]
+    fn prefix_matches_on_segment_boundary() {
+        assert!(prefix_matches("/compute", "/compute"));
+        assert!(prefix_matches("/compute", "/compute/"));
+        assert!(prefix_matches("/compute", "/compute/servers"));
+        assert!(!prefix_matches("/compute", "/computex"));
+        assert!(!prefix_matches("/compute", "/"));
+        assert!(prefix_matches("", "/anything"));
+        assert!(prefix_matches("", "/"));
+    }
+
+    #[test]
+    fn longest_prefix_wins_and_host_routes_first() {
+        let routes = sorted(vec![
+            route("/", None, "root"),
+            route("/compute", None, "compute"),
+            route("/compute/v2.1", None, "compute21"),
+            route("/compute", Some("API.example.com"), "compute-api"),
+            route("/compute/", None, "dup-ignored"),
+        ]);
+        assert_eq!(
+            pick(&routes, None, "/compute/v2.1/servers").as_deref(),
+            Some("compute21")
+        );
+        assert_eq!(
+            pick(&routes, None, "/compute/v2/servers").as_deref(),
+            Some("compute")
+        );
+        assert_eq!(pick(&routes, None, "/computex").as_deref(), Some("root"));
+        assert_eq!(pick(&routes, None, "/image").as_deref(), Some("root"));
+        // The host-specific route wins even over a longer host-less prefix; port ignored.
+        assert_eq!(
+            pick(&routes, Some("api.example.com:8443"), "/compute/v2.1/x").as_deref(),
+            Some("compute-api")
+        );
+        assert_eq!(
+            pick(&routes, Some("other.example.com"), "/compute/x").as_deref(),
+            Some("compute")
+        );
+    }
+
+    #[test]
+    fn no_route_is_none() {
+        let routes = sorted(vec![route("/compute", None, "compute")]);
+        assert!(pick(&routes, None, "/image").is_none());
+        assert!(pick(&routes, None, "/").is_none());
+    }
+
+    #[test]
+    fn strip_prefix_keeps_the_query_and_never_leaves_an_empty_path() {
+        let u: http::Uri = "/demo/x/y?a=1".parse().unwrap();
+        assert_eq!(strip_uri(&u, "/demo").unwrap(), "/x/y?a=1");
+        let u: http::Uri = "/demo?a=1".parse().unwrap();
+        assert_eq!(strip_uri(&u, "/demo").unwrap(), "/?a=1");
+        let u: http::Uri = "http://h:1/demo/".parse().unwrap();
+        assert_eq!(strip_uri(&u, "/demo").unwrap(), "http://h:1/");
+        assert_eq!(strip_path("", "/a"), "/a");
+    }
+}

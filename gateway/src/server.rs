@@ -1,0 +1,396 @@
+//! Serving: our own accept loops (HTTP/1.1 and HTTP/2, h2c by prior knowledge, h2 by ALPN
+//! on TLS, upgrades), the current [`App`] in an `ArcSwap` (each request uses the app
+//! current when it arrives), SIGHUP reloads, and SIGTERM/SIGINT draining within the grace
+//! period.
+
+use crate::admin::{self, AdminState};
+use crate::config::{self, Config, Loaded, Source};
+use crate::routes::ConnInfo;
+use crate::stack::{BuildError, Shared};
+use crate::App;
+use arc_swap::ArcSwap;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use quartet_policies::metrics::Metrics;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tower::ServiceExt;
+
+/// How long a client may take to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot build the app from the config")]
+    Build(#[from] BuildError),
+    #[error("{key}: cannot read {}", path.display())]
+    TlsRead {
+        key: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{key}: no {what} found in {}", path.display())]
+    TlsEmpty {
+        key: &'static str,
+        what: &'static str,
+        path: PathBuf,
+    },
+    #[error("server.tls: certificate and key not usable")]
+    Tls(#[source] rustls::Error),
+    #[error("{key}: cannot listen on {addr}")]
+    Bind {
+        key: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the bound address")]
+    LocalAddr(#[source] std::io::Error),
+    #[error("cannot install the signal handlers")]
+    Signals(#[source] std::io::Error),
+}
+
+impl RunError {
+    /// Whether the config is to blame (exit status 64, like a config refused by `check`).
+    pub fn is_config(&self) -> bool {
+        matches!(
+            self,
+            RunError::Build(_)
+                | RunError::TlsRead { .. }
+                | RunError::TlsEmpty { .. }
+                | RunError::Tls(_)
+        )
+    }
+}
+
+/// The rustls server config of `[server].tls`, offering h2 and http/1.1 by ALPN.
+pub fn load_tls(tls: &config::TlsConfig) -> Result<Arc<rustls::ServerConfig>, RunError> {
+    fn open(key: &'static str, path: &Path) -> Result<std::io::BufReader<std::fs::File>, RunError> {
+        std::fs::File::open(path)
+            .map(std::io::BufReader::new)
+            .map_err(|source| RunError::TlsRead {
+                key,
+                path: path.to_path_buf(),
+                source,
+            })
+    }
+    let read_err = |key, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RunError::TlsRead { key, path, source }
+    };
+    let certs = rustls_pemfile::certs(&mut open("server.tls.cert", &tls.cert)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(read_err("server.tls.cert", &tls.cert))?;
+    if certs.is_empty() {
+        return Err(RunError::TlsEmpty {
+            key: "server.tls.cert",
+            what: "certificate",
+            path: tls.cert.clone(),
+        });
+    }
+    let key = rustls_pemfile::private_key(&mut open("server.tls.key", &tls.key)?)
+        .map_err(read_err("server.tls.key", &tls.key))?
+        .ok_or_else(|| RunError::TlsEmpty {
+            key: "server.tls.key",
+            what: "private key",
+            path: tls.key.clone(),
+        })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(RunError::Tls)?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(RunError::Tls)?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// A bound server, not yet serving: its addresses are known (port 0 resolved).
+pub struct Server {
+    public: TcpListener,
+    admin: TcpListener,
+    tls: Option<TlsAcceptor>,
+    app: Arc<ArcSwap<App>>,
+    shared: Shared,
+    serving: Arc<AtomicBool>,
+    source: Source,
+    grace_period: Duration,
+}
+
+impl Server {
+    /// Builds the app and binds both listeners.
+    pub async fn bind(loaded: Loaded) -> Result<Self, RunError> {
+        let shared = Shared::new(Metrics::new());
+        let server_cfg = loaded.config.server.clone();
+        let tls = match &server_cfg.tls {
+            Some(t) => Some(TlsAcceptor::from(load_tls(t)?)),
+            None => None,
+        };
+        let app = App::build(loaded.config, &shared)?;
+        let public = TcpListener::bind(server_cfg.listen)
+            .await
+            .map_err(|source| RunError::Bind {
+                key: "server.listen",
+                addr: server_cfg.listen,
+                source,
+            })?;
+        let admin = TcpListener::bind(server_cfg.admin_listen)
+            .await
+            .map_err(|source| RunError::Bind {
+                key: "server.admin_listen",
+                addr: server_cfg.admin_listen,
+                source,
+            })?;
+        Ok(Self {
+            public,
+            admin,
+            tls,
+            app: Arc::new(ArcSwap::from_pointee(app)),
+            shared,
+            serving: Arc::new(AtomicBool::new(false)),
+            source: loaded.source,
+            grace_period: server_cfg.grace_period,
+        })
+    }
+
+    pub fn public_addr(&self) -> std::io::Result<SocketAddr> {
+        self.public.local_addr()
+    }
+
+    pub fn admin_addr(&self) -> std::io::Result<SocketAddr> {
+        self.admin.local_addr()
+    }
+
+    /// A handle that reloads the config of this server (what SIGHUP does).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            app: self.app.clone(),
+            shared: self.shared.clone(),
+            source: self.source.clone(),
+        }
+    }
+
+    /// Serves until `shutdown` completes, reloading on SIGHUP, then drains connections for
+    /// at most the grace period.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+        let reloader = self.reloader();
+        let admin_router = admin::router(AdminState {
+            app: self.app.clone(),
+            shared: self.shared.clone(),
+            serving: self.serving.clone(),
+        });
+        let graceful = GracefulShutdown::new();
+        self.serving.store(true, Ordering::Relaxed);
+        tracing::info!("quartet ready");
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                accepted = self.public.accept() => match accepted {
+                    Ok((stream, remote)) => {
+                        let app = self.app.clone();
+                        let tls = self.tls.clone();
+                        spawn_public(stream, remote, tls, app, graceful.watcher());
+                    }
+                    Err(err) => accept_error(err).await,
+                },
+                accepted = self.admin.accept() => match accepted {
+                    Ok((stream, remote)) => {
+                        let router = admin_router.clone();
+                        let watcher = graceful.watcher();
+                        tokio::spawn(serve_connection(TokioIo::new(stream), ConnInfo { remote, tls: false }, Handler::Fixed(router), watcher));
+                    }
+                    Err(err) => accept_error(err).await,
+                },
+                _ = hangup.recv() => {
+                    reloader.reload();
+                }
+                () = &mut shutdown => break,
+            }
+        }
+        self.serving.store(false, Ordering::Relaxed);
+        // Stop accepting: new connections are refused from here on.
+        drop(self.public);
+        drop(self.admin);
+        let open = graceful.count();
+        tracing::info!(connections = open, grace_period = ?self.grace_period, "shutting down: draining in-flight requests");
+        match tokio::time::timeout(self.grace_period, graceful.shutdown()).await {
+            Ok(()) => tracing::info!("all connections closed"),
+            Err(_) => tracing::warn!("grace period over: closing the remaining connections"),
+        }
+        Ok(())
+    }
+}
+
+async fn accept_error(err: std::io::Error) {
+    tracing::warn!(error = %err, "accept failed");
+    // Out of file descriptors and the like: give the system a moment instead of spinning.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+fn spawn_public(
+    stream: TcpStream,
+    remote: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    app: Arc<ArcSwap<App>>,
+    watcher: Watcher,
+) {
+    let _ = stream.set_nodelay(true);
+    tokio::spawn(async move {
+        match tls {
+            None => {
+                serve_connection(
+                    TokioIo::new(stream),
+                    ConnInfo { remote, tls: false },
+                    Handler::Current(app),
+                    watcher,
+                )
+                .await
+            }
+            Some(acceptor) => {
+                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls_stream)) => {
+                        serve_connection(
+                            TokioIo::new(tls_stream),
+                            ConnInfo { remote, tls: true },
+                            Handler::Current(app),
+                            watcher,
+                        )
+                        .await
+                    }
+                    Ok(Err(err)) => {
+                        tracing::debug!(client = %remote, error = %err, "TLS handshake failed")
+                    }
+                    Err(_) => tracing::debug!(client = %remote, "TLS handshake timed out"),
+                }
+            }
+        }
+    });
+}
+
+/// Which router a connection's requests go to.
+#[derive(Clone)]
+enum Handler {
+    /// The public router of the app current when each request arrives.
+    Current(Arc<ArcSwap<App>>),
+    /// A router that never changes (the admin one; it loads the current app itself).
+    Fixed(Router),
+}
+
+async fn serve_connection<I>(io: I, conn: ConnInfo, handler: Handler, watcher: Watcher)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
+        req.extensions_mut().insert(conn);
+        req.extensions_mut().insert(ConnectInfo(conn.remote));
+        let router = match &handler {
+            Handler::Current(app) => app.load().router.clone(),
+            Handler::Fixed(router) => router.clone(),
+        };
+        router.oneshot(req.map(Body::new))
+    });
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let connection = builder.serve_connection_with_upgrades(io, service);
+    if let Err(err) = watcher.watch(connection).await {
+        tracing::debug!(client = %conn.remote, error = %crate::error::Chain(err.as_ref()), "connection closed with an error");
+    }
+}
+
+/// Reloads the config: a bad one is refused (the old app keeps serving), a good one is
+/// built and swapped in; requests in flight finish on the app they started with.
+#[derive(Clone)]
+pub struct Reloader {
+    app: Arc<ArcSwap<App>>,
+    shared: Shared,
+    source: Source,
+}
+
+impl Reloader {
+    /// Returns whether a new config was swapped in.
+    pub fn reload(&self) -> bool {
+        let path = match &self.source {
+            Source::Embedded => {
+                tracing::info!("SIGHUP: running on the embedded default config, nothing to reload");
+                return false;
+            }
+            Source::File(path) => path,
+        };
+        tracing::info!(config = %path.display(), "reloading the config");
+        let loaded = match config::load(Some(path)) {
+            Ok(loaded) => loaded,
+            Err(err) => {
+                tracing::error!("config reload refused, the running config stays: {err}");
+                return false;
+            }
+        };
+        log_overrides(&loaded);
+        let old = self.app.load();
+        warn_listener_changes(&old.built.config, &loaded.config);
+        match App::build(loaded.config, &self.shared) {
+            Ok(app) => {
+                self.app.store(Arc::new(app));
+                tracing::info!(config = %path.display(), "config reloaded");
+                true
+            }
+            Err(err) => {
+                tracing::error!(error = %crate::error::Chain(&err), "config reload refused, the running config stays");
+                false
+            }
+        }
+    }
+}
+
+fn warn_listener_changes(old: &Config, new: &Config) {
+    let (o, n) = (&old.server, &new.server);
+    if o.listen != n.listen || o.admin_listen != n.admin_listen || o.tls != n.tls {
+        tracing::warn!(
+            "server.listen, server.admin_listen and server.tls are not changed by a reload: restart to apply them"
+        );
+    }
+    if o.grace_period != n.grace_period || o.log_format != n.log_format {
+        tracing::warn!("server.grace_period and server.log_format are not changed by a reload");
+    }
+}
+
+/// Logs the environment overrides applied (URLs with their passwords redacted).
+pub fn log_overrides(loaded: &Loaded) {
+    for o in &loaded.overrides {
+        tracing::info!(var = %o.var, key = %o.key, value = %o.value, "environment override applied");
+    }
+}
+
+/// Builds, binds, logs the listening line and serves until SIGTERM or SIGINT.
+pub async fn run(loaded: Loaded) -> Result<(), RunError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    log_overrides(&loaded);
+    tracing::info!(config = %loaded.source.name(), "starting");
+    let server = Server::bind(loaded).await?;
+    let public = server.public_addr().map_err(RunError::LocalAddr)?;
+    let admin = server.admin_addr().map_err(RunError::LocalAddr)?;
+    tracing::info!("quartet listening public={public} admin={admin}");
+    server
+        .serve(async move {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+        })
+        .await
+}
