@@ -749,7 +749,7 @@ async fn tls_listener_with_alpn_and_an_https_upstream_verified_by_ca_file() {
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 tls = {{ cert = "{}", key = "{}" }}
-{PLAIN_POLICY}{}{}{}{}{}{}"#,
+{PLAIN_POLICY}{}{}{}{}{}{}{}{}"#,
         toml_path(&pki.cert_path),
         toml_path(&pki.key_path),
         upstream_toml("plain", &[plain.url()], ""),
@@ -762,6 +762,12 @@ tls = {{ cert = "{}", key = "{}" }}
         plain_route("/secure", "secure"),
         upstream_toml("untrusted", &[secure.url()], ""),
         plain_route("/untrusted", "untrusted"),
+        upstream_toml(
+            "secure_h2",
+            &[secure.url()],
+            &format!("http2 = true\nca_file = \"{}\"", toml_path(&pki.ca_path))
+        ),
+        plain_route("/secure-h2", "secure_h2"),
     );
     let gw = Gateway::start_in(dir, &config).await;
     let url = |path: &str| format!("https://localhost:{}{path}", gw.public.port());
@@ -801,6 +807,19 @@ tls = {{ cert = "{}", key = "{}" }}
     );
     assert_eq!(e["path"], "/y");
 
+    let e = echo(
+        tls_client(&pki, gw.public, true)
+            .get(url("/secure-h2/z"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        e["version"], "HTTP/2.0",
+        "http2 = true on an https:// upstream: h2 by ALPN"
+    );
+
     let resp = tls_client(&pki, gw.public, true)
         .get(url("/untrusted/y"))
         .send()
@@ -809,7 +828,7 @@ tls = {{ cert = "{}", key = "{}" }}
     expect_gateway_error(resp, 502).await;
     assert_eq!(
         secure.hits(),
-        1,
+        2,
         "no request went to an upstream whose certificate is not trusted"
     );
 
@@ -911,6 +930,15 @@ async fn request_ids_kept_when_valid_generated_otherwise_and_returned() {
             .unwrap_or_else(|| panic!("no {HEADER} on the response: {:?}", resp.headers()))
     };
 
+    // oslo.middleware accepts any lower-case hex UUID form, not only version 4.
+    let resp = http
+        .get(gw.url("/svc/x"))
+        .header(HEADER, "req-3f1b2c4d-5e6f-1a7b-8c9d-0e1f2a3b4c5d")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(returned(&resp), "req-3f1b2c4d-5e6f-1a7b-8c9d-0e1f2a3b4c5d");
+
     let resp = http
         .get(gw.url("/svc/x"))
         .header(HEADER, VALID)
@@ -925,10 +953,13 @@ async fn request_ids_kept_when_valid_generated_otherwise_and_returned() {
         "a valid id reaches the upstream as sent"
     );
 
+    // Valid means oslo.middleware's `^req-[a-f0-9]{8}-[a-f0-9]{4}-[a-f0-9]{4}-[a-f0-9]{4}-
+    // [a-f0-9]{12}$` (lower-case hex, any UUID version), so real OpenStack clients interoperate.
     for invalid in [
         "req-not-a-uuid",
         "3f1b2c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d",
-        "req-3f1b2c4d-5e6f-1a7b-8c9d-0e1f2a3b4c5d",
+        "req-3F1B2C4D-5E6F-4A7B-8C9D-0E1F2A3B4C5D",
+        "req-3f1b2c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d-extra",
     ] {
         let resp = http
             .get(gw.url("/svc/x"))
@@ -1212,6 +1243,10 @@ async fn admin_listener_reports_health_readiness_metrics_and_breakers() {
         body["channels"]["rest"].is_object(),
         "/readyz shows the rest channel: {body}"
     );
+    assert!(
+        body["channels"]["rest"].to_string().contains("svc"),
+        "/readyz shows the state of each target of the rest channel: {body}"
+    );
 
     let metrics = gw.metrics().await;
     let ok = metric_sum(
@@ -1244,4 +1279,232 @@ async fn admin_listener_reports_health_readiness_metrics_and_breakers() {
     // The admin API is not on the public listener.
     let resp = http.get(gw.url("/admin/breakers")).send().await.unwrap();
     assert_ne!(resp.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reuses_pooled_connections_to_upstreams() {
+    let (gw, _up) = one_upstream("").await;
+    let http = client();
+    let mut peers = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let e = echo(http.get(gw.url("/svc/x")).send().await.unwrap()).await;
+        peers.insert(e["peer"].as_str().unwrap().to_string());
+    }
+    assert!(
+        peers.len() <= 2,
+        "10 sequential requests should reuse pooled upstream connections, saw {} client ports: {peers:?}",
+        peers.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_breaker_ejects_the_endpoint_and_the_balancer_skips_it() {
+    let bad = Upstream::start("bad").await;
+    let good = Upstream::start("good").await;
+    bad.fail_with(503);
+    let config = format!(
+        r#"{SERVER}
+[policies.eject]
+retry = {{ attempts = 1 }}
+breaker = {{ consecutive_failures = 2, failure_rate = 1.0, min_calls = 1000, open_for = "60s" }}
+{}{}"#,
+        upstream_toml(
+            "pool",
+            &[bad.url(), good.url()],
+            "balance = \"round_robin\""
+        ),
+        route_toml("/pool", "pool", "strip_prefix = true\npolicy = \"eject\""),
+    );
+    let gw = Gateway::start(&config).await;
+    let http = client();
+    // POSTs are never retried, so each one lands on exactly one endpoint.
+    let gw_ref = &gw;
+    let http_ref = &http;
+    let bad_ref = &bad;
+    eventually(
+        "the failing endpoint's breaker to open after 2 failures",
+        WAIT,
+        || async move {
+            let _ = http_ref
+                .post(gw_ref.url("/pool/x"))
+                .body("x")
+                .send()
+                .await
+                .unwrap();
+            (bad_ref.hits() >= 2).then_some(())
+        },
+    )
+    .await;
+    assert_eq!(bad.hits(), 2);
+    for _ in 0..10 {
+        let e = echo(http.post(gw.url("/pool/x")).body("x").send().await.unwrap()).await;
+        assert_eq!(
+            e["server"], "good",
+            "the balancer skips the ejected endpoint"
+        );
+    }
+    assert_eq!(
+        bad.hits(),
+        2,
+        "no request goes to an endpoint whose breaker is open"
+    );
+    let states = gw.breaker_states("pool").await;
+    assert_eq!(states.len(), 2, "one breaker per endpoint: {states:?}");
+    assert!(
+        states.iter().any(|s| s == "open") && states.iter().any(|s| s == "closed"),
+        "{states:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breaker_trips_on_a_rate_of_slow_calls() {
+    let up = Upstream::start("sluggish").await;
+    let config = format!(
+        r#"{SERVER}
+[policies.sluggish]
+retry = {{ attempts = 1 }}
+breaker = {{ consecutive_failures = 1000, failure_rate = 1.0, window = "30s", min_calls = 4, slow_call_duration = "50ms", slow_call_rate = 0.5, open_for = "60s" }}
+{}{}"#,
+        upstream_toml("sluggish", &[up.url()], ""),
+        route_toml(
+            "/s",
+            "sluggish",
+            "strip_prefix = true\npolicy = \"sluggish\""
+        ),
+    );
+    let gw = Gateway::start(&config).await;
+    let http = client();
+    // Slow but successful answers: the breaker counts them as slow calls.
+    for _ in 0..4 {
+        echo(http.get(gw.url("/s/x?delay_ms=300")).send().await.unwrap()).await;
+    }
+    expect_gateway_error_retry_after(http.get(gw.url("/s/x")).send().await.unwrap(), 503).await;
+    assert_eq!(
+        up.hits(),
+        4,
+        "the open breaker kept the fifth request off the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_disables_a_breaker() {
+    let up = Upstream::start("svc").await;
+    let config = format!(
+        r#"{SERVER}
+[policies.touchy]
+retry = {{ attempts = 1 }}
+breaker = {{ consecutive_failures = 2, min_calls = 1000, open_for = "60s" }}
+{}{}"#,
+        upstream_toml("svc", &[up.url()], ""),
+        route_toml("/svc", "svc", "strip_prefix = true\npolicy = \"touchy\""),
+    );
+    let gw = Gateway::start(&config).await;
+    let http = client();
+    echo(http.get(gw.url("/svc/x")).send().await.unwrap()).await;
+    let resp = http
+        .post(gw.admin_url("/admin/breakers/svc"))
+        .json(&json!({"state": "disabled"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        resp.status().is_success(),
+        "POST disabled: {}",
+        resp.status()
+    );
+    up.fail_with(500);
+    for _ in 0..6 {
+        let resp = http.post(gw.url("/svc/x")).body("x").send().await.unwrap();
+        assert_eq!(
+            resp.status(),
+            500,
+            "a disabled breaker never opens: failures reach the upstream"
+        );
+    }
+    assert_eq!(up.hits(), 7);
+    let states = gw.breaker_states("svc").await;
+    assert!(states.iter().all(|s| s == "disabled"), "{states:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_body_over_max_body_bytes_answers_413() {
+    let (gw, _up) = one_upstream("max_body_bytes = 1024").await;
+    let chunks: Vec<Result<Bytes, std::io::Error>> =
+        (0..8).map(|_| Ok(Bytes::from(vec![b'z'; 512]))).collect();
+    let resp = client()
+        .post(gw.url("/svc/upload"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .expect("the gateway answers a streamed body over the limit");
+    expect_gateway_error(resp, 413).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_one_line_per_request_without_secrets() {
+    const ID: &str = "req-0b5d6a3e-9c1f-4e2d-8a7b-6c5d4e3f2a1b";
+    let (mut gw, _up) = one_upstream("").await;
+    let resp = client()
+        .get(gw.url("/svc/x"))
+        .header("x-openstack-request-id", ID)
+        .header("x-auth-token", "gAAAAAtoken-secret-123")
+        .header("authorization", "Bearer bearer-secret-456")
+        .send()
+        .await
+        .unwrap();
+    echo(resp).await;
+    let line = gw
+        .process
+        .wait_for_log(0, "an access log line with the request id", |l| {
+            l.contains(ID)
+        })
+        .await;
+    assert!(
+        line.contains("200"),
+        "the access log line has the status: {line}"
+    );
+    assert!(
+        line.contains("svc"),
+        "the access log line names the upstream: {line}"
+    );
+    let log = gw.log().text();
+    for secret in ["gAAAAAtoken-secret-123", "bearer-secret-456"] {
+        assert!(!log.contains(secret), "a token reached the logs: {secret}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_log_format_writes_one_json_object_per_line() {
+    const ID: &str = "req-1c2d3e4f-5a6b-4c7d-9e8f-0a1b2c3d4e5f";
+    let (mut gw, _up) = one_upstream("log_format = \"json\"").await;
+    let resp = client()
+        .get(gw.url("/svc/x"))
+        .header("x-openstack-request-id", ID)
+        .send()
+        .await
+        .unwrap();
+    echo(resp).await;
+    let line = gw
+        .process
+        .wait_for_log(0, "a JSON access log line with the request id", |l| {
+            l.contains(ID)
+        })
+        .await;
+    let value: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+        panic!("log_format = \"json\": the access line is not JSON ({e}): {line}")
+    });
+    assert!(value.is_object());
+    for line in gw
+        .log()
+        .lines()
+        .iter()
+        .filter(|l| !l.starts_with("[stderr]"))
+    {
+        assert!(
+            serde_json::from_str::<Value>(line).is_ok(),
+            "every stdout line is JSON with log_format = \"json\": {line}"
+        );
+    }
 }

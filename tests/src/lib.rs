@@ -176,7 +176,11 @@ impl Log {
         lines[start..].join("\n")
     }
 
-    fn reader<R: Read + Send + 'static>(&self, stream: R, prefix: &'static str) {
+    fn reader<R: Read + Send + 'static>(
+        &self,
+        stream: R,
+        prefix: &'static str,
+    ) -> std::thread::JoinHandle<()> {
         let log = self.clone();
         std::thread::spawn(move || {
             let mut reader = BufReader::new(stream);
@@ -191,7 +195,7 @@ impl Log {
                     }
                 }
             }
-        });
+        })
     }
 }
 
@@ -201,6 +205,7 @@ pub struct Process {
     child: Child,
     pub log: Log,
     exit: Option<ExitStatus>,
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Process {
@@ -224,12 +229,15 @@ impl Process {
             .spawn()
             .expect("start the quartet binary");
         let log = Log::default();
-        log.reader(child.stdout.take().expect("piped stdout"), "");
-        log.reader(child.stderr.take().expect("piped stderr"), "[stderr] ");
+        let readers = vec![
+            log.reader(child.stdout.take().expect("piped stdout"), ""),
+            log.reader(child.stderr.take().expect("piped stderr"), "[stderr] "),
+        ];
         Process {
             child,
             log,
             exit: None,
+            readers,
         }
     }
 
@@ -237,10 +245,16 @@ impl Process {
         self.child.id()
     }
 
-    /// The exit status if the process has exited.
+    /// The exit status if the process has exited (then its log is complete).
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
         if self.exit.is_none() {
             self.exit = self.child.try_wait().expect("poll the quartet process");
+            if self.exit.is_some() {
+                // The pipes reach EOF once the process is gone: read what is left.
+                for reader in self.readers.drain(..) {
+                    let _ = reader.join();
+                }
+            }
         }
         self.exit
     }
@@ -337,13 +351,31 @@ fn field_addr(line: &str, name: &str) -> Option<SocketAddr> {
     let text = line.trim_start_matches("[stderr] ");
     if text.starts_with('{') {
         if let Ok(value) = serde_json::from_str::<Value>(text) {
-            return find_json_str(&value, name).and_then(|s| s.parse().ok());
+            if let Some(addr) = find_json_str(&value, name).and_then(|s| s.parse().ok()) {
+                return Some(addr);
+            }
         }
     }
-    text.split(|c: char| c.is_whitespace() || c == ',')
-        .filter_map(|token| token.strip_prefix(name)?.strip_prefix('='))
-        .map(|v| v.trim_matches(|c| c == '"' || c == '\''))
-        .find_map(|v| v.parse().ok())
+    // `name=ADDR` (or `name="ADDR"`) in a text line, or inside a JSON line's message.
+    let pattern = format!("{name}=");
+    let mut rest = text;
+    while let Some(at) = rest.find(&pattern) {
+        let starts_word = rest[..at]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !(c.is_alphanumeric() || c == '_'));
+        rest = &rest[at + pattern.len()..];
+        let value = rest.trim_start_matches(['"', '\'']);
+        let end = value
+            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ','))
+            .unwrap_or(value.len());
+        if let Ok(addr) = value[..end].parse() {
+            if starts_word {
+                return Some(addr);
+            }
+        }
+    }
+    None
 }
 
 fn find_json_str<'a>(value: &'a Value, name: &str) -> Option<&'a str> {
