@@ -56,7 +56,15 @@ async fn sighup_applies_a_good_config_without_dropping_in_flight_requests() {
     );
     let request = in_flight(&gw, &up).await;
 
-    gw.rewrite_config(&config("30s", &up, &["/a", "/b"]));
+    // The new config adds a route, and a target whose new policy aborts every request.
+    let reloaded = format!(
+        "{}\n[policies.chaos]\nretry = {{ attempts = 1 }}\n\
+         fault = {{ abort_status = 418, abort_percent = 100 }}\n{}{}",
+        config("30s", &up, &["/a", "/b"]),
+        upstream_toml("svc_c", &[up.url()], ""),
+        route_toml("/c", "svc_c", "strip_prefix = true\npolicy = \"chaos\""),
+    );
+    gw.rewrite_config(&reloaded);
     gw.process.signal("HUP");
     let gw_ref = &gw;
     eventually(
@@ -69,6 +77,11 @@ async fn sighup_applies_a_good_config_without_dropping_in_flight_requests() {
         status(gw.url("/a/x")).await,
         StatusCode::OK,
         "the old route still works"
+    );
+    assert_eq!(
+        status(gw.url("/c/x")).await,
+        StatusCode::IM_A_TEAPOT,
+        "the reloaded config's new policy applies"
     );
 
     up.release(1);

@@ -1074,22 +1074,116 @@ async fn fault_injected_at_run_time_takes_effect_is_removed_and_shows_in_metrics
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_from_the_config_aborts_a_share_of_requests() {
+    // Faults are per target (the upstream), so each policy gets its own upstream.
     let up = Upstream::start("svc").await;
+    let other = Upstream::start("other").await;
     let config = format!(
         r#"{SERVER}
 [policies.chaos]
 retry = {{ attempts = 1 }}
 fault = {{ abort_status = 500, abort_percent = 100 }}
-{}{}"#,
+
+[policies.half]
+retry = {{ attempts = 1 }}
+breaker = {{ consecutive_failures = 1000, failure_rate = 1.0, min_calls = 1000 }}
+fault = {{ abort_status = 500, abort_percent = 50 }}
+{}{}{}{}"#,
         upstream_toml("svc", &[up.url()], ""),
+        upstream_toml("other", &[other.url()], ""),
         route_toml("/chaos", "svc", "strip_prefix = true\npolicy = \"chaos\""),
+        route_toml("/half", "other", "strip_prefix = true\npolicy = \"half\""),
     );
     let gw = Gateway::start(&config).await;
+    let http = client();
     for _ in 0..3 {
-        let resp = client().get(gw.url("/chaos/x")).send().await.unwrap();
+        let resp = http.get(gw.url("/chaos/x")).send().await.unwrap();
         expect_gateway_error(resp, 500).await;
     }
     assert_eq!(up.hits(), 0);
+
+    // 50%: over 60 requests both outcomes appear (all alike has odds of 2 in 2^60).
+    let (mut aborted, mut passed) = (0, 0);
+    for _ in 0..60 {
+        let resp = http.get(gw.url("/half/x")).send().await.unwrap();
+        match resp.status().as_u16() {
+            500 => aborted += 1,
+            200 => passed += 1,
+            other => panic!("unexpected status {other} with a 50% abort fault"),
+        }
+    }
+    assert!(
+        aborted > 0 && passed > 0,
+        "abort_percent = 50: {aborted} aborted, {passed} passed"
+    );
+    assert_eq!(
+        other.hits(),
+        passed,
+        "only the requests not aborted reach the upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_small_bodies_but_never_retries_bodies_over_the_buffer_limit() {
+    let up = Upstream::start("objects").await;
+    let config = format!(
+        r#"{SERVER}
+[policies.replay]
+timeout = "20s"
+per_try_timeout = "10s"
+retry = {{ attempts = 3, backoff = "5ms", max_backoff = "20ms", budget = 0.5, min_per_second = 100, buffer_limit = 65536 }}
+breaker = {{ consecutive_failures = 1000, failure_rate = 1.0, min_calls = 1000 }}
+{}{}"#,
+        upstream_toml("objects", &[up.url()], ""),
+        route_toml(
+            "/objects",
+            "objects",
+            "strip_prefix = true\npolicy = \"replay\""
+        ),
+    );
+    let gw = Gateway::start(&config).await;
+    let http = client();
+
+    // PUT is idempotent: a 1 KiB body fits the replay buffer and is sent again.
+    up.fail_next(1, 503);
+    let small = pattern(0, 1024);
+    let e = echo(
+        http.put(gw.url("/objects/a"))
+            .body(small.clone())
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        e["body_fnv"],
+        Fnv::of(&small).to_string(),
+        "the replayed body is intact"
+    );
+    assert_eq!(up.hits(), 2, "one failure, one replay");
+
+    // A 256 KiB streamed body is over the 64 KiB buffer: it cannot be replayed.
+    up.fail_next(1, 503);
+    let chunks: Vec<Result<Bytes, std::io::Error>> = (0..4)
+        .map(|i| Ok(Bytes::from(pattern(i * CHUNK, CHUNK))))
+        .collect();
+    let resp = http
+        .put(gw.url("/objects/b"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the upstream's 503 is final"
+    );
+    assert_eq!(
+        up.hits(),
+        3,
+        "a body larger than buffer_limit is never retried"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1235,6 +1235,10 @@ async fn handle(
     state.hits.fetch_add(1, Ordering::SeqCst);
 
     if let Some(status) = state.take_failure() {
+        // Read the body first, as most servers do: answering early and closing would race
+        // the proxy's writing of the body, and the test would see that race.
+        let body = req.body_mut();
+        while let Some(Ok(_)) = body.frame().await {}
         return Ok(json_response(
             status,
             &json!({"server": state.name, "failed": true}),
