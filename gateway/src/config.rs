@@ -504,6 +504,12 @@ fn validate_upstream(path: KeyPath, up: &UpstreamSpec) -> Result<(), Invalid> {
         ));
     }
     for (i, e) in up.endpoints.iter().enumerate() {
+        if up.endpoints[..i].contains(e) {
+            return Err(invalid(
+                path.key("endpoints").index(i),
+                format!("{:?} is listed twice", redact_url(e)),
+            ));
+        }
         let ok = e
             .parse::<http::Uri>()
             .ok()
@@ -846,6 +852,15 @@ timeout = "250ms"
         assert_eq!(
             err(&src),
             "quartet.toml:9: upstreams.image-store.endpoints[0]: \"ftp://127.0.0.1:9292\" is not an http:// or https:// URL"
+        );
+    }
+
+    #[test]
+    fn an_endpoint_listed_twice_is_refused() {
+        let e = err("[upstreams.a]\nendpoints = [\n  \"http://h:1\",\n  \"http://h:1\",\n]\n");
+        assert_eq!(
+            e,
+            "quartet.toml:4: upstreams.a.endpoints[1]: \"http://h:1\" is listed twice"
         );
     }
 

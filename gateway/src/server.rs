@@ -13,7 +13,7 @@ use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use quartet_policies::metrics::Metrics;
@@ -29,6 +29,9 @@ use tower::ServiceExt;
 
 /// How long a client may take to finish its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a client may take to send a request head (HTTP/1.1).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -304,7 +307,13 @@ where
         };
         router.oneshot(req.map(Body::new))
     });
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // A timer lets hyper time out a client that never finishes its request head.
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
     let connection = builder.serve_connection_with_upgrades(io, service);
     if let Err(err) = watcher.watch(connection).await {
         tracing::debug!(client = %conn.remote, error = %crate::error::Chain(err.as_ref()), "connection closed with an error");
