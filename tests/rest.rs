@@ -11,6 +11,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::StatusCode;
 use quartet_tests::*;
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A policy with no retries and a breaker that never trips in a short test.
 const PLAIN_POLICY: &str = r#"
@@ -736,6 +737,30 @@ async fn http2_clients_by_prior_knowledge_and_http2_upstreams() {
         "HTTP/1.1 clients still work"
     );
     echo(resp).await;
+
+    // 8 MiB each way over HTTP/2 on both sides: flow control windows must keep moving.
+    const SIZE: usize = 8 * 1024 * 1024;
+    let big = pattern(0, SIZE);
+    let e = echo(
+        bounded(
+            "an 8 MiB h2c upload",
+            h2c.put(gw.url("/h2/big")).body(big).send(),
+        )
+        .await
+        .unwrap(),
+    )
+    .await;
+    assert_eq!(e["body_len"], SIZE);
+    assert_eq!(e["body_fnv"], pattern_fnv(SIZE).to_string());
+    let resp = bounded(
+        "an 8 MiB h2c download",
+        h2c.get(gw.url("/h2/big?size=8388608")).send(),
+    )
+    .await
+    .unwrap();
+    let body = bounded("the 8 MiB h2c body", resp.bytes()).await.unwrap();
+    assert_eq!(body.len(), SIZE);
+    assert_eq!(Fnv::of(&body), pattern_fnv(SIZE));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1604,4 +1629,77 @@ async fn json_log_format_writes_one_json_object_per_line() {
             "every stdout line is JSON with log_format = \"json\": {line}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passes_http_semantics_through_unchanged() {
+    let (gw, _up) = one_upstream("").await;
+    let http = client();
+
+    // HEAD: the head of the answer, no body.
+    let resp = http.head(gw.url("/svc/x")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(
+        resp.bytes().await.unwrap().is_empty(),
+        "a HEAD answer has no body"
+    );
+
+    // An encoded slash stays encoded; repeated headers all arrive.
+    let e = echo(
+        http.get(gw.url("/svc/images/a%2Fb%20c?name=x%26y"))
+            .header("x-multi", "one")
+            .header("x-multi", "two")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        e["path"], "/images/a%2Fb%20c",
+        "the path is passed on as sent: {e}"
+    );
+    assert_eq!(e["query"], "name=x%26y");
+    assert_eq!(
+        echoed_header(&e, "x-multi"),
+        Some("one, two"),
+        "both x-multi values: {e}"
+    );
+
+    // Expect: 100-continue, as curl sends for uploads: the client gets its 100 and goes on.
+    let response = bounded("an Expect: 100-continue exchange", async {
+        let mut stream = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+        stream
+            .write_all(
+                b"PUT /svc/upload HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\
+                  Expect: 100-continue\r\nConnection: close\r\n\r\n",
+            )
+            .await
+            .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if stream.read(&mut byte).await.unwrap() == 0 {
+                break;
+            }
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_string();
+        assert!(
+            head.starts_with("HTTP/1.1 100"),
+            "expected 100 Continue first, got {head:?}"
+        );
+        stream.write_all(b"hello").await.unwrap();
+        let mut rest = Vec::new();
+        stream.read_to_end(&mut rest).await.unwrap();
+        String::from_utf8_lossy(&rest).to_string()
+    })
+    .await;
+    assert!(
+        response.starts_with("HTTP/1.1 200"),
+        "then the upstream's 200: {response}"
+    );
+    assert!(
+        response.contains("\"body_len\":5"),
+        "the body followed the 100: {response}"
+    );
 }
