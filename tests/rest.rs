@@ -1703,3 +1703,101 @@ async fn passes_http_semantics_through_unchanged() {
         "the body followed the 100: {response}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_budget_stops_a_retry_storm() {
+    let up = Upstream::start("down").await;
+    up.fail_with(503);
+    // No share of traffic and no floor: the budget allows no retry at all.
+    let config = format!(
+        r#"{SERVER}
+[policies.stingy]
+retry = {{ attempts = 3, backoff = "5ms", max_backoff = "10ms", budget = 0.0, min_per_second = 0 }}
+breaker = {{ consecutive_failures = 1000, failure_rate = 1.0, min_calls = 1000 }}
+{}{}"#,
+        upstream_toml("down", &[up.url()], ""),
+        route_toml("/down", "down", "strip_prefix = true\npolicy = \"stingy\""),
+    );
+    let gw = Gateway::start(&config).await;
+    let http = client();
+    for _ in 0..5 {
+        let resp = http.get(gw.url("/down/x")).send().await.unwrap();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    }
+    assert_eq!(
+        up.hits(),
+        5,
+        "an exhausted budget allows no retries: one try per request"
+    );
+    let metrics = gw.metrics().await;
+    let exhausted = metric_sum(&metrics, "quartet_retry_budget_exhausted_total", &[]);
+    assert!(
+        exhausted >= 1.0,
+        "quartet_retry_budget_exhausted_total counts it:\n{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_durations_in_flight_and_breaker_transitions() {
+    let up = Upstream::start("svc").await;
+    let config = format!(
+        r#"{SERVER}
+[policies.watched]
+retry = {{ attempts = 1 }}
+breaker = {{ consecutive_failures = 1, min_calls = 1000, open_for = "60s" }}
+{}{}"#,
+        upstream_toml("svc", &[up.url()], ""),
+        route_toml("/svc", "svc", "strip_prefix = true\npolicy = \"watched\""),
+    );
+    let gw = Gateway::start(&config).await;
+    let http = client();
+    let target = [("target", "svc")];
+
+    // In flight: a held request shows as 1, and as 0 once it is done.
+    let held = tokio::spawn(http.get(gw.url("/svc/x?hold=1")).send());
+    let gw_ref = &gw;
+    eventually(
+        "quartet_in_flight to show the held request",
+        WAIT,
+        || async move {
+            let m = gw_ref.metrics().await;
+            (metric_sum(&m, "quartet_in_flight", &target) >= 1.0).then_some(())
+        },
+    )
+    .await;
+    up.release(1);
+    echo(held.await.unwrap().unwrap()).await;
+    eventually("quartet_in_flight back to 0", WAIT, || async move {
+        let m = gw_ref.metrics().await;
+        (metric_sum(&m, "quartet_in_flight", &target) == 0.0).then_some(())
+    })
+    .await;
+
+    let metrics = gw.metrics().await;
+    let observed = metric_sum(&metrics, "quartet_request_duration_seconds_count", &target);
+    assert!(
+        observed >= 1.0,
+        "the duration histogram observed the request:\n{metrics}"
+    );
+    assert!(
+        !metric_samples(&metrics, "quartet_request_duration_seconds_bucket").is_empty(),
+        "the duration histogram has buckets"
+    );
+
+    // One failure trips the breaker: a transition is counted and the state gauge moves.
+    let before = metric_sum(&metrics, "quartet_breaker_transitions_total", &target);
+    up.fail_with(500);
+    let resp = http.post(gw.url("/svc/x")).body("x").send().await.unwrap();
+    assert_eq!(resp.status(), 500);
+    expect_gateway_error_retry_after(
+        http.post(gw.url("/svc/x")).body("x").send().await.unwrap(),
+        503,
+    )
+    .await;
+    let metrics = gw.metrics().await;
+    let after = metric_sum(&metrics, "quartet_breaker_transitions_total", &target);
+    assert!(
+        after > before,
+        "quartet_breaker_transitions_total counts closed -> open:\n{metrics}"
+    );
+}
