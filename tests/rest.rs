@@ -857,6 +857,24 @@ tls = {{ cert = "{}", key = "{}" }}
         "no request went to an upstream whose certificate is not trusted"
     );
 
+    // A WebSocket over the TLS listener (wss://), as browser consoles use it.
+    let tls = pki.connect(gw.public, &[b"http/1.1"]).await;
+    let ws_url = format!("wss://localhost:{}/plain/console/ws", gw.public.port());
+    let (mut ws, _) = bounded(
+        "a wss:// handshake through the gateway",
+        tokio_tungstenite::client_async(ws_url, tls),
+    )
+    .await
+    .expect("a WebSocket upgrade over TLS");
+    ws.send(tokio_tungstenite::tungstenite::Message::text("over tls"))
+        .await
+        .unwrap();
+    let got = bounded("a wss echo", ws.next())
+        .await
+        .expect("an echo")
+        .unwrap();
+    assert_eq!(got.into_text().unwrap().as_str(), "over tls");
+
     let plain_http = client().get(gw.url("/plain/x")).send().await;
     assert!(
         plain_http

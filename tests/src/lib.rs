@@ -948,6 +948,35 @@ impl Pki {
         }
     }
 
+    /// A TLS connection to `addr` as `localhost`, trusting only the test CA, offering
+    /// `alpn` (e.g. `http/1.1` for a WebSocket).
+    pub async fn connect(
+        &self,
+        addr: SocketAddr,
+        alpn: &[&[u8]],
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        use rustls::pki_types::ServerName;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut self.ca_pem.as_bytes()) {
+            roots
+                .add(cert.expect("the test CA's PEM"))
+                .expect("add the test CA");
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let tcp = TcpStream::connect(addr).await.expect("connect for TLS");
+        let name = ServerName::try_from("localhost").expect("a server name");
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .expect("a TLS handshake trusting the test CA")
+    }
+
     /// A rustls acceptor with this server certificate, offering h2 and http/1.1 by ALPN.
     pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
         use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
