@@ -1,8 +1,22 @@
 //! The admin listener: health, readiness, metrics, and the run-time controls of breakers
 //! and faults. It reads the app current when each request arrives, so a reload shows at
 //! once. With `server.admin_token` set, every request needs `Authorization: Bearer TOKEN`.
+//!
+//! | request | answer |
+//! | --- | --- |
+//! | `GET /healthz` | 200 `{"status": "ok"}` |
+//! | `GET /readyz` | 200 or 503 `{"status": "ready"\|"not_ready", "channels": {"rest": {"state", "targets": {NAME: {"endpoints": [{"endpoint", "healthy", "breaker", "in_flight"}], "fault"}}}}}` |
+//! | `GET /metrics` | Prometheus text |
+//! | `GET /admin/breakers` | 200, a list of breaker snapshots |
+//! | `POST /admin/breakers/{target}[?endpoint=host:port]` `{"state": "forced_open"\|"closed"\|"disabled"}` | 200 with the snapshots changed; 404 unknown target; 400 bad body |
+//! | `GET /admin/faults` | 200 `[{"channel", "target", "fault"}]` for every fault set |
+//! | `PUT /admin/faults/{target}` with a fault (`delay`, `delay_percent`, `abort_status`, `abort_percent`) | 200, the same list shape for the targets set; 400 naming the key; 404 |
+//! | `DELETE /admin/faults/{target}` | 204; 404 |
+//!
+//! `{target}` is an upstream's name, or `channel:name` (`rest:compute`). Errors use the
+//! Keystone error body.
 
-use crate::error::{self, BadRequest, Unauthorized, UnknownTarget};
+use crate::error::{self, BadRequest, NoRoute, Unauthorized, UnknownTarget};
 use crate::stack::{Built, Shared};
 use crate::App;
 use arc_swap::ArcSwap;
@@ -65,6 +79,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/breakers/{target}", post(set_breaker))
         .route("/admin/faults", get(list_faults))
         .route("/admin/faults/{target}", put(set_fault).delete(clear_fault))
+        .fallback(|| async { ApiError::from(NoRoute) })
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
 }
@@ -235,11 +250,8 @@ async fn set_fault(
             json!({"channel": h.target().channel, "target": &*h.target().name, "fault": spec}),
         );
     }
-    Ok(Json(if set.len() == 1 {
-        set.remove(0)
-    } else {
-        json!(set)
-    }))
+    // The same shape as GET /admin/faults: one entry per target the name matched.
+    Ok(Json(json!(set)))
 }
 
 async fn clear_fault(

@@ -84,6 +84,11 @@ pub fn main(cli: Cli) -> ExitCode {
                         return ExitCode::from(EXIT_CONFIG);
                     }
                 }
+                // Building catches what only building sees (a CA file that is not PEM).
+                if let Err(err) = build_once(loaded.config) {
+                    eprintln!("{}", describe_build_error(&loaded.source, &err));
+                    return ExitCode::from(EXIT_CONFIG);
+                }
                 println!("{}: ok", path.display());
                 ExitCode::SUCCESS
             }
@@ -101,6 +106,7 @@ pub fn main(cli: Cli) -> ExitCode {
                 }
             };
             init_tracing(log_format.unwrap_or(loaded.config.server.log_format));
+            let source = loaded.source.clone();
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -113,6 +119,12 @@ pub fn main(cli: Cli) -> ExitCode {
             };
             match runtime.block_on(crate::run(loaded)) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(crate::server::RunError::Build(err)) => {
+                    let message = describe_build_error(&source, &err);
+                    tracing::error!("{message}");
+                    eprintln!("{message}");
+                    ExitCode::from(EXIT_CONFIG)
+                }
                 Err(err) => {
                     tracing::error!("{}", crate::error::Chain(&err));
                     eprintln!("quartet: {}", crate::error::Chain(&err));
@@ -125,4 +137,29 @@ pub fn main(cli: Cli) -> ExitCode {
             }
         }
     }
+}
+
+/// Builds the app once, in a runtime of its own, and drops it (for `check`).
+fn build_once(config: config::Config) -> Result<(), crate::stack::BuildError> {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        // No runtime, no build check: validation already passed.
+        Err(_) => return Ok(()),
+    };
+    runtime.block_on(async {
+        let shared = crate::stack::Shared::new(quartet_policies::metrics::Metrics::new());
+        crate::App::build(config, &shared).map(drop)
+    })
+}
+
+/// `FILE:LINE: KEY: message` for an error found while building.
+fn describe_build_error(source: &config::Source, err: &crate::stack::BuildError) -> String {
+    let src = match source {
+        config::Source::File(path) => std::fs::read_to_string(path).unwrap_or_default(),
+        config::Source::Embedded => config::DEFAULT_CONFIG.to_string(),
+    };
+    config::ConfigError::at(&source.name(), &src, err.key_path(), err.message()).to_string()
 }

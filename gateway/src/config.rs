@@ -175,16 +175,16 @@ pub enum Seg {
 pub struct KeyPath(pub Vec<Seg>);
 
 impl KeyPath {
-    fn key(mut self, k: impl Into<String>) -> Self {
+    pub fn key(mut self, k: impl Into<String>) -> Self {
         self.0.push(Seg::Key(k.into()));
         self
     }
-    fn index(mut self, i: usize) -> Self {
+    pub fn index(mut self, i: usize) -> Self {
         self.0.push(Seg::Index(i));
         self
     }
     /// Appends a dotted relative key such as `retry.budget`.
-    fn dotted(mut self, rel: &str) -> Self {
+    pub fn dotted(mut self, rel: &str) -> Self {
         self.0.extend(
             rel.split('.')
                 .filter(|s| !s.is_empty())
@@ -192,7 +192,7 @@ impl KeyPath {
         );
         self
     }
-    fn root(k: &str) -> Self {
+    pub fn root(k: &str) -> Self {
         Self::default().key(k)
     }
 }
@@ -278,6 +278,18 @@ impl std::error::Error for ConfigError {
             ErrorKind::Read(e) => Some(e),
             ErrorKind::Syntax(e) => Some(e.as_ref()),
             ErrorKind::Invalid(e) => Some(e),
+        }
+    }
+}
+
+impl ConfigError {
+    /// An error found in `src` (named `file`) after parsing, at `path`.
+    pub fn at(file: &str, src: &str, path: KeyPath, message: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.to_string(),
+            line: locate(src, &path),
+            key: Some(path.clone()),
+            kind: ErrorKind::Invalid(invalid(path, message)),
         }
     }
 }

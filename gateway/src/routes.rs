@@ -175,7 +175,12 @@ async fn forward(
     };
     proxy::prepare_request(&mut req, &fwd, request_id);
 
-    let mut req = buffer_for_replay(req, route.policy.retry.buffer_limit).await?;
+    // An upgrade has no body and is never replayed (its connection is taken over).
+    let mut req = if client_upgrade.is_some() {
+        req
+    } else {
+        buffer_for_replay(req, route.policy.retry.buffer_limit).await?
+    };
     let call = Arc::new(CallInfo::default());
     req.extensions_mut().insert(call.clone());
     facts.call = Some(call);

@@ -11,6 +11,15 @@
 //! [`Replay`], so every channel (REST here; RPC topics, SQL backends and drivers later)
 //! gets the same order from the same two functions. Services are boxed at the channel
 //! boundary so their types stay readable.
+//!
+//! What is shared, and by whom (REST):
+//! - per (upstream, endpoint): one breaker, one health flag, one in-flight count, shared by
+//!   every route sending to the upstream, so an endpoint is ejected for all of them;
+//! - per upstream (the target `rest:NAME`): one fault handle and one retry budget; their
+//!   specs (and the breakers') come from the policy of the first route naming the upstream,
+//!   the `default` policy when none does;
+//! - per route: the rest of the stack, with the route's policy (its own concurrency slots,
+//!   rate bucket, timeouts and retry settings) and its `idempotent` flag.
 
 use crate::config::{Config, DEFAULT_POLICY};
 use quartet_http::balance::{Balancer, EndpointSlot};
@@ -197,6 +206,24 @@ pub enum BuildError {
         #[source]
         source: quartet_http::error::BuildError,
     },
+}
+
+impl BuildError {
+    /// The config key to blame, for a message that names it and its line.
+    pub fn key_path(&self) -> crate::config::KeyPath {
+        match self {
+            BuildError::Upstream { upstream, source } => crate::config::KeyPath::root("upstreams")
+                .key(upstream.clone())
+                .dotted(&source.key),
+        }
+    }
+
+    /// What is wrong with the value at [`BuildError::key_path`].
+    pub fn message(&self) -> &str {
+        match self {
+            BuildError::Upstream { source, .. } => &source.message,
+        }
+    }
 }
 
 /// State that outlives one config: the metrics registry and the faults set at run time on

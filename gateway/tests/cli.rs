@@ -138,3 +138,26 @@ fn serve_logs_the_listening_line_in_json_and_exits_0_on_sigterm() {
     assert_eq!(exit.code(), Some(0));
     let _ = std::fs::remove_file(cfg);
 }
+
+#[test]
+fn check_reports_what_only_building_finds_with_key_and_line() {
+    let ca = std::env::temp_dir().join(format!("quartet-cli-test-{}-ca.pem", std::process::id()));
+    std::fs::write(&ca, "not a pem\n").unwrap();
+    let cfg = temp_file(&format!(
+        "[upstreams.a]\nendpoints = [\"https://127.0.0.1:1\"]\nca_file = {:?}\n",
+        ca.display().to_string()
+    ));
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.starts_with(&format!("{}:3: upstreams.a.ca_file: ", cfg.display())),
+        "{err}"
+    );
+    let _ = std::fs::remove_file(cfg);
+    let _ = std::fs::remove_file(ca);
+}

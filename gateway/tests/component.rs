@@ -588,6 +588,8 @@ async fn admin_faults_take_effect_and_go_away() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    assert_eq!(body[0]["target"], "a");
+    assert_eq!(body[0]["channel"], "rest");
     assert_eq!(get().await.unwrap().status(), 503);
     let (_, faults) = admin_call(&admin, Method::GET, "/admin/faults", None, None).await;
     assert_eq!(faults[0]["target"], "a");
