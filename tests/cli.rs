@@ -323,3 +323,23 @@ async fn a_newcomer_runs_quartet_serve_with_the_default_config() {
     );
     assert!(process.try_exit().is_none(), "quartet keeps running");
 }
+
+#[test]
+fn check_refuses_missing_certificate_and_ca_files_naming_the_key() {
+    let dir = tempdir();
+    let path = write(
+        dir.path(),
+        "tls.toml",
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         tls = { cert = \"/nonexistent/cert.pem\", key = \"/nonexistent/key.pem\" }\n",
+    );
+    assert_refused(&path, 4, "tls");
+
+    let path = write(
+        dir.path(),
+        "ca.toml",
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\n\
+         [upstreams.secure]\nendpoints = [\"https://127.0.0.1:1\"]\nca_file = \"/nonexistent/ca.pem\"\n",
+    );
+    assert_refused(&path, 7, "ca_file");
+}

@@ -1073,6 +1073,20 @@ async fn fault_injected_at_run_time_takes_effect_is_removed_and_shows_in_metrics
         1,
         "an injected abort does not reach the upstream"
     );
+    let (status, list) = gw.admin_json("/admin/faults").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        list.as_array()
+            .is_some_and(|l| l.iter().any(|f| f["target"] == "faulty")),
+        "GET /admin/faults lists the fault: {list}"
+    );
+    let resp = http
+        .put(gw.admin_url("/admin/faults/faulty"))
+        .json(&json!({"abort_status": 503, "abort_percent": 150}))
+        .send()
+        .await
+        .unwrap();
+    expect_gateway_error(resp, 400).await;
 
     let resp = http
         .delete(gw.admin_url("/admin/faults/faulty"))
@@ -1088,6 +1102,11 @@ async fn fault_injected_at_run_time_takes_effect_is_removed_and_shows_in_metrics
         echo(http.get(gw.url("/faulty/x")).send().await.unwrap()).await;
     }
     assert_eq!(up.hits(), 4);
+    let (_, list) = gw.admin_json("/admin/faults").await;
+    assert!(
+        !list.to_string().contains("\"faulty\""),
+        "a deleted fault is no longer listed: {list}"
+    );
 
     let metrics = gw.metrics().await;
     let samples: Vec<_> = metric_samples(&metrics, "quartet_requests_total")
