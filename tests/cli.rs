@@ -343,3 +343,39 @@ fn check_refuses_missing_certificate_and_ca_files_naming_the_key() {
     );
     assert_refused(&path, 7, "ca_file");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_environment_variable_overrides_an_upstreams_endpoints() {
+    let up = Upstream::start("real").await;
+    // The file points at a closed port; the environment points at the real upstream.
+    let config = format!(
+        "{SERVER}{}{}",
+        upstream_toml("image-store", &[closed_port_url()], ""),
+        route_toml("/images", "image-store", "strip_prefix = true"),
+    );
+    let endpoints = up.url();
+    let gw = Gateway::start_with_env(
+        tempdir(),
+        &config,
+        &[("QUARTET_UPSTREAM_IMAGE_STORE_ENDPOINTS", endpoints.as_str())],
+    )
+    .await;
+    let e = echo(
+        client()
+            .get(gw.url("/images/v2/images"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        e["server"], "real",
+        "QUARTET_UPSTREAM_IMAGE_STORE_ENDPOINTS wins over the file"
+    );
+    assert!(
+        gw.log()
+            .text()
+            .contains("QUARTET_UPSTREAM_IMAGE_STORE_ENDPOINTS"),
+        "the override is logged, naming the variable"
+    );
+}

@@ -73,17 +73,30 @@ pub fn quartet_bin() -> PathBuf {
     bin
 }
 
+/// `quartet` with a clean environment for it: no `QUARTET_*` variable of the caller's (they
+/// override backend URLs) and no colours.
+fn quartet_command(cwd: &Path) -> Command {
+    let mut command = Command::new(quartet_bin());
+    command
+        .current_dir(cwd)
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null());
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("QUARTET_") {
+            command.env_remove(name);
+        }
+    }
+    command
+}
+
 /// Runs `quartet ARGS` to completion (for `check` and `config default`).
 pub fn run_quartet<I, S>(args: I, cwd: &Path) -> Finished
 where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
-    let output = Command::new(quartet_bin())
+    let output = quartet_command(cwd)
         .args(args)
-        .current_dir(cwd)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
         .output()
         .expect("run the quartet binary");
     Finished {
@@ -215,15 +228,24 @@ impl Process {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut child = Command::new(quartet_bin())
-            .args(args)
-            .current_dir(cwd)
-            .env("NO_COLOR", "1")
-            .env(
-                "RUST_LOG",
-                std::env::var("QUARTET_TEST_LOG").unwrap_or("info".into()),
-            )
-            .stdin(Stdio::null())
+        Process::spawn_with_env(args, cwd, &[])
+    }
+
+    /// Like [`Process::spawn`], with these environment variables set.
+    pub fn spawn_with_env<I, S>(args: I, cwd: &Path, env: &[(&str, &str)]) -> Process
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut command = quartet_command(cwd);
+        command.args(args).env(
+            "RUST_LOG",
+            std::env::var("QUARTET_TEST_LOG").unwrap_or("info".into()),
+        );
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -415,15 +437,25 @@ impl Gateway {
 
     /// Like [`Gateway::start`], in a directory the test prepared (certificates, CA files).
     pub async fn start_in(dir: tempfile::TempDir, config: &str) -> Gateway {
+        Gateway::start_with_env(dir, config, &[]).await
+    }
+
+    /// Like [`Gateway::start_in`], with these environment variables set.
+    pub async fn start_with_env(
+        dir: tempfile::TempDir,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let config_path = dir.path().join("quartet.toml");
         std::fs::write(&config_path, config).expect("write the config file");
-        let mut process = Process::spawn(
+        let mut process = Process::spawn_with_env(
             [
                 OsStr::new("serve"),
                 OsStr::new("--config"),
                 config_path.as_os_str(),
             ],
             dir.path(),
+            env,
         );
         let (public, admin) = process.wait_listening().await;
         Gateway {
