@@ -55,6 +55,24 @@ ensure_service postgresql 127.0.0.1 5432 \
 ensure_service mariadb 127.0.0.1 3306 \
     "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- --user=mysql"
 
+# Debian packages the tests use: Chromium renders a drill's HTML report; docker-compose
+# checks compose.yaml (this machine has the docker client but no compose v2 plugin).
+ensure_command() {
+    local command=$1 package=$2
+    if command -v "$command" >/dev/null 2>&1; then
+        return 0
+    fi
+    say "$command is missing; installing the Debian package $package"
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$package"; } \
+        >"$LOG_DIR/apt-$package.log" 2>&1; then
+        say "error: could not install $package (see $LOG_DIR/apt-$package.log); install it by hand and run again."
+        return 1
+    fi
+}
+ensure_command chromium chromium
+ensure_command docker-compose docker-compose
+ensure_command qemu-img qemu-utils
+
 # The Python peers, in .venv, reinstalled only when tests/requirements.txt changes.
 VENV=$ROOT/.venv
 REQUIREMENTS=$ROOT/tests/requirements.txt
