@@ -285,6 +285,7 @@ mod tests {
             delay_percent: 100.0,
             abort_percent: 100.0,
             abort_status: None,
+            ..FaultSpec::default()
         };
         let handle = FaultHandle::new(target(), Some(fault), metrics.clone());
         let calls = Arc::new(AtomicU32::new(0));
