@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
+pub mod toxic;
+
 /// The fault currently set on one target, shared by its stack and the admin API.
 #[derive(Clone)]
 pub struct FaultHandle {
