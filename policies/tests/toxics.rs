@@ -8,7 +8,7 @@ use std::io::ErrorKind;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quartet_policies::fault::toxic::{relay, Toxic, RECHECK};
+use quartet_policies::fault::toxic::{relay, Toxic, IDLE_RECHECK, RECHECK};
 use quartet_policies::fault::FaultHandle;
 use quartet_policies::metrics::Metrics;
 use quartet_policies::spec::{Direction, FaultSpec, PolicySpec, ToxicKind, ToxicSpec};
@@ -456,6 +456,40 @@ async fn relay_ends_with_connection_reset_and_the_client_sees_the_close() {
         client.read(&mut buf).await.unwrap(),
         0,
         "the relay dropped the client"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reset_set_on_an_idle_relay_ends_it_without_traffic() {
+    let (h, _) = handle(vec![]);
+    let (mut client, _server, task) = relayed(&h);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let set_at = Instant::now();
+    h.set(faults(vec![ToxicSpec::reset(Duration::ZERO)]));
+    let err = task.await.unwrap().expect_err("reset");
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset);
+    assert!(set_at.elapsed() <= IDLE_RECHECK, "{:?}", set_at.elapsed());
+    let mut buf = [0; 4];
+    assert_eq!(client.read(&mut buf).await.unwrap(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stall_timeout_set_on_an_idle_connection_resets_it() {
+    let (h, _) = handle(vec![]);
+    let (mut t, _far) = pair(&h);
+    let reader = tokio::spawn(async move {
+        let mut buf = [0; 4];
+        t.read(&mut buf).await.map(|_| ())
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let set_at = Instant::now();
+    h.set(faults(vec![ToxicSpec::stall(Duration::from_secs(2))]));
+    let err = reader.await.unwrap().expect_err("reset");
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset);
+    let took = set_at.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took <= Duration::from_secs(2) + IDLE_RECHECK,
+        "{took:?}"
     );
 }
 

@@ -12,9 +12,12 @@
 //! How the toxics behave on an open connection:
 //!
 //! 1. The handle is read on every poll, so a toxic set while a connection is open applies
-//!    from then on, and a removed one stops (a stall releases within [`RECHECK`]).
+//!    from then on, and a removed one stops (a stall releases within [`RECHECK`]). A
+//!    connection waiting for data looks again every [`IDLE_RECHECK`], so a reset set on
+//!    an idle connection needs no traffic to happen.
 //! 2. Whether a toxic applies to a connection is drawn once per connection, with its
-//!    `probability`, when the connection first sees it. A toxic that stays in the spec
+//!    `probability`, when the connection first sees it; a `reset`'s or a `stall`'s
+//!    `timeout` counts from then too. A toxic that stays in the spec
 //!    across a change keeps its draw, its start time and its byte count; a new one starts
 //!    afresh. Each toxic that applies counts once in `quartet_faults_injected_total` with
 //!    its kind (`latency`, `bandwidth`, `reset`, `stall`, `close_after`).
@@ -42,6 +45,10 @@ use tokio::time::{Instant, Sleep};
 /// How often a stalled connection looks again at the handle, to notice that its stall was
 /// removed.
 pub const RECHECK: Duration = Duration::from_millis(50);
+
+/// How often a connection waiting for data looks again at the handle, so that a toxic set
+/// while it is idle (a reset, a stall's timeout) applies without waiting for data.
+pub const IDLE_RECHECK: Duration = Duration::from_secs(1);
 
 /// The largest chunk read from or written to the inner stream at once while a toxic
 /// shapes the data.
@@ -175,15 +182,15 @@ impl<IO> Toxic<IO> {
             .map(|d| &d.spec)
     }
 
-    /// Resets, stalls: `Ready(Ok)` when data may flow `way`, `Ready(Err)` once reset,
-    /// `Pending` while stalled.
-    fn check(&mut self, way: Direction, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Resets, stalls: `Ok(None)` when data may flow `way` now, `Ok(Some(at))` while
+    /// stalled (look again at `at`), `Err` once reset. `watch_at` becomes the next reset
+    /// deadline, if any, so that a waiting poll is woken for it.
+    fn check(&mut self, way: Direction, watch_at: &mut Instant) -> io::Result<Option<Instant>> {
         if self.reset {
-            return Poll::Ready(Err(reset_error()));
+            return Err(reset_error());
         }
         self.refresh();
         let now = Instant::now();
-        let mut wake_at: Option<Instant> = None;
         let mut stalled = false;
         let mut reset = false;
         for d in self.drawn.iter().filter(|d| d.applies) {
@@ -198,36 +205,52 @@ impl<IO> Toxic<IO> {
             };
             match deadline {
                 Some(at) if at <= now => reset = true,
-                Some(at) => wake_at = Some(wake_at.map_or(at, |w| w.min(at))),
+                Some(at) => *watch_at = (*watch_at).min(at),
                 None => {}
             }
         }
         if reset {
             self.reset = true;
             tracing::debug!(target = %self.handle.target(), "connection reset by a fault");
-            return Poll::Ready(Err(reset_error()));
+            return Err(reset_error());
         }
-        if stalled {
-            let again = later(now, RECHECK);
-            wake_at = Some(wake_at.map_or(again, |w| w.min(again)));
+        Ok(stalled.then(|| (*watch_at).min(later(now, RECHECK))))
+    }
+
+    /// Before returning `Pending` for `way`: makes sure the task is woken at `at` to look
+    /// at the handle again.
+    fn watch(&mut self, way: Direction, at: Instant, cx: &mut Context<'_>) {
+        let watch = match way {
+            Direction::Upstream => &mut self.write_watch,
+            _ => &mut self.read_watch,
+        };
+        if wait_until(watch, at, cx).is_ready() {
+            cx.waker().wake_by_ref();
         }
-        if let Some(at) = wake_at {
-            let watch = match way {
-                Direction::Upstream => &mut self.write_watch,
-                _ => &mut self.read_watch,
-            };
-            if wait_until(watch, at, cx).is_ready() {
-                cx.waker().wake_by_ref();
-                if stalled {
-                    return Poll::Pending;
-                }
+    }
+
+    /// Polls `inner` for `way` with the resets and stalls applied, and a watch timer set
+    /// whenever it has to wait.
+    fn gated<T>(
+        &mut self,
+        way: Direction,
+        cx: &mut Context<'_>,
+        inner: impl FnOnce(&mut Self, &mut Context<'_>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        let mut watch_at = later(Instant::now(), IDLE_RECHECK);
+        match self.check(way, &mut watch_at) {
+            Err(e) => return Poll::Ready(Err(e)),
+            Ok(Some(again)) => {
+                self.watch(way, again, cx);
+                return Poll::Pending;
             }
+            Ok(None) => {}
         }
-        if stalled {
-            Poll::Pending
-        } else {
-            Poll::Ready(Ok(()))
+        let polled = inner(self, cx);
+        if polled.is_pending() {
+            self.watch(way, watch_at, cx);
         }
+        polled
     }
 
     /// How the toxics shape the data going `way`: `None` when they leave it alone, else
@@ -303,7 +326,15 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Toxic<IO> {
         if this.closed {
             return Poll::Ready(Ok(()));
         }
-        ready!(this.check(Direction::Downstream, cx))?;
+        this.gated(Direction::Downstream, cx, |this, cx| {
+            this.read_shaped(cx, buf)
+        })
+    }
+}
+
+impl<IO: AsyncRead + Unpin> Toxic<IO> {
+    fn read_shaped(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self;
         loop {
             if this.held_pos < this.held.len() {
                 if let Some(at) = this.held_until {
@@ -359,7 +390,31 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Toxic<IO> {
         if this.closed {
             return Poll::Ready(Err(closed_error()));
         }
-        ready!(this.check(Direction::Upstream, cx))?;
+        this.gated(Direction::Upstream, cx, |this, cx| {
+            this.write_shaped(cx, buf)
+        })
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.reset {
+            return Poll::Ready(Err(reset_error()));
+        }
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.reset {
+            return Poll::Ready(Err(reset_error()));
+        }
+        Pin::new(&mut this.io).poll_shutdown(cx)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> Toxic<IO> {
+    fn write_shaped(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self;
         if buf.is_empty() {
             return Pin::new(&mut this.io).poll_write(cx, buf);
         }
@@ -393,22 +448,6 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Toxic<IO> {
         let written = written?;
         this.passed(Direction::Upstream, written);
         Poll::Ready(Ok(written))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.reset {
-            return Poll::Ready(Err(reset_error()));
-        }
-        Pin::new(&mut this.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.reset {
-            return Poll::Ready(Err(reset_error()));
-        }
-        Pin::new(&mut this.io).poll_shutdown(cx)
     }
 }
 
