@@ -512,6 +512,34 @@ async fn relay_with_close_after_gives_the_client_n_bytes_then_eof() {
     assert_eq!(task.await.unwrap().unwrap(), (0, 3));
 }
 
+#[tokio::test(start_paused = true)]
+async fn extreme_values_never_panic() {
+    let (h, _) = handle(vec![
+        ToxicSpec::latency(Duration::MAX, Duration::MAX).with_direction(Direction::Both),
+        ToxicSpec::bandwidth(u64::MAX),
+        ToxicSpec::reset(Duration::MAX),
+        ToxicSpec::stall(Duration::MAX).with_direction(Direction::Upstream),
+        ToxicSpec::close_after(u64::MAX),
+    ]);
+    let (mut t, mut far) = pair(&h);
+    far.write_all(b"x").await.unwrap();
+    let mut buf = [0; 1];
+    let read = tokio::time::timeout(Duration::from_secs(5), t.read(&mut buf)).await;
+    assert!(read.is_err(), "held for an age");
+    let write = tokio::time::timeout(Duration::from_secs(5), t.write_all(b"y")).await;
+    assert!(write.is_err(), "stalled");
+    let huge: FaultSpec = serde_json::from_str(
+        r#"{"connection": [{"kind": "latency", "latency": "500000years", "jitter": "1ns"}]}"#,
+    )
+    .unwrap();
+    huge.validate().unwrap();
+    h.set(Some(huge));
+    let (mut t, mut far) = pair(&h);
+    far.write_all(b"x").await.unwrap();
+    let read = tokio::time::timeout(Duration::from_secs(5), t.read(&mut buf)).await;
+    assert!(read.is_err());
+}
+
 #[test]
 fn old_fault_specs_without_connection_still_parse() {
     let json: FaultSpec = serde_json::from_str(

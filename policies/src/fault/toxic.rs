@@ -334,48 +334,47 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Toxic<IO> {
 
 impl<IO: AsyncRead + Unpin> Toxic<IO> {
     fn read_shaped(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        let this = self;
         loop {
-            if this.held_pos < this.held.len() {
-                if let Some(at) = this.held_until {
-                    ready!(wait_until(&mut this.read_timer, at, cx));
-                    this.held_until = None;
+            if self.held_pos < self.held.len() {
+                if let Some(at) = self.held_until {
+                    ready!(wait_until(&mut self.read_timer, at, cx));
+                    self.held_until = None;
                 }
-                let n = buf.remaining().min(this.held.len() - this.held_pos);
-                buf.put_slice(&this.held[this.held_pos..this.held_pos + n]);
-                this.held_pos += n;
-                if this.held_pos == this.held.len() {
-                    this.held.clear();
-                    this.held_pos = 0;
+                let n = buf.remaining().min(self.held.len() - self.held_pos);
+                buf.put_slice(&self.held[self.held_pos..self.held_pos + n]);
+                self.held_pos += n;
+                if self.held_pos == self.held.len() {
+                    self.held.clear();
+                    self.held_pos = 0;
                 }
-                this.passed(Direction::Downstream, n);
+                self.passed(Direction::Downstream, n);
                 return Poll::Ready(Ok(()));
             }
-            let Some(limit) = this.shape(Direction::Downstream, buf.remaining()) else {
-                return Pin::new(&mut this.io).poll_read(cx, buf);
+            let Some(limit) = self.shape(Direction::Downstream, buf.remaining()) else {
+                return Pin::new(&mut self.io).poll_read(cx, buf);
             };
             if limit == 0 {
                 if buf.remaining() > 0 {
-                    this.closed = true;
+                    self.closed = true;
                 }
                 return Poll::Ready(Ok(()));
             }
-            this.held.clear();
-            this.held.resize(limit, 0);
-            let mut chunk = ReadBuf::new(&mut this.held[..limit]);
-            let polled = Pin::new(&mut this.io).poll_read(cx, &mut chunk);
+            self.held.clear();
+            self.held.resize(limit, 0);
+            let mut chunk = ReadBuf::new(&mut self.held[..limit]);
+            let polled = Pin::new(&mut self.io).poll_read(cx, &mut chunk);
             let n = chunk.filled().len();
             match polled {
                 Poll::Ready(Ok(())) if n > 0 => {}
                 other => {
-                    this.held.clear();
+                    self.held.clear();
                     return other;
                 }
             }
-            this.held.truncate(n);
-            this.held_pos = 0;
-            let delay = this.delay_for(Direction::Downstream, n);
-            this.held_until = (!delay.is_zero()).then(|| later(Instant::now(), delay));
+            self.held.truncate(n);
+            self.held_pos = 0;
+            let delay = self.delay_for(Direction::Downstream, n);
+            self.held_until = (!delay.is_zero()).then(|| later(Instant::now(), delay));
         }
     }
 }
@@ -414,39 +413,38 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Toxic<IO> {
 
 impl<IO: AsyncWrite + Unpin> Toxic<IO> {
     fn write_shaped(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        let this = self;
         if buf.is_empty() {
-            return Pin::new(&mut this.io).poll_write(cx, buf);
+            return Pin::new(&mut self.io).poll_write(cx, buf);
         }
-        let Some(limit) = this.shape(Direction::Upstream, buf.len()) else {
-            this.write_leave = None;
-            return Pin::new(&mut this.io).poll_write(cx, buf);
+        let Some(limit) = self.shape(Direction::Upstream, buf.len()) else {
+            self.write_leave = None;
+            return Pin::new(&mut self.io).poll_write(cx, buf);
         };
         if limit == 0 {
-            this.closed = true;
+            self.closed = true;
             return Poll::Ready(Err(closed_error()));
         }
-        let (until, allowed) = match this.write_leave {
+        let (until, allowed) = match self.write_leave {
             Some(leave) => leave,
             None => {
-                let delay = this.delay_for(Direction::Upstream, limit);
+                let delay = self.delay_for(Direction::Upstream, limit);
                 let leave = (
                     (!delay.is_zero()).then(|| later(Instant::now(), delay)),
                     limit,
                 );
-                this.write_leave = Some(leave);
+                self.write_leave = Some(leave);
                 leave
             }
         };
         if let Some(at) = until {
-            ready!(wait_until(&mut this.write_timer, at, cx));
-            this.write_leave = Some((None, allowed));
+            ready!(wait_until(&mut self.write_timer, at, cx));
+            self.write_leave = Some((None, allowed));
         }
         let n = allowed.min(limit);
-        let written = ready!(Pin::new(&mut this.io).poll_write(cx, &buf[..n]));
-        this.write_leave = None;
+        let written = ready!(Pin::new(&mut self.io).poll_write(cx, &buf[..n]));
+        self.write_leave = None;
         let written = written?;
-        this.passed(Direction::Upstream, written);
+        self.passed(Direction::Upstream, written);
         Poll::Ready(Ok(written))
     }
 }
