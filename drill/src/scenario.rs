@@ -1240,6 +1240,7 @@ fn plan_fault(i: usize, f: &FaultStepSpec) -> Result<FaultStep, Invalid> {
                 } else {
                     0.0
                 }),
+                ..FaultSpec::default()
             };
             spec.validate()
                 .map_err(|e| invalid(p.clone().key(&e.key), e.message))?;
