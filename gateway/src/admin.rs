@@ -138,11 +138,13 @@ pub fn readiness(built: &Built, serving: bool) -> (bool, Value) {
         );
     }
     let rest_state = if serving { "ready" } else { "not_ready" };
-    let ready = serving;
+    let (native_ready, native) = built.native.readiness();
+    let ready = serving && native_ready;
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "channels": {
             "rest": {"state": rest_state, "targets": targets},
+            "native": native,
         },
     });
     (ready, body)

@@ -1,4 +1,5 @@
-//! The command line: `quartet serve`, `quartet check`, `quartet config default`.
+//! The command line: `quartet serve`, `quartet check`, `quartet config default`,
+//! `quartet native call`.
 
 use crate::config::{self, LogFormat};
 use clap::{Parser, Subcommand};
@@ -41,6 +42,26 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Call the native-API channel's drivers locally.
+    Native {
+        #[command(subcommand)]
+        command: NativeCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NativeCommand {
+    /// Call OPERATION of DRIVER through its policy stack; prints the JSON result (exit
+    /// status 1 and the error on failure).
+    Call {
+        driver: String,
+        operation: String,
+        /// The arguments, a JSON object.
+        #[arg(long, value_name = "JSON")]
+        args: Option<String>,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,6 +91,15 @@ pub fn init_tracing(format: LogFormat) {
 /// Runs the command line and returns the process's exit status.
 pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Native {
+            command:
+                NativeCommand::Call {
+                    driver,
+                    operation,
+                    args,
+                    config,
+                },
+        } => crate::native::cli_call(config.as_deref(), &driver, &operation, args.as_deref()),
         Command::Config {
             command: ConfigCommand::Default,
         } => {
