@@ -49,7 +49,7 @@ const SERVER: &str = "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0
 
 impl Gateway {
     /// Writes `config` (after a `[server]` on port 0 and the jobs store in `dir`) into
-    /// `dir` and starts Quartet there.
+    /// `dir`, starts Quartet there and waits for its jobs store to open.
     async fn start(dir: &Path, config: &str) -> Gateway {
         let path = dir.join("quartet.toml");
         let src = format!(
@@ -96,12 +96,19 @@ impl Gateway {
                 Some((public.parse().ok()?, admin.trim().parse().ok()?))
             });
             if let Some((public, admin)) = found {
-                return Gateway {
+                let gw = Gateway {
                     child,
                     public,
                     admin,
                     log,
                 };
+                eventually(
+                    "the jobs store is open",
+                    Duration::from_secs(20),
+                    || async { gw.readyz().await["channels"]["native"]["jobs"]["state"] == "open" },
+                )
+                .await;
+                return gw;
             }
             if let Ok(Some(status)) = child.try_wait() {
                 panic!("quartet exited {status}: {:#?}", log.lock().unwrap());

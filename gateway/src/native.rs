@@ -9,7 +9,8 @@
 //! The jobs store outlives one config (it sits in [`crate::stack::Shared`], keyed by its
 //! URL), so a reload neither fails the jobs running nor opens the database twice. It is
 //! opened in the background, retried until it answers; until then `/readyz` shows the
-//! native channel `not_ready` and asynchronous calls get 503 (synchronous calls serve).
+//! native channel `not_ready`, and asynchronous calls wait up to two seconds for it, then
+//! get 503 (synchronous calls serve).
 //! Jobs are not requests in flight: the shutdown grace period waits for HTTP requests, not
 //! for jobs. A job still queued or running when the process stops is abandoned (its
 //! process killed with the runtime) and marked failed ("interrupted by restart") when the
@@ -52,7 +53,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tower::ServiceExt;
 
@@ -342,10 +343,13 @@ pub fn build_drivers(
 /// The jobs store of one database URL, opened in the background and kept across reloads.
 pub struct JobStore {
     pub url: String,
-    jobs: RwLock<Option<Jobs>>,
+    jobs: tokio::sync::watch::Sender<Option<Jobs>>,
     last_error: Mutex<Option<Arc<JobsError>>>,
     retention_ms: AtomicU64,
 }
+
+/// How long a request waits for the jobs store to open before 503.
+const STORE_WAIT: Duration = Duration::from_secs(2);
 
 /// How often finished jobs older than the retention are deleted (at most).
 const CLEANUP_EVERY: Duration = Duration::from_secs(60);
@@ -356,7 +360,7 @@ impl JobStore {
     pub fn start(url: &str, retention: Duration) -> Arc<Self> {
         let store = Arc::new(Self {
             url: url.to_string(),
-            jobs: RwLock::new(None),
+            jobs: tokio::sync::watch::Sender::new(None),
             last_error: Mutex::new(None),
             retention_ms: AtomicU64::new(0),
         });
@@ -379,9 +383,7 @@ impl JobStore {
             };
             {
                 let Some(store) = weak.upgrade() else { return };
-                if let Ok(mut slot) = store.jobs.write() {
-                    *slot = Some(jobs.clone());
-                }
+                store.jobs.send_replace(Some(jobs.clone()));
                 store.set_last_error(None);
                 tracing::info!(url = %crate::config::redact_url(&url), "jobs store open");
             }
@@ -413,7 +415,18 @@ impl JobStore {
 
     /// The open store, if it is open.
     pub fn jobs(&self) -> Option<Jobs> {
-        self.jobs.read().ok().and_then(|j| j.clone())
+        self.jobs.borrow().clone()
+    }
+
+    /// The store once it is open, waiting at most `limit` (a call right after the start
+    /// waits for the store rather than being refused).
+    pub async fn open_within(&self, limit: Duration) -> Option<Jobs> {
+        let mut rx = self.jobs.subscribe();
+        let opened = tokio::time::timeout(limit, rx.wait_for(Option::is_some)).await;
+        match opened {
+            Ok(Ok(jobs)) => jobs.clone(),
+            _ => None,
+        }
     }
 
     fn set_last_error(&self, error: Option<Arc<JobsError>>) {
@@ -596,18 +609,20 @@ async fn call(
     State(built): State<Arc<crate::stack::Built>>,
     Path((driver, operation)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response<Body>, NativeError> {
     let native = &built.native;
     let service = native.service(&driver, &operation)?;
+    // The server's body limit applies here as on REST routes (413 above it).
+    let limit = usize::try_from(built.config.server.max_body_bytes).unwrap_or(usize::MAX);
+    let body = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit))
+        .await?
+        .to_bytes();
     let args = parse_args(&body)?;
     let call = NativeCall::new(operation.as_str(), args);
     if prefers_async(&headers) {
-        let jobs = native
-            .store
-            .as_ref()
-            .and_then(|s| s.jobs())
-            .ok_or(JobsUnavailable)?;
+        let store = native.store.as_ref().ok_or(JobsUnavailable)?;
+        let jobs = store.open_within(STORE_WAIT).await.ok_or(JobsUnavailable)?;
         let id = jobs.submit(&driver, service, call).await?;
         let mut resp = json_response(
             StatusCode::ACCEPTED,
@@ -637,7 +652,8 @@ async fn get_job(
         .store
         .as_ref()
         .ok_or_else(unknown)?
-        .jobs()
+        .open_within(STORE_WAIT)
+        .await
         .ok_or(JobsUnavailable)?;
     let job = jobs.get(uuid).await?.ok_or_else(unknown)?;
     let mut body = json!({
@@ -858,6 +874,25 @@ mod tests {
         assert!(prefers_async(&h));
         h.insert("prefer", HeaderValue::from_static("respond-asyncx"));
         assert!(!prefers_async(&h));
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_the_jobs_store_and_its_running_jobs() {
+        let dir =
+            std::env::temp_dir().join(format!("quartet-native-reload-{}", std::process::id()));
+        let src = format!(
+            "[native]\ndatabase = \"sqlite://{}/jobs.db\"\n[[native.drivers]]\nname = \"t\"\n\
+             kind = \"exec\"\n[native.drivers.commands.ok]\nexecutable = \"/bin/true\"\n",
+            dir.display()
+        );
+        std::fs::create_dir_all(&dir).unwrap();
+        let (c, _) = parse(&src, "q.toml", no_env).unwrap();
+        let shared = crate::stack::Shared::new(Metrics::new());
+        let a = crate::stack::Built::build(c.clone(), &shared).unwrap();
+        let b = crate::stack::Built::build(c, &shared).unwrap();
+        let (sa, sb) = (a.native.store.unwrap(), b.native.store.unwrap());
+        assert!(Arc::ptr_eq(&sa, &sb));
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[tokio::test]
