@@ -876,6 +876,55 @@ mod tests {
         assert!(!prefers_async(&h));
     }
 
+    #[test]
+    fn the_edge_maps_each_native_error() {
+        use quartet_native::DriverError;
+        let cases: Vec<(BoxError, u16, bool)> = vec![
+            (DriverError::invalid("id is bad").into(), 400, true),
+            (DriverError::not_found("volume v9").into(), 404, true),
+            (
+                DriverError::conflict("volume v1 has snapshots").into(),
+                409,
+                true,
+            ),
+            (
+                DriverError::permanent("exit 3: /secret/path", None).into(),
+                500,
+                false,
+            ),
+            (
+                DriverError::transient_sent("refused by 10.0.0.7", None).into(),
+                502,
+                false,
+            ),
+            (UnknownDriver { name: "x".into() }.into(), 404, true),
+            (
+                UnknownOperation {
+                    driver: "x".into(),
+                    operation: "y".into(),
+                }
+                .into(),
+                404,
+                true,
+            ),
+            (UnknownJob { id: "j".into() }.into(), 404, true),
+            (JobsUnavailable.into(), 503, false),
+        ];
+        for (err, status, told) in cases {
+            let edge = crate::error::classify(err.as_ref());
+            assert_eq!(edge.status.as_u16(), status, "{err}");
+            // Backend details stay in the log; the caller's mistakes are explained.
+            assert_eq!(
+                edge.message == err.to_string(),
+                told,
+                "{err}: {}",
+                edge.message
+            );
+        }
+        let edge = crate::error::classify(&JobsUnavailable);
+        assert_eq!(edge.retry_after, Some(1));
+    }
+
     #[tokio::test]
     async fn a_reload_keeps_the_jobs_store_and_its_running_jobs() {
         let dir =
