@@ -1,4 +1,5 @@
-//! The command line: `quartet serve`, `quartet check`, `quartet config default`, `quartet drill`.
+//! The command line: `quartet serve`, `quartet check`, `quartet config default`,
+//! `quartet drill`, `quartet native call`.
 
 use crate::config::{self, LogFormat};
 use clap::{Parser, Subcommand};
@@ -52,6 +53,26 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
     },
+    /// Call the native-API channel's drivers locally.
+    Native {
+        #[command(subcommand)]
+        command: NativeCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NativeCommand {
+    /// Call OPERATION of DRIVER through its policy stack; prints the JSON result (exit
+    /// status 1 and the error on failure).
+    Call {
+        driver: String,
+        operation: String,
+        /// The arguments, a JSON object.
+        #[arg(long, value_name = "JSON")]
+        args: Option<String>,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -93,6 +114,15 @@ pub fn main(cli: Cli) -> ExitCode {
                 ..Default::default()
             },
         ),
+        Command::Native {
+            command:
+                NativeCommand::Call {
+                    driver,
+                    operation,
+                    args,
+                    config,
+                },
+        } => crate::native::cli_call(config.as_deref(), &driver, &operation, args.as_deref()),
         Command::Config {
             command: ConfigCommand::Default,
         } => {

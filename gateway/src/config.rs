@@ -33,6 +33,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
     pub amqp: Option<AmqpConfig>,
+    #[serde(default)]
+    pub native: crate::native::NativeConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -504,6 +506,7 @@ impl Config {
                 ));
             }
         }
+        self.native.validate(&self.policies)?;
         Ok(())
     }
 }

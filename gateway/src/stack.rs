@@ -206,6 +206,8 @@ pub enum BuildError {
         #[source]
         source: quartet_http::error::BuildError,
     },
+    #[error(transparent)]
+    Native(#[from] crate::native::NativeBuildError),
 }
 
 impl BuildError {
@@ -215,6 +217,7 @@ impl BuildError {
             BuildError::Upstream { upstream, source } => crate::config::KeyPath::root("upstreams")
                 .key(upstream.clone())
                 .dotted(&source.key),
+            BuildError::Native(e) => crate::native::key_path(&e.0.key),
         }
     }
 
@@ -222,6 +225,7 @@ impl BuildError {
     pub fn message(&self) -> &str {
         match self {
             BuildError::Upstream { source, .. } => &source.message,
+            BuildError::Native(e) => &e.0.message,
         }
     }
 }
@@ -232,6 +236,8 @@ impl BuildError {
 pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub runtime_faults: Arc<Mutex<HashMap<String, FaultSpec>>>,
+    /// The native jobs stores by URL: opened once, kept across reloads.
+    pub job_stores: crate::native::JobStores,
 }
 
 impl Shared {
@@ -239,6 +245,7 @@ impl Shared {
         Self {
             metrics,
             runtime_faults: Arc::default(),
+            job_stores: Arc::default(),
         }
     }
 
@@ -253,7 +260,17 @@ impl Shared {
         }
     }
 
-    fn runtime_fault(&self, target: &Target) -> Option<FaultSpec> {
+    /// The jobs store at `url`, started on first use and shared by later builds.
+    pub fn job_store(&self, url: &str, retention: Duration) -> Arc<crate::native::JobStore> {
+        let mut stores = self.job_stores.lock().unwrap_or_else(|e| e.into_inner());
+        let store = stores
+            .entry(url.to_string())
+            .or_insert_with(|| crate::native::JobStore::start(url, retention));
+        store.set_retention(retention);
+        store.clone()
+    }
+
+    pub(crate) fn runtime_fault(&self, target: &Target) -> Option<FaultSpec> {
         self.runtime_faults
             .lock()
             .ok()
@@ -303,6 +320,7 @@ pub struct Rest {
 pub struct Built {
     pub config: Config,
     pub rest: Rest,
+    pub native: crate::native::Native,
     pub breakers: BreakerRegistry,
     pub faults: FaultRegistry,
     pub metrics: Arc<Metrics>,
@@ -314,9 +332,11 @@ impl Built {
         let breakers = BreakerRegistry::new();
         let faults = FaultRegistry::new();
         let rest = build_rest(&config, shared, &breakers, &faults)?;
+        let native = crate::native::build(&config, shared, &breakers, &faults)?;
         Ok(Self {
             config,
             rest,
+            native,
             breakers,
             faults,
             metrics: shared.metrics.clone(),
