@@ -1,0 +1,341 @@
+//! One `[[sql.listeners]]` entry at run time: the bound socket, its backends and their
+//! health tasks, its pools, and the accept loop.
+
+use crate::backend::{health_loop, Backend, BackendState, BackendUrl, Backends};
+use crate::config::{ConfigError, ListenerSpec, Protocol};
+use crate::pg::client::{self, CancelSlot, UserSecret};
+use crate::pg::codec::{self, Severity};
+use crate::pg::server::Login;
+use crate::pool::{Pool, PoolKey, PoolLimits, PoolState};
+use bytes::Bytes;
+use quartet_policies::breaker::{BreakerHandle, BreakerRegistry};
+use quartet_policies::metrics::Metrics;
+use quartet_policies::retry::Backoff;
+use quartet_policies::spec::BreakerSpec;
+use quartet_policies::Target;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+/// What the gateway hands a SQL listener from the rest of the config.
+#[derive(Clone)]
+pub struct SqlContext {
+    /// The breaker of the listener's policy, one machine per backend.
+    pub breaker: BreakerSpec,
+    pub metrics: Arc<Metrics>,
+    /// Where the breakers are registered for the admin API, if anywhere.
+    pub registry: Option<BreakerRegistry>,
+}
+
+impl Default for SqlContext {
+    fn default() -> Self {
+        Self {
+            breaker: BreakerSpec::default(),
+            metrics: Metrics::new(),
+            registry: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    #[error("invalid sql listener config")]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Listener-wide state shared by every client task.
+pub(crate) struct Shared {
+    pub spec: ListenerSpec,
+    pub users: HashMap<String, UserSecret>,
+    pub backends: Arc<Backends>,
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    cancels: Mutex<HashMap<(i32, i32), Arc<CancelSlot>>>,
+    statements: Mutex<HashMap<Bytes, Arc<str>>>,
+}
+
+impl Shared {
+    pub fn cancels(&self) -> MutexGuard<'_, HashMap<(i32, i32), Arc<CancelSlot>>> {
+        self.cancels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pools(&self) -> MutexGuard<'_, HashMap<PoolKey, Arc<Pool>>> {
+        self.pools.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A fresh (pid, key) pair for a client, registered for cancels.
+    pub fn register_cancel(&self, slot: Arc<CancelSlot>) -> (i32, i32) {
+        let mut cancels = self.cancels();
+        loop {
+            let k: (i32, i32) = (rand::random::<i32>() & 0x7fff_ffff, rand::random());
+            if k.0 != 0 && !cancels.contains_key(&k) {
+                cancels.insert(k, slot);
+                return k;
+            }
+        }
+    }
+
+    /// The server-side name of a prepared statement, shared by every client that
+    /// prepares the same query with the same parameter types.
+    pub fn statement_name(&self, rest: &Bytes) -> Arc<str> {
+        let mut map = self.statements.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get(rest) {
+            return n.clone();
+        }
+        let name: Arc<str> = format!("QUARTET_{}", map.len() + 1).into();
+        map.insert(rest.clone(), name.clone());
+        name
+    }
+
+    pub fn pool(&self, database: &str, user: &str, params: &[(String, String)]) -> Arc<Pool> {
+        let key = PoolKey {
+            database: database.to_string(),
+            user: user.to_string(),
+        };
+        let mut pools = self.pools();
+        if let Some(p) = pools.get(&key) {
+            return p.clone();
+        }
+        // Each backend replaces user and password with those of its url, if any.
+        let login = Login {
+            user: user.to_string(),
+            password: None,
+            database: database.to_string(),
+            params: params.to_vec(),
+        };
+        let limits = PoolLimits {
+            size: self.spec.pool_size,
+            min_idle: self.spec.min_idle,
+            wait_timeout: self.spec.query_wait_timeout,
+            lifetime: self.spec.server_lifetime,
+            idle_timeout: self.spec.server_idle_timeout,
+        };
+        let pool = Arc::new(Pool::new(key.clone(), login, limits, self.backends.clone()));
+        pools.insert(key, pool.clone());
+        pool
+    }
+}
+
+/// What /readyz and the admin API show of a listener.
+#[derive(Clone, Debug, Serialize)]
+pub struct ListenerState {
+    pub listen: SocketAddr,
+    pub clients: usize,
+    pub backends: Vec<BackendState>,
+    pub pools: Vec<PoolState>,
+}
+
+impl ListenerState {
+    /// Ready when some backend is healthy (or not checked yet) and its breaker lets
+    /// calls through.
+    pub fn ready(&self) -> bool {
+        use quartet_policies::breaker::BreakerState as B;
+        self.backends.iter().any(|b| {
+            b.healthy != Some(false) && matches!(b.breaker, B::Closed | B::HalfOpen | B::Disabled)
+        })
+    }
+}
+
+/// A cheap handle on a running listener, for /readyz and the admin API.
+#[derive(Clone)]
+pub struct SqlHandle {
+    shared: Arc<Shared>,
+    clients: Arc<Semaphore>,
+    local: SocketAddr,
+}
+
+impl SqlHandle {
+    pub fn state(&self) -> ListenerState {
+        let mut pools: Vec<PoolState> = self.shared.pools().values().map(|p| p.state()).collect();
+        pools.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
+        ListenerState {
+            listen: self.local,
+            clients: self.shared.spec.max_clients - self.clients.available_permits(),
+            backends: self.shared.backends.states(),
+            pools,
+        }
+    }
+
+    pub fn breakers(&self) -> Vec<BreakerHandle> {
+        self.shared
+            .backends
+            .list
+            .iter()
+            .map(|b| b.breaker().clone())
+            .collect()
+    }
+}
+
+/// A PostgreSQL listener, bound and not yet serving.
+pub struct PgListener {
+    listener: TcpListener,
+    handle: SqlHandle,
+}
+
+impl PgListener {
+    /// Validates the spec, binds the socket (port 0 picks one) and builds backends and
+    /// breakers. Nothing runs until [`PgListener::run`].
+    pub async fn bind(spec: ListenerSpec, ctx: SqlContext) -> Result<Self, SqlError> {
+        spec.validate()?;
+        if spec.protocol != Protocol::Postgres {
+            return Err(ConfigError {
+                key: "protocol",
+                message: "this listener speaks postgres only",
+            }
+            .into());
+        }
+        let listener = TcpListener::bind(spec.listen)
+            .await
+            .map_err(|source| SqlError::Bind {
+                addr: spec.listen,
+                source,
+            })?;
+        let local = listener.local_addr().map_err(|source| SqlError::Bind {
+            addr: spec.listen,
+            source,
+        })?;
+        let target = Target::new("sql", local.to_string());
+        let mut list = Vec::new();
+        for (i, url) in spec.backends.iter().enumerate() {
+            let url = BackendUrl::parse(url).map_err(|_| ConfigError {
+                key: "backends",
+                message: "each must be a postgres://user@host:port/database url",
+            })?;
+            let handle = BreakerHandle::new(
+                target.clone(),
+                &url.display(),
+                ctx.breaker.clone(),
+                ctx.metrics.clone(),
+            );
+            if let Some(r) = &ctx.registry {
+                r.register(handle.clone());
+            }
+            list.push(Backend::new(url, i, handle));
+        }
+        let backends = Arc::new(Backends {
+            list,
+            role: spec.role,
+            attempts: spec.connect_attempts,
+            backoff: Backoff::new(spec.connect_backoff, Duration::from_secs(1)),
+            connect_timeout: spec.connect_timeout,
+        });
+        let users = spec
+            .users
+            .iter()
+            .map(|u| (u.name.clone(), UserSecret::new(&u.name, &u.password)))
+            .collect();
+        let clients = Arc::new(Semaphore::new(spec.max_clients));
+        let shared = Arc::new(Shared {
+            spec,
+            users,
+            backends,
+            pools: Mutex::new(HashMap::new()),
+            cancels: Mutex::new(HashMap::new()),
+            statements: Mutex::new(HashMap::new()),
+        });
+        Ok(Self {
+            listener,
+            handle: SqlHandle {
+                shared,
+                clients,
+                local,
+            },
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.handle.local
+    }
+
+    pub fn handle(&self) -> SqlHandle {
+        self.handle.clone()
+    }
+
+    /// Serves until `shutdown` completes; then stops accepting and ends every client
+    /// and background task of this listener.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let shared = self.handle.shared.clone();
+        let clients = self.handle.clients.clone();
+        let mut background = JoinSet::new();
+        for i in 0..shared.backends.list.len() {
+            background.spawn(health_loop(
+                shared.backends.clone(),
+                i,
+                shared.spec.health_interval,
+            ));
+        }
+        let maint = shared.clone();
+        background.spawn(async move {
+            let period = maint.spec.health_interval;
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                let pools: Vec<Arc<Pool>> = maint.pools().values().cloned().collect();
+                for p in pools {
+                    p.maintain().await;
+                }
+            }
+        });
+        let mut tasks = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                r = self.listener.accept() => {
+                    let (mut stream, peer) = match r {
+                        Ok(x) => x,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            continue;
+                        }
+                    };
+                    match clients.clone().try_acquire_owned() {
+                        Ok(permit) => {
+                            let shared = shared.clone();
+                            tasks.spawn(async move {
+                                client::handle(shared, stream).await;
+                                drop(permit);
+                            });
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "too many clients");
+                            tasks.spawn(async move {
+                                let e = codec::error_response(
+                                    Severity::Fatal,
+                                    "53300",
+                                    "sorry, too many clients already",
+                                );
+                                let _ = stream.write_all(&e).await;
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        tasks.shutdown().await;
+        background.shutdown().await;
+    }
+}
+
+/// Binds and serves one listener until `shutdown`.
+pub async fn serve(
+    spec: ListenerSpec,
+    ctx: SqlContext,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SqlError> {
+    PgListener::bind(spec, ctx).await?.run(shutdown).await;
+    Ok(())
+}
