@@ -74,3 +74,58 @@ pub fn classify_policy_error(err: &BoxError) -> Option<Class> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::*;
+    use std::time::Duration;
+
+    fn boxed(e: impl std::error::Error + Send + Sync + 'static) -> BoxError {
+        Box::new(e)
+    }
+
+    #[test]
+    fn policy_errors_have_their_class() {
+        let per_try = Elapsed {
+            kind: TimeoutKind::PerTry,
+            after: Duration::from_secs(1),
+        };
+        assert_eq!(classify_policy_error(&boxed(per_try)), Some(Class::Sent));
+        let total = Elapsed {
+            kind: TimeoutKind::Total,
+            after: Duration::from_secs(1),
+        };
+        assert_eq!(classify_policy_error(&boxed(total)), Some(Class::Local));
+        let locals = [
+            boxed(BreakerOpen {
+                target: "t".into(),
+                retry_after: Duration::ZERO,
+            }),
+            boxed(Overloaded { limit: 1 }),
+            boxed(RateLimited {
+                retry_after: Duration::ZERO,
+            }),
+            boxed(FaultAbort {
+                status: Some(500),
+                message: "m".into(),
+            }),
+            boxed(NoEndpoint { target: "t".into() }),
+        ];
+        for e in &locals {
+            assert_eq!(classify_policy_error(e), Some(Class::Local), "{e}");
+        }
+        assert_eq!(classify_policy_error(&"other".into()), None);
+    }
+
+    #[test]
+    fn retry_safety_follows_the_class() {
+        assert!(Class::NotSent.retry_safe(false));
+        assert!(Class::Sent.retry_safe(true));
+        assert!(!Class::Sent.retry_safe(false));
+        assert!(!Class::Success.retry_safe(true));
+        assert!(!Class::Local.retry_safe(true));
+        assert!(Class::Sent.is_failure() && Class::NotSent.is_failure());
+        assert!(!Class::Local.is_failure() && !Class::Success.is_failure());
+    }
+}

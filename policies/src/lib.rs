@@ -52,3 +52,43 @@ impl std::fmt::Display for Target {
         write!(f, "{}:{}", self.channel, self.name)
     }
 }
+
+/// Shared helpers for the unit tests: a response that says how it went, and a request
+/// that says whether it can be replayed and whether it is idempotent.
+#[cfg(test)]
+pub(crate) mod test_util {
+    use crate::classify::{classify_policy_error, Class, Classify, Replay};
+    use crate::BoxError;
+
+    /// Classifies `Ok(class)` as `class`, our own errors with
+    /// [`classify_policy_error`], and any other error as `NotSent`.
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct TestClassify;
+
+    impl Classify<Class> for TestClassify {
+        fn classify(&self, result: &Result<Class, BoxError>) -> Class {
+            match result {
+                Ok(class) => *class,
+                Err(e) => classify_policy_error(e).unwrap_or(Class::NotSent),
+            }
+        }
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct TestReq {
+        pub idempotent: bool,
+        pub replayable: bool,
+    }
+
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct TestReplay;
+
+    impl Replay<TestReq> for TestReplay {
+        fn replay(&self, req: &TestReq) -> Option<TestReq> {
+            req.replayable.then_some(*req)
+        }
+        fn idempotent(&self, req: &TestReq) -> bool {
+            req.idempotent
+        }
+    }
+}

@@ -178,7 +178,10 @@ impl PolicySpec {
             return err("breaker.window", "must be greater than zero");
         }
         if self.breaker.failure_rate < 0.0 || self.breaker.failure_rate.is_nan() {
-            return err("breaker.failure_rate", "must be 0 or more (above 1 disables it)");
+            return err(
+                "breaker.failure_rate",
+                "must be 0 or more (above 1 disables it)",
+            );
         }
         if self.breaker.half_open_probes == 0 {
             return err("breaker.half_open_probes", "must be at least 1");

@@ -1,7 +1,7 @@
 //! Total and per-try timeouts. Raise [`crate::error::Elapsed`] with the kind, so the
 //! retry layer knows a per-try timeout may be retried and a total one ends the call.
 
-use crate::error::TimeoutKind;
+use crate::error::{Elapsed, TimeoutKind};
 use crate::BoxError;
 use futures_util::future::BoxFuture;
 use std::task::{Context, Poll};
@@ -53,7 +53,52 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let _ = (&self.after, &self.kind, req);
-        todo!("timeout")
+        // The inner future is created here, outside the timer, so the clock starts when
+        // the call is made, not when the returned future is first polled.
+        let fut = self.inner.call(req);
+        let (after, kind) = (self.after, self.kind);
+        Box::pin(async move {
+            match tokio::time::timeout(after, fut).await {
+                Ok(result) => result.map_err(Into::into),
+                Err(_) => Err(Box::new(Elapsed { kind, after }) as BoxError),
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{service_fn, ServiceExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn raises_elapsed_with_kind_when_too_slow() {
+        let svc = TimeoutLayer::new(Duration::from_millis(100), TimeoutKind::PerTry).layer(
+            service_fn(|()| async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok::<_, BoxError>(1)
+            }),
+        );
+        let err = svc.oneshot(()).await.expect_err("must time out");
+        let e = err.downcast_ref::<Elapsed>().expect("an Elapsed");
+        assert_eq!(e.kind, TimeoutKind::PerTry);
+        assert_eq!(e.after, Duration::from_millis(100));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn passes_fast_results_and_errors_through() {
+        let svc = TimeoutLayer::new(Duration::from_secs(1), TimeoutKind::Total).layer(service_fn(
+            |x: u32| async move {
+                if x == 0 {
+                    Err::<u32, BoxError>("boom".into())
+                } else {
+                    Ok(x)
+                }
+            },
+        ));
+        assert_eq!(svc.clone().oneshot(7).await.expect("ok"), 7);
+        let err = svc.oneshot(0).await.expect_err("inner error");
+        assert!(!err.is::<Elapsed>());
+        assert_eq!(err.to_string(), "boom");
     }
 }
