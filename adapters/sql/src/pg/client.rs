@@ -435,13 +435,13 @@ impl Session {
                         return Ok(());
                     }
                     self.last_client = Instant::now();
-                    if !self.from_client().await? {
+                    if !self.forward_client().await? {
                         return Ok(());
                     }
                 }
                 r = server_read => {
                     match r {
-                        Ok(n) if n > 0 => self.from_server().await?,
+                        Ok(n) if n > 0 => self.forward_server().await?,
                         _ => {
                             self.lease = None;
                             self.slot.set(None);
@@ -474,14 +474,11 @@ impl Session {
     }
 
     /// Forwards every complete client frame. `Ok(false)`: the client said goodbye.
-    async fn from_client(&mut self) -> Result<bool, ClientError> {
+    async fn forward_client(&mut self) -> Result<bool, ClientError> {
         let max = self.shared.spec.max_message_size;
         let mut run = 0usize;
         let mut goodbye = false;
-        loop {
-            let Some(h) = codec::peek_frame(&self.cbuf, run, max)? else {
-                break;
-            };
+        while let Some(h) = codec::peek_frame(&self.cbuf, run, max)? {
             if !codec::is_frontend_tag(h.tag) || h.tag == b'p' {
                 return Err(ProtocolError::Unexpected { tag: h.tag as char }.into());
             }
@@ -619,7 +616,7 @@ impl Session {
 
     /// Forwards every complete server frame, watching `ReadyForQuery` and swallowing
     /// the answers to Quartet's own `Parse`s.
-    async fn from_server(&mut self) -> Result<(), ClientError> {
+    async fn forward_server(&mut self) -> Result<(), ClientError> {
         let Some(lease) = self.lease.as_mut() else {
             return Ok(());
         };
