@@ -473,8 +473,56 @@ impl Session {
         }
     }
 
+    /// Transaction mode, no server attached: a batch of named `Parse`s ending with a
+    /// `Sync` (what libpq's `PQprepare` sends) is answered by Quartet itself and the
+    /// statements are prepared on a server when a `Bind` or `Describe` first needs them.
+    /// A client that prepares while another of its own connections (same thread, as in
+    /// pgbench -M prepared) holds a server in a transaction would otherwise wait for a
+    /// server forever. The price: an invalid statement is reported at its first use.
+    async fn answer_prepare(&mut self) -> Result<(), ClientError> {
+        if self.lease.is_some() || self.mode != PoolMode::Transaction {
+            return Ok(());
+        }
+        let max = self.shared.spec.max_message_size;
+        let mut at = 0;
+        let mut count = 0;
+        loop {
+            match codec::peek_frame(&self.cbuf, at, max)? {
+                Some(h) if h.tag == b'P' => {
+                    let (name, _) = codec::parse_parse(&self.cbuf[at + 5..at + h.size])?;
+                    if name.is_empty() {
+                        return Ok(());
+                    }
+                    at += h.size;
+                    count += 1;
+                }
+                Some(h) if h.tag == b'S' && count > 0 => break,
+                _ => return Ok(()),
+            }
+        }
+        let mut reply = BytesMut::with_capacity(count * 5 + 6);
+        for _ in 0..count {
+            let h = codec::peek_frame(&self.cbuf, 0, max)?
+                .ok_or(ProtocolError::Malformed { what: "parse" })?;
+            let f = self.cbuf.split_to(h.size).freeze();
+            let (name, rest) = codec::parse_parse(&f[5..])?;
+            let rest = f.slice_ref(rest);
+            let server_name = self.shared.statement_name(&rest);
+            self.stmts
+                .insert(name.to_string(), Stmt { server_name, rest });
+            reply.extend_from_slice(&codec::frame(b'1', &[]));
+        }
+        if let Some(h) = codec::peek_frame(&self.cbuf, 0, max)? {
+            let _ = self.cbuf.split_to(h.size);
+        }
+        reply.extend_from_slice(&codec::ready_for_query(b'I'));
+        self.client.write_all(&reply).await?;
+        Ok(())
+    }
+
     /// Forwards every complete client frame. `Ok(false)`: the client said goodbye.
     async fn forward_client(&mut self) -> Result<bool, ClientError> {
+        self.answer_prepare().await?;
         let max = self.shared.spec.max_message_size;
         let mut run = 0usize;
         let mut goodbye = false;
