@@ -347,6 +347,16 @@ impl Backends {
         Err(BackendError::Unavailable { last })
     }
 
+    /// Whether a connection to backend `index` may still serve this listener's clients:
+    /// not known to be down, and not known to be a replica when the primary is wanted.
+    pub fn usable(&self, index: usize) -> bool {
+        let Some(b) = self.list.get(index) else {
+            return false;
+        };
+        let h = b.health();
+        h.healthy != Some(false) && !(self.role == Role::Primary && h.role == BackendRole::Replica)
+    }
+
     pub fn states(&self) -> Vec<BackendState> {
         self.list.iter().map(|b| b.state()).collect()
     }

@@ -134,6 +134,7 @@ impl Pool {
             let conn = self.idle().pop();
             match conn {
                 Some(c) if self.expired(&c, now) => drop(c),
+                Some(c) if !c.looks_alive() || !self.backends.usable(c.backend) => drop(c),
                 Some(conn) => return Ok(Lease { conn, permit }),
                 None => break,
             }

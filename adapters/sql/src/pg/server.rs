@@ -225,6 +225,17 @@ impl ServerConn {
         }
     }
 
+    /// Whether an idle connection is still open and silent: a server that went away
+    /// has closed it (end of stream) or said why (an `ErrorResponse` before closing).
+    /// Costs one non-blocking read, no round trip.
+    pub fn looks_alive(&self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
     /// Runs a simple query and waits for `ReadyForQuery`; `Ok(status)` when the
     /// server is idle again, whatever the query's outcome.
     pub async fn simple(&mut self, sql: &str) -> std::io::Result<u8> {

@@ -1,0 +1,210 @@
+//! Failover between two real PostgreSQL clusters on this machine: a second, throwaway
+//! cluster (initdb in a temp dir, its own port) listed first, the main cluster on 5432
+//! second. Both are primaries (two independent clusters, no streaming replication): the
+//! listener prefers the first; when it stops, clients reconnecting through Quartet reach
+//! the second and no client hangs.
+
+mod common;
+
+use common::*;
+use quartet_sql::PoolMode;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const BOUND: Duration = Duration::from_secs(30);
+
+fn bin(name: &str) -> PathBuf {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .expect("PostgreSQL server binaries under /usr/lib/postgresql")
+        .flatten()
+        .map(|d| d.path().join("bin").join(name))
+        .filter(|p| p.exists())
+        .collect();
+    found.sort();
+    found.pop().unwrap_or_else(|| panic!("{name} not found"))
+}
+
+/// Runs a PostgreSQL server program as the `postgres` user (servers refuse root).
+fn as_postgres(program: &Path, args: &[&str]) -> std::process::Output {
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false);
+    let mut cmd = if is_root {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        Command::new(program)
+    };
+    let out = cmd.args(args).output().expect("run a postgres program");
+    assert!(
+        out.status.success(),
+        "{program:?} {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A throwaway cluster; stopped and removed on drop.
+struct Cluster {
+    dir: PathBuf,
+    port: u16,
+    running: bool,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let dir = std::env::temp_dir().join(unique("quartet_pg2"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let _ = Command::new("chown")
+            .args(["postgres:postgres"])
+            .arg(&dir)
+            .status();
+        let data = dir.join("data");
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        as_postgres(
+            &bin("initdb"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        );
+        let opts = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
+            dir.display()
+        );
+        let log = dir.join("log");
+        as_postgres(
+            &bin("pg_ctl"),
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &opts,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+        Cluster {
+            dir,
+            port,
+            running: true,
+        }
+    }
+
+    fn stop(&mut self) {
+        if self.running {
+            self.running = false;
+            let data = self.dir.join("data");
+            as_postgres(
+                &bin("pg_ctl"),
+                &[
+                    "-D",
+                    data.to_str().unwrap(),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ],
+            );
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.running {
+            let data = self.dir.join("data");
+            let _ = Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(bin("pg_ctl"))
+                .args(["-D", data.to_str().unwrap_or(""), "-m", "immediate", "stop"])
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+async fn port_of(c: &tokio_postgres::Client) -> Result<String, tokio_postgres::Error> {
+    c.query_one("select current_setting('port')", &[])
+        .await
+        .map(|r| r.get(0))
+}
+
+#[tokio::test]
+async fn clients_move_to_the_next_primary_when_the_first_stops() {
+    let _ = direct().await;
+    let mut second = Cluster::start();
+    {
+        let (c, conn) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=postgres dbname=postgres",
+                second.port
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("the throwaway cluster");
+        tokio::spawn(conn);
+        c.batch_execute("create database test").await.unwrap();
+    }
+    let mut s = spec(PoolMode::Transaction, 2);
+    s.backends = vec![
+        format!("postgres://postgres@127.0.0.1:{}/test", second.port),
+        PG_URL.to_string(),
+    ];
+    let proxy = Proxy::start(s).await;
+    let handle = proxy.handle.clone();
+    wait_for(BOUND, "both backends checked", || {
+        let st = handle.state();
+        async move { st.backends.iter().all(|b| b.healthy == Some(true)) }
+    })
+    .await;
+
+    let before = proxy.connect("failover_a").await;
+    assert_eq!(port_of(&before).await.unwrap(), second.port.to_string());
+    before.batch_execute("begin").await.unwrap();
+
+    second.stop();
+
+    // The client whose server went away hears it at once (no hang).
+    let err = tokio::time::timeout(BOUND, port_of(&before))
+        .await
+        .expect("an answer, not a hang")
+        .expect_err("its server is gone");
+    let code = err.code().map(|c| c.code().to_string()).unwrap_or_default();
+    assert!(
+        code.starts_with("08") || code.starts_with("57P"),
+        "class 08 or 57P (admin shutdown) expected: {err:?}"
+    );
+
+    // New clients reach the remaining primary.
+    let after = tokio::time::timeout(BOUND, proxy.connect("failover_b"))
+        .await
+        .expect("connect after failover");
+    assert_eq!(port_of(&after).await.unwrap(), "5432");
+    wait_for(BOUND, "the stopped backend marked down", || {
+        let st = handle.state();
+        async move { st.backends[0].healthy == Some(false) && st.ready() }
+    })
+    .await;
+    for _ in 0..5 {
+        let c = proxy.connect("failover_c").await;
+        assert_eq!(port_of(&c).await.unwrap(), "5432");
+    }
+    proxy.stop().await;
+}
