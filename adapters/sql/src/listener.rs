@@ -14,9 +14,10 @@ use quartet_policies::retry::Backoff;
 use quartet_policies::spec::BreakerSpec;
 use quartet_policies::Target;
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -56,8 +57,61 @@ pub enum SqlError {
     },
 }
 
+/// Counters of one listener, for the admin API (like PgBouncer's `SHOW STATS`).
+#[derive(Default)]
+pub(crate) struct Stats {
+    pub queries: AtomicU64,
+    pub transactions: AtomicU64,
+    pub reprepares: AtomicU64,
+    pub local_prepares: AtomicU64,
+    errors: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Stats {
+    /// Counts an error sent to a client by its SQLSTATE class (the first two characters).
+    pub fn error(&self, sqlstate: &str) {
+        let class = sqlstate.get(..2).unwrap_or("??").to_string();
+        *self
+            .errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(class)
+            .or_default() += 1;
+    }
+
+    fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            queries: self.queries.load(Ordering::Relaxed),
+            transactions: self.transactions.load(Ordering::Relaxed),
+            reprepares: self.reprepares.load(Ordering::Relaxed),
+            local_prepares: self.local_prepares.load(Ordering::Relaxed),
+            errors_by_class: self
+                .errors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+}
+
+/// What the admin API shows of a listener's counters.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StatsSnapshot {
+    /// Simple queries and extended-protocol `Sync`s sent to servers.
+    pub queries: u64,
+    /// Units of work ended with the server idle (`ReadyForQuery` `I`).
+    pub transactions: u64,
+    /// Named statements prepared again on another server connection (transaction mode).
+    pub reprepares: u64,
+    /// `Parse`+`Sync` batches answered by Quartet without a server (transaction mode).
+    pub local_prepares: u64,
+    /// Errors sent to clients (the servers' and Quartet's own) by SQLSTATE class.
+    pub errors_by_class: BTreeMap<String, u64>,
+}
+
 /// Listener-wide state shared by every client task.
 pub(crate) struct Shared {
+    pub stats: Stats,
     pub spec: ListenerSpec,
     pub users: HashMap<String, UserSecret>,
     pub backends: Arc<Backends>,
@@ -135,6 +189,7 @@ pub struct ListenerState {
     pub clients: usize,
     pub backends: Vec<BackendState>,
     pub pools: Vec<PoolState>,
+    pub stats: StatsSnapshot,
 }
 
 impl ListenerState {
@@ -165,6 +220,7 @@ impl SqlHandle {
             clients: self.shared.spec.max_clients - self.clients.available_permits(),
             backends: self.shared.backends.states(),
             pools,
+            stats: self.shared.stats.snapshot(),
         }
     }
 
@@ -238,6 +294,7 @@ impl PgListener {
             .collect();
         let clients = Arc::new(Semaphore::new(spec.max_clients));
         let shared = Arc::new(Shared {
+            stats: Stats::default(),
             spec,
             users,
             backends,

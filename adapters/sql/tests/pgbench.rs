@@ -120,6 +120,8 @@ async fn pgbench_extended_and_prepared_in_transaction_mode() {
     }
     let state = proxy.handle.state();
     assert!(state.pools[0].servers_idle <= 4);
+    assert!(state.stats.local_prepares > 0, "{:?}", state.stats);
+    assert!(state.stats.transactions > 0, "{:?}", state.stats);
     proxy.stop().await;
 }
 

@@ -131,6 +131,11 @@ async fn named_prepared_statements_across_pooled_server_connections() {
             .expect("prepared statements work in transaction mode");
     }
     assert!(server_conns(&direct, &app).await <= 2);
+    let stats = proxy.handle.state().stats;
+    assert!(
+        stats.reprepares > 0,
+        "statements were prepared again: {stats:?}"
+    );
     proxy.stop().await;
 }
 
@@ -481,6 +486,77 @@ async fn replica_listener_falls_back_to_the_primary() {
     let proxy = Proxy::start(s).await;
     proxy
         .connect("replica_role")
+        .await
+        .simple_query("select 1")
+        .await
+        .unwrap();
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn breaker_opens_for_a_dead_backend_and_refuses_at_once() {
+    use quartet_policies::breaker::BreakerState;
+    let mut s = spec(PoolMode::Transaction, 2);
+    s.backends = vec![format!(
+        "postgres://postgres@127.0.0.1:{}/test",
+        closed_port()
+    )];
+    s.connect_attempts = 1;
+    let proxy = Proxy::start(s).await;
+    // The default breaker opens after 5 failures in a row.
+    for _ in 0..5 {
+        let r = tokio::time::timeout(BOUND, proxy.try_connect("app", "secret", "brk")).await;
+        assert!(r.expect("an answer").is_err());
+    }
+    assert_eq!(proxy.handle.state().backends[0].breaker, BreakerState::Open);
+    let Err(err) = proxy.try_connect("app", "secret", "brk").await else {
+        panic!("a dead backend let a client in");
+    };
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION)
+    );
+    assert!(!proxy.handle.state().ready());
+    let stats = proxy.handle.state().stats;
+    assert_eq!(stats.errors_by_class.get("08"), Some(&6));
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn client_login_timeout_ends_a_silent_client() {
+    let mut s = spec(PoolMode::Transaction, 2);
+    s.client_login_timeout = Duration::from_millis(200);
+    let proxy = Proxy::start(s).await;
+    let mut silent = TcpStream::connect(proxy.addr).await.unwrap();
+    assert_eq!(
+        read_until_ready(&mut silent).await.as_deref(),
+        Some("08P01")
+    );
+    assert!(ends(&mut silent).await);
+    proxy
+        .connect("after_silent")
+        .await
+        .simple_query("select 1")
+        .await
+        .unwrap();
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn full_pool_wait_timeout_answers_53300() {
+    let mut s = spec(PoolMode::Transaction, 1);
+    s.query_wait_timeout = Duration::from_millis(200);
+    let proxy = Proxy::start(s).await;
+    let holder = proxy.connect("holder").await;
+    holder.batch_execute("begin").await.unwrap();
+    let Err(err) = proxy.try_connect("app", "secret", "waiter").await else {
+        panic!("a second client got the only server connection");
+    };
+    assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS));
+    holder.batch_execute("commit").await.unwrap();
+    // Once the transaction ended, the server connection serves others again.
+    proxy
+        .connect("waiter")
         .await
         .simple_query("select 1")
         .await

@@ -17,6 +17,7 @@ use crate::pool::{Lease, Pool};
 use bytes::{Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -101,6 +102,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, mut stream: TcpStream) {
         Ok(None) => return,
         Err(e) => {
             tracing::debug!(error = %e, "client login failed");
+            shared.stats.error(e.sqlstate());
             let _ = stream
                 .write_all(&codec::error_response(
                     Severity::Fatal,
@@ -516,6 +518,10 @@ impl Session {
             let _ = self.cbuf.split_to(h.size);
         }
         reply.extend_from_slice(&codec::ready_for_query(b'I'));
+        self.shared
+            .stats
+            .local_prepares
+            .fetch_add(1, Ordering::Relaxed);
         self.client.write_all(&reply).await?;
         Ok(())
     }
@@ -544,6 +550,7 @@ impl Session {
                         self.cancel_sent = false;
                     }
                     self.pending += 1;
+                    self.shared.stats.queries.fetch_add(1, Ordering::Relaxed);
                     if h.tag == b'Q' && self.mode == PoolMode::Transaction {
                         let body = &self.cbuf[run + 5..run + h.size];
                         if mentions_discard(body) {
@@ -627,7 +634,9 @@ impl Session {
                 let (portal, stmt, rest) = codec::parse_bind(body)?;
                 match self.stmts.get(stmt).filter(|_| !stmt.is_empty()) {
                     Some(s) => {
-                        ensure_prepared(conn, s, &mut self.parse_sent, &mut self.out);
+                        if ensure_prepared(conn, s, &mut self.parse_sent, &mut self.out) {
+                            self.shared.stats.reprepares.fetch_add(1, Ordering::Relaxed);
+                        }
                         self.out
                             .push(codec::build_bind(portal, &s.server_name, rest));
                     }
@@ -642,7 +651,9 @@ impl Session {
                     .filter(|_| kind == b'S' && !name.is_empty())
                 {
                     Some(s) => {
-                        ensure_prepared(conn, s, &mut self.parse_sent, &mut self.out);
+                        if ensure_prepared(conn, s, &mut self.parse_sent, &mut self.out) {
+                            self.shared.stats.reprepares.fetch_add(1, Ordering::Relaxed);
+                        }
                         self.out
                             .push(codec::build_target(b'D', b'S', &s.server_name));
                     }
@@ -695,12 +706,23 @@ impl Session {
                     }
                     _ => run += h.size,
                 },
+                b'E' => {
+                    let body = &buf[run + 5..run + h.size];
+                    if let Ok(fields) = codec::parse_error(body) {
+                        self.shared.stats.error(&fields.code);
+                    }
+                    run += h.size;
+                }
                 b'Z' => {
                     let status = buf.get(run + 5).copied().unwrap_or(b'I');
                     run += h.size;
                     self.status = status;
                     self.pending = self.pending.saturating_sub(1);
                     if self.pending == 0 {
+                        self.shared
+                            .stats
+                            .transactions
+                            .fetch_add(u64::from(status == b'I'), Ordering::Relaxed);
                         self.query_started = None;
                         self.cancel_sent = false;
                         // Whatever Parse is still unanswered failed.
@@ -739,6 +761,7 @@ impl Session {
     }
 
     async fn fatal(&mut self, e: &ClientError) {
+        self.shared.stats.error(e.sqlstate());
         let frame = codec::error_response(Severity::Fatal, e.sqlstate(), &e.client_message());
         let _ = self.client.write_all(&frame).await;
     }
@@ -799,9 +822,9 @@ fn ensure_prepared(
     s: &Stmt,
     parse_sent: &mut VecDeque<ParseSent>,
     out: &mut Vec<Bytes>,
-) {
+) -> bool {
     if conn.prepared.contains(&s.server_name) {
-        return;
+        return false;
     }
     conn.prepared.insert(s.server_name.clone());
     parse_sent.push_back(ParseSent::Named {
@@ -809,6 +832,7 @@ fn ensure_prepared(
         injected: true,
     });
     out.push(codec::build_parse(&s.server_name, &s.rest));
+    true
 }
 
 /// Whether a simple query may drop the server's prepared statements.
