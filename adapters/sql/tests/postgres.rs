@@ -563,3 +563,118 @@ async fn full_pool_wait_timeout_answers_53300() {
         .unwrap();
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn pipelined_queries_keep_their_server_until_synced() {
+    let proxy = Proxy::start(spec(PoolMode::Transaction, 2)).await;
+    let mut tasks = Vec::new();
+    for i in 0..6i32 {
+        let c = proxy.connect("pipeline").await;
+        tasks.push(tokio::spawn(async move {
+            let stmt = c.prepare("select $1::int4 * 10").await?;
+            for _ in 0..10 {
+                // tokio-postgres pipelines concurrent queries on one connection.
+                let futs = (0..8i32).map(|j| {
+                    let c = &c;
+                    let stmt = &stmt;
+                    async move {
+                        let v = i * 100 + j;
+                        let row = c.query_one(stmt, &[&v]).await?;
+                        assert_eq!(row.get::<_, i32>(0), v * 10);
+                        Ok::<_, tokio_postgres::Error>(())
+                    }
+                });
+                for r in futures_util::future::join_all(futs).await {
+                    r?;
+                }
+            }
+            Ok::<_, tokio_postgres::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().expect("pipelined queries succeed");
+    }
+    proxy.stop().await;
+}
+
+/// Frames of an unnamed extended-protocol query with no parameters, without `Sync`.
+fn extended_query(sql: &str) -> Vec<u8> {
+    use quartet_sql::pg::codec;
+    let mut rest = sql.as_bytes().to_vec();
+    rest.extend_from_slice(&[0, 0, 0]);
+    let mut out = codec::build_parse("", &rest).to_vec();
+    out.extend_from_slice(&codec::build_bind("", "", &[0, 0, 0, 0, 0, 0]));
+    out.extend_from_slice(&codec::frame(b'E', &[0, 0, 0, 0, 0]));
+    out
+}
+
+/// Reads frames until `ReadyForQuery`; returns the text of every `DataRow`'s first column.
+async fn read_rows(s: &mut TcpStream) -> Vec<String> {
+    let mut rows = Vec::new();
+    loop {
+        let mut head = [0u8; 5];
+        tokio::time::timeout(BOUND, s.read_exact(&mut head))
+            .await
+            .expect("an answer")
+            .expect("a frame");
+        let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize - 4;
+        let mut body = vec![0u8; len];
+        s.read_exact(&mut body).await.unwrap();
+        match head[0] {
+            b'D' => {
+                let n = u32::from_be_bytes([body[2], body[3], body[4], body[5]]) as usize;
+                rows.push(String::from_utf8_lossy(&body[6..6 + n]).into_owned());
+            }
+            b'E' => panic!("error: {}", String::from_utf8_lossy(&body)),
+            b'Z' => return rows,
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn messages_after_the_last_sync_keep_the_server_with_the_client() {
+    let mut sp = spec(PoolMode::Transaction, 1);
+    sp.auth = AuthMethod::Trust;
+    let proxy = Proxy::start(sp).await;
+    let mut a = trust_login(proxy.addr).await;
+    // One batch synced, a second one not yet.
+    let mut batch = extended_query("select 1");
+    batch.extend_from_slice(&quartet_sql::pg::codec::frame(b'S', &[]));
+    batch.extend_from_slice(&extended_query("select 2"));
+    a.write_all(&batch).await.unwrap();
+    assert_eq!(read_rows(&mut a).await, vec!["1"]);
+    // Another client wants the only server connection meanwhile.
+    let proxy_conn = proxy.conn_str("app", "secret", "other");
+    let other = tokio::spawn(async move {
+        let (c, conn) = tokio_postgres::connect(&proxy_conn, tokio_postgres::NoTls).await?;
+        tokio::spawn(conn);
+        let row = c.query_one("select 42", &[]).await?;
+        Ok::<i32, tokio_postgres::Error>(row.get(0))
+    });
+    // It must wait for the server (or, were the server wrongly released, get it now).
+    let handle = proxy.handle.clone();
+    wait_for(BOUND, "the other client to wait or finish", || {
+        let waiting = handle.state().pools.iter().any(|p| p.clients_waiting == 1);
+        let done = other.is_finished();
+        async move { waiting || done }
+    })
+    .await;
+    a.write_all(&quartet_sql::pg::codec::frame(b'S', &[]))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_rows(&mut a).await,
+        vec!["2"],
+        "the second batch's answers reach a"
+    );
+    a.write_all(&quartet_sql::pg::codec::terminate())
+        .await
+        .unwrap();
+    let v = tokio::time::timeout(BOUND, other)
+        .await
+        .expect("other ends")
+        .unwrap();
+    assert_eq!(v.expect("other client served cleanly"), 42);
+    proxy.stop().await;
+}

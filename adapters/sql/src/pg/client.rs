@@ -320,6 +320,8 @@ struct Session {
     cancel_sent: bool,
     last_client: Instant,
     forget_prepared: bool,
+    /// Extended-protocol messages were sent after the last `Sync`.
+    unsynced: bool,
     out: Vec<Bytes>,
 }
 
@@ -344,6 +346,7 @@ impl Session {
             cancel_sent: false,
             last_client: Instant::now(),
             forget_prepared: false,
+            unsynced: false,
             out: Vec::new(),
         }
     }
@@ -543,6 +546,7 @@ impl Session {
             if self.lease.is_none() {
                 self.checkout().await?;
             }
+            self.unsynced = !matches!(h.tag, b'S' | b'Q' | b'F');
             match h.tag {
                 b'S' | b'Q' | b'F' => {
                     if self.pending == 0 {
@@ -734,7 +738,12 @@ impl Session {
                         if std::mem::take(&mut self.forget_prepared) {
                             lease.conn.prepared.clear();
                         }
-                        if self.mode == PoolMode::Transaction && status == b'I' {
+                        // Messages sent after the last Sync still await their
+                        // answers on this connection: it stays with the client.
+                        if self.mode == PoolMode::Transaction
+                            && status == b'I'
+                            && !self.unsynced
+                        {
                             release = true;
                         }
                     }
