@@ -678,3 +678,41 @@ async fn messages_after_the_last_sync_keep_the_server_with_the_client() {
     assert_eq!(v.expect("other client served cleanly"), 42);
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn a_shared_statement_prepared_again_leaves_the_unnamed_statement_alone() {
+    use quartet_sql::pg::codec;
+    let mut sp = spec(PoolMode::Transaction, 1);
+    sp.auth = AuthMethod::Trust;
+    let proxy = Proxy::start(sp).await;
+    let mut s = trust_login(proxy.addr).await;
+    let parse = |name: &str, sql: &str| {
+        let mut rest = sql.as_bytes().to_vec();
+        rest.extend_from_slice(&[0, 0, 0]);
+        codec::build_parse(name, &rest).to_vec()
+    };
+    let bind_exec_sync = |stmt: &str| {
+        let mut out = codec::build_bind("", stmt, &[0, 0, 0, 0, 0, 0]).to_vec();
+        out.extend_from_slice(&codec::frame(b'E', &[0, 0, 0, 0, 0]));
+        out.extend_from_slice(&codec::frame(b'S', &[]));
+        out
+    };
+    // "select 1" becomes prepared on the only server connection.
+    let mut batch = parse("a", "select 1");
+    batch.extend(bind_exec_sync("a"));
+    s.write_all(&batch).await.unwrap();
+    assert_eq!(read_rows(&mut s).await, vec!["1"]);
+    // The unnamed statement, then the same "select 1" under another name: the
+    // connection has it already, and the unnamed statement must survive.
+    let mut batch = parse("", "select 'unnamed'");
+    batch.extend(parse("b", "select 1"));
+    batch.extend(bind_exec_sync(""));
+    s.write_all(&batch).await.unwrap();
+    assert_eq!(read_rows(&mut s).await, vec!["unnamed"]);
+    let mut batch = bind_exec_sync("b");
+    batch.extend(bind_exec_sync("a"));
+    s.write_all(&batch).await.unwrap();
+    assert_eq!(read_rows(&mut s).await, vec!["1"]);
+    assert_eq!(read_rows(&mut s).await, vec!["1"]);
+    proxy.stop().await;
+}

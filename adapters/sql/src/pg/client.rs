@@ -288,18 +288,29 @@ struct Stmt {
     rest: Bytes,
 }
 
-/// What each `Parse` sent to the server stands for, in order: its `ParseComplete`
-/// answers arrive in the same order.
-enum ParseSent {
-    /// The client's own (unnamed) `Parse`, or a named one sent unnamed because the
-    /// server connection has the statement already: its answer goes to the client.
-    Plain,
-    /// A renamed statement; `injected` when Quartet added it (its answer is swallowed).
-    Named { name: Arc<str>, injected: bool },
+/// Transaction mode: the messages sent to the server whose answers Quartet changes, in
+/// the order sent. The server answers in the same order (`ParseComplete` for a `Parse`,
+/// `CloseComplete` for a `Close`, `ReadyForQuery` for a `Sync`), and after an error it
+/// skips everything up to the next `Sync`, so the front of this queue is always what
+/// the next such answer is for.
+enum Sent {
+    /// A `Parse`: the client's unnamed one (`name` none), a renamed one, or one Quartet
+    /// added to prepare a statement on this connection (`injected`: answer swallowed).
+    Parse {
+        name: Option<Arc<str>>,
+        injected: bool,
+    },
+    /// A `Close`; `as_parse` when it stands in for a client's `Parse` of a statement this
+    /// connection has already: its `CloseComplete` goes to the client as `ParseComplete`.
+    Close {
+        as_parse: bool,
+    },
+    Sync,
 }
 
-/// A name never prepared: `Close` of a client statement is sent for it so the server
-/// answers `CloseComplete` in order while the shared statement stays prepared.
+/// A name never prepared. Closing it is harmless and answered `CloseComplete` in order,
+/// so it stands in for a client's `Close` of a shared statement (which stays prepared)
+/// and for a `Parse` of a statement the connection has already.
 const CLOSED_NAME: &str = "QUARTET_closed";
 
 struct Session {
@@ -312,7 +323,7 @@ struct Session {
     key: (i32, i32),
     slot: Arc<CancelSlot>,
     stmts: HashMap<String, Stmt>,
-    parse_sent: VecDeque<ParseSent>,
+    sent: VecDeque<Sent>,
     /// `Sync`s and `Query`s sent whose `ReadyForQuery` has not come yet.
     pending: usize,
     status: u8,
@@ -339,7 +350,7 @@ impl Session {
             key,
             slot,
             stmts: HashMap::new(),
-            parse_sent: VecDeque::new(),
+            sent: VecDeque::new(),
             pending: 0,
             status: b'I',
             query_started: None,
@@ -549,6 +560,9 @@ impl Session {
             self.unsynced = !matches!(h.tag, b'S' | b'Q' | b'F');
             match h.tag {
                 b'S' | b'Q' | b'F' => {
+                    if self.mode == PoolMode::Transaction {
+                        self.sent.push_back(Sent::Sync);
+                    }
                     if self.pending == 0 {
                         self.query_started = Some(Instant::now());
                         self.cancel_sent = false;
@@ -574,10 +588,6 @@ impl Session {
                         bytes: f,
                     };
                     self.rewrite(frame)?;
-                }
-                b'P' => {
-                    self.parse_sent.push_back(ParseSent::Plain);
-                    run += h.size;
                 }
                 _ => run += h.size,
             }
@@ -614,19 +624,22 @@ impl Session {
             b'P' => {
                 let (name, rest) = codec::parse_parse(body)?;
                 if name.is_empty() {
-                    self.parse_sent.push_back(ParseSent::Plain);
+                    self.sent.push_back(Sent::Parse {
+                        name: None,
+                        injected: false,
+                    });
                     self.out.push(frame.bytes.clone());
                     return Ok(());
                 }
                 let rest = frame.bytes.slice_ref(rest);
                 let server_name = self.shared.statement_name(&rest);
                 if conn.prepared.contains(&server_name) {
-                    self.parse_sent.push_back(ParseSent::Plain);
-                    self.out.push(codec::build_parse("", &rest));
+                    self.sent.push_back(Sent::Close { as_parse: true });
+                    self.out.push(codec::build_target(b'C', b'S', CLOSED_NAME));
                 } else {
                     conn.prepared.insert(server_name.clone());
-                    self.parse_sent.push_back(ParseSent::Named {
-                        name: server_name.clone(),
+                    self.sent.push_back(Sent::Parse {
+                        name: Some(server_name.clone()),
                         injected: false,
                     });
                     self.out.push(codec::build_parse(&server_name, &rest));
@@ -638,7 +651,7 @@ impl Session {
                 let (portal, stmt, rest) = codec::parse_bind(body)?;
                 match self.stmts.get(stmt).filter(|_| !stmt.is_empty()) {
                     Some(s) => {
-                        if ensure_prepared(conn, s, &mut self.parse_sent, &mut self.out) {
+                        if ensure_prepared(conn, s, &mut self.sent, &mut self.out) {
                             self.shared.stats.reprepares.fetch_add(1, Ordering::Relaxed);
                         }
                         self.out
@@ -655,7 +668,7 @@ impl Session {
                     .filter(|_| kind == b'S' && !name.is_empty())
                 {
                     Some(s) => {
-                        if ensure_prepared(conn, s, &mut self.parse_sent, &mut self.out) {
+                        if ensure_prepared(conn, s, &mut self.sent, &mut self.out) {
                             self.shared.stats.reprepares.fetch_add(1, Ordering::Relaxed);
                         }
                         self.out
@@ -666,6 +679,7 @@ impl Session {
             }
             b'C' => {
                 let (kind, name) = codec::parse_target(body, "close")?;
+                self.sent.push_back(Sent::Close { as_parse: false });
                 if kind == b'S' && self.stmts.remove(name).is_some() {
                     self.out.push(codec::build_target(b'C', b'S', CLOSED_NAME));
                 } else {
@@ -699,17 +713,24 @@ impl Session {
                 }
             };
             match h.tag {
-                b'1' => match self.parse_sent.pop_front() {
-                    Some(ParseSent::Named { injected: true, .. }) => {
-                        if run > 0 {
-                            out.push(buf.split_to(run).freeze());
+                b'1' | b'3' if self.mode == PoolMode::Transaction => {
+                    let replace = match self.sent.pop_front() {
+                        Some(Sent::Parse { injected: true, .. }) => Some(None),
+                        Some(Sent::Close { as_parse: true }) => Some(Some(codec::frame(b'1', &[]))),
+                        _ => None,
+                    };
+                    match replace {
+                        None => run += h.size,
+                        Some(with) => {
+                            if run > 0 {
+                                out.push(buf.split_to(run).freeze());
+                            }
+                            run = 0;
+                            let _ = buf.split_to(h.size);
+                            out.extend(with);
                         }
-                        run = 0;
-                        let _ = buf.split_to(h.size);
-                        continue;
                     }
-                    _ => run += h.size,
-                },
+                }
                 b'E' => {
                     let body = &buf[run + 5..run + h.size];
                     if let Ok(fields) = codec::parse_error(body) {
@@ -722,6 +743,18 @@ impl Session {
                     run += h.size;
                     self.status = status;
                     self.pending = self.pending.saturating_sub(1);
+                    // What is still unanswered up to this Sync failed.
+                    while let Some(sent) = self.sent.pop_front() {
+                        match sent {
+                            Sent::Sync => break,
+                            Sent::Parse {
+                                name: Some(name), ..
+                            } => {
+                                lease.conn.prepared.remove(&name);
+                            }
+                            _ => {}
+                        }
+                    }
                     if self.pending == 0 {
                         self.shared
                             .stats
@@ -729,21 +762,12 @@ impl Session {
                             .fetch_add(u64::from(status == b'I'), Ordering::Relaxed);
                         self.query_started = None;
                         self.cancel_sent = false;
-                        // Whatever Parse is still unanswered failed.
-                        for p in self.parse_sent.drain(..) {
-                            if let ParseSent::Named { name, .. } = p {
-                                lease.conn.prepared.remove(&name);
-                            }
-                        }
                         if std::mem::take(&mut self.forget_prepared) {
                             lease.conn.prepared.clear();
                         }
                         // Messages sent after the last Sync still await their
                         // answers on this connection: it stays with the client.
-                        if self.mode == PoolMode::Transaction
-                            && status == b'I'
-                            && !self.unsynced
-                        {
+                        if self.mode == PoolMode::Transaction && status == b'I' && !self.unsynced {
                             release = true;
                         }
                     }
@@ -829,15 +853,15 @@ impl Session {
 fn ensure_prepared(
     conn: &mut ServerConn,
     s: &Stmt,
-    parse_sent: &mut VecDeque<ParseSent>,
+    sent: &mut VecDeque<Sent>,
     out: &mut Vec<Bytes>,
 ) -> bool {
     if conn.prepared.contains(&s.server_name) {
         return false;
     }
     conn.prepared.insert(s.server_name.clone());
-    parse_sent.push_back(ParseSent::Named {
-        name: s.server_name.clone(),
+    sent.push_back(Sent::Parse {
+        name: Some(s.server_name.clone()),
         injected: true,
     });
     out.push(codec::build_parse(&s.server_name, &s.rest));
