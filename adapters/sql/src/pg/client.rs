@@ -6,7 +6,13 @@
 //! prepared statements are renamed to names shared by every client (`QUARTET_<n>`, one per
 //! distinct query text and parameter types) and prepared again on whichever server
 //! connection serves a `Bind` or `Describe` that needs them; the extra `ParseComplete`
-//! the server answers is swallowed.
+//! the server answers is swallowed. A `Parse` of a statement the connection has already is
+//! sent as a harmless `Close` whose `CloseComplete` the client gets as `ParseComplete`, so
+//! answers stay in order and the client's unnamed statement is left alone. A batch of
+//! named `Parse`s and a `Sync` with no server attached is answered by Quartet (see
+//! `answer_prepare`). Statements prepared with SQL (`PREPARE`) are not tracked; a simple
+//! query that mentions `DISCARD` or `DEALLOCATE` makes Quartet forget what the connection
+//! had prepared.
 
 use super::auth::{md5_check, md5_stored, ScramSecret, ScramServer, MECHANISM};
 use super::codec::{self, Frame, ProtocolError, Severity, StartupFrame};
