@@ -57,18 +57,24 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn start() -> Cluster {
+    fn new_dir() -> (PathBuf, u16) {
         let dir = std::env::temp_dir().join(unique("quartet_pg2"));
         std::fs::create_dir_all(&dir).unwrap();
         let _ = Command::new("chown")
             .args(["postgres:postgres"])
             .arg(&dir)
             .status();
-        let data = dir.join("data");
         let port = {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             l.local_addr().unwrap().port()
         };
+        (dir, port)
+    }
+
+    /// A new primary: initdb, then started.
+    fn start() -> Cluster {
+        let (dir, port) = Self::new_dir();
+        let data = dir.join("data");
         as_postgres(
             &bin("initdb"),
             &[
@@ -81,11 +87,55 @@ impl Cluster {
                 "--no-sync",
             ],
         );
-        let opts = format!(
-            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
-            dir.display()
+        let mut c = Cluster {
+            dir,
+            port,
+            running: false,
+        };
+        c.run();
+        c
+    }
+
+    /// A streaming replica of `primary` (pg_basebackup -R), started.
+    fn replica_of(primary: &Cluster) -> Cluster {
+        let (dir, port) = Self::new_dir();
+        let data = dir.join("data");
+        as_postgres(
+            &bin("pg_basebackup"),
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &primary.port.to_string(),
+                "-U",
+                "postgres",
+                "-D",
+                data.to_str().unwrap(),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ],
         );
-        let log = dir.join("log");
+        let mut c = Cluster {
+            dir,
+            port,
+            running: false,
+        };
+        c.run();
+        c
+    }
+
+    fn run(&mut self) {
+        let data = self.dir.join("data");
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("log");
         as_postgres(
             &bin("pg_ctl"),
             &[
@@ -99,11 +149,19 @@ impl Cluster {
                 "start",
             ],
         );
-        Cluster {
-            dir,
-            port,
-            running: true,
-        }
+        self.running = true;
+    }
+
+    fn promote(&self) {
+        let data = self.dir.join("data");
+        as_postgres(
+            &bin("pg_ctl"),
+            &["-D", data.to_str().unwrap(), "-w", "promote"],
+        );
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/test", self.port)
     }
 
     fn stop(&mut self) {
@@ -207,4 +265,108 @@ async fn clients_move_to_the_next_primary_when_the_first_stops() {
         assert_eq!(port_of(&c).await.unwrap(), "5432");
     }
     proxy.stop().await;
+}
+
+async fn in_recovery(c: &tokio_postgres::Client) -> bool {
+    c.query_one("select pg_is_in_recovery()", &[])
+        .await
+        .expect("pg_is_in_recovery")
+        .get(0)
+}
+
+/// The failover: a primary and its streaming replica. Writes go to the primary
+/// (whatever the order of the list), a `role = "replica"` listener reads from the
+/// replica; the primary stops, clients hear it at once, the replica is promoted and
+/// clients reconnecting through the same listener reach it.
+#[tokio::test]
+async fn streaming_replica_is_used_for_reads_and_reached_after_promotion() {
+    use quartet_sql::backend::BackendRole;
+    let _ = direct().await;
+    let mut primary = Cluster::start();
+    {
+        let (c, conn) = tokio_postgres::connect(
+            &format!(
+                "host=127.0.0.1 port={} user=postgres dbname=postgres",
+                primary.port
+            ),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("the throwaway primary");
+        tokio::spawn(conn);
+        c.batch_execute("create database test").await.unwrap();
+    }
+    let replica = Cluster::replica_of(&primary);
+    let backends = vec![replica.url(), primary.url()];
+
+    let mut s = spec(PoolMode::Transaction, 2);
+    s.backends = backends.clone();
+    let writer = Proxy::start(s).await;
+    let mut s = spec(PoolMode::Transaction, 2);
+    s.backends = backends;
+    s.role = quartet_sql::Role::Replica;
+    let reader = Proxy::start(s).await;
+    for proxy in [&writer, &reader] {
+        let handle = proxy.handle.clone();
+        wait_for(BOUND, "roles known", || {
+            let st = handle.state();
+            async move {
+                st.backends[0].role == BackendRole::Replica
+                    && st.backends[1].role == BackendRole::Primary
+                    && st.backends.iter().all(|b| b.healthy == Some(true))
+            }
+        })
+        .await;
+    }
+
+    let w = writer.connect("rw").await;
+    assert_eq!(port_of(&w).await.unwrap(), primary.port.to_string());
+    assert!(!in_recovery(&w).await);
+    w.batch_execute("create table if not exists t (x int); insert into t values (1)")
+        .await
+        .unwrap();
+    let r = reader.connect("ro").await;
+    assert_eq!(port_of(&r).await.unwrap(), replica.port.to_string());
+    assert!(in_recovery(&r).await);
+
+    w.batch_execute("begin").await.unwrap();
+    primary.stop();
+    let err = tokio::time::timeout(BOUND, port_of(&w))
+        .await
+        .expect("an answer, not a hang")
+        .expect_err("its server is gone");
+    let code = err.code().map(|c| c.code().to_string()).unwrap_or_default();
+    assert!(code.starts_with("08") || code.starts_with("57P"), "{err:?}");
+
+    // Before the promotion a writer client is refused at once, not kept waiting.
+    let handle = writer.handle.clone();
+    wait_for(BOUND, "the primary marked down", || {
+        let st = handle.state();
+        async move { st.backends[1].healthy == Some(false) }
+    })
+    .await;
+    let refused = tokio::time::timeout(BOUND, writer.try_connect("app", "secret", "rw2"))
+        .await
+        .expect("an answer, not a hang");
+    let Err(refused) = refused else {
+        panic!("a writer reached a replica");
+    };
+    let code = refused
+        .code()
+        .map(|c| c.code().to_string())
+        .unwrap_or_default();
+    assert!(code.starts_with("08") || code == "57P03", "{refused:?}");
+
+    replica.promote();
+    wait_for(BOUND, "the promoted replica seen as primary", || {
+        let st = handle.state();
+        async move { st.backends[0].role == BackendRole::Primary && st.ready() }
+    })
+    .await;
+    let w = writer.connect("rw3").await;
+    assert_eq!(port_of(&w).await.unwrap(), replica.port.to_string());
+    assert!(!in_recovery(&w).await);
+    w.batch_execute("insert into t values (2)").await.unwrap();
+    writer.stop().await;
+    reader.stop().await;
 }
