@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use quartet_sql::{
     AuthMethod, ListenerSpec, PgListener, PoolMode, SqlContext, SqlHandle, UserSpec,
 };
