@@ -115,7 +115,8 @@ pub struct ListenerSpec {
     /// A client idle inside a transaction longer than this is disconnected.
     #[serde(default, with = "humantime_serde")]
     pub idle_transaction_timeout: Option<Duration>,
-    /// A server connection older than this is closed when it is next released.
+    /// A server connection older than this is closed when it is next released
+    /// (0: each server connection serves one client or transaction, then closes).
     #[serde(default = "d_server_lifetime", with = "humantime_serde")]
     pub server_lifetime: Duration,
     /// A server connection idle longer than this is closed.

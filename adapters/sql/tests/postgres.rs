@@ -716,3 +716,66 @@ async fn a_shared_statement_prepared_again_leaves_the_unnamed_statement_alone() 
     assert_eq!(read_rows(&mut s).await, vec!["1"]);
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn min_idle_is_kept_and_idle_servers_time_out() {
+    let app = unique("quartet_minidle");
+    let mut s = spec(PoolMode::Transaction, 4);
+    s.min_idle = 3;
+    let proxy = Proxy::start(s).await;
+    let direct = direct().await;
+    proxy
+        .connect(&app)
+        .await
+        .simple_query("select 1")
+        .await
+        .unwrap();
+    // The maintenance task opens connections up to min_idle.
+    wait_for(BOUND, "at least three server connections", || {
+        let d = &direct;
+        let app = app.clone();
+        async move { server_conns(d, &app).await >= 3 }
+    })
+    .await;
+    proxy.stop().await;
+
+    let app = unique("quartet_idletimeout");
+    let mut s = spec(PoolMode::Transaction, 4);
+    s.server_idle_timeout = Duration::from_millis(100);
+    let proxy = Proxy::start(s).await;
+    let c = proxy.connect(&app).await;
+    c.simple_query("select 1").await.unwrap();
+    assert_eq!(server_conns(&direct, &app).await, 1);
+    wait_for(BOUND, "the idle server connection closed", || {
+        let d = &direct;
+        let app = app.clone();
+        async move { server_conns(d, &app).await == 0 }
+    })
+    .await;
+    // The client is still there and gets a fresh server connection.
+    c.simple_query("select 1").await.unwrap();
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn server_lifetime_retires_old_connections() {
+    let mut s = spec(PoolMode::Transaction, 1);
+    s.server_lifetime = Duration::ZERO;
+    let proxy = Proxy::start(s).await;
+    let c = proxy.connect("lifetime").await;
+    let mut pids = std::collections::HashSet::new();
+    for _ in 0..3 {
+        let pid: i32 = c
+            .query_one("select pg_backend_pid()", &[])
+            .await
+            .unwrap()
+            .get(0);
+        pids.insert(pid);
+    }
+    assert_eq!(
+        pids.len(),
+        3,
+        "each transaction got a new server connection"
+    );
+    proxy.stop().await;
+}
