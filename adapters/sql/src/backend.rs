@@ -34,10 +34,20 @@ pub struct BackendUrl {
 pub struct UrlError;
 
 impl BackendUrl {
+    /// A `postgres://` or `postgresql://` URL (default port 5432).
     pub fn parse(url: &str) -> Result<Self, UrlError> {
-        let rest = url
-            .strip_prefix("postgres://")
-            .or_else(|| url.strip_prefix("postgresql://"))
+        Self::parse_with(url, &["postgres://", "postgresql://"], 5432)
+    }
+
+    /// A `mysql://` or `mariadb://` URL (default port 3306).
+    pub fn parse_mysql(url: &str) -> Result<Self, UrlError> {
+        Self::parse_with(url, &["mysql://", "mariadb://"], 3306)
+    }
+
+    fn parse_with(url: &str, schemes: &[&str], default_port: u16) -> Result<Self, UrlError> {
+        let rest = schemes
+            .iter()
+            .find_map(|s| url.strip_prefix(s))
             .ok_or(UrlError)?;
         let rest = rest.split('?').next().unwrap_or(rest);
         let (authority, database) = match rest.split_once('/') {
@@ -59,7 +69,7 @@ impl BackendUrl {
             Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
                 (h, p.parse().map_err(|_| UrlError)?)
             }
-            _ => (hostport, 5432),
+            _ => (hostport, default_port),
         };
         let host = host.trim_start_matches('[').trim_end_matches(']');
         if host.is_empty() {
@@ -96,10 +106,10 @@ pub enum BackendRole {
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Health {
-    role: BackendRole,
+pub(crate) struct Health {
+    pub role: BackendRole,
     /// `None` until the first check.
-    healthy: Option<bool>,
+    pub healthy: Option<bool>,
 }
 
 /// What /readyz and the admin API show of a backend.
@@ -138,7 +148,7 @@ impl Backend {
         }
     }
 
-    fn health(&self) -> Health {
+    pub(crate) fn health(&self) -> Health {
         *self.health.lock().unwrap_or_else(|e| e.into_inner())
     }
 

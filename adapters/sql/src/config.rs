@@ -212,14 +212,53 @@ impl ListenerSpec {
         }
     }
 
+    /// A MySQL listener proxies whole connections to the writer: clients log in to the
+    /// backend itself, there is no pooling and no replica routing.
+    fn validate_mysql(&self) -> Result<(), ConfigError> {
+        let err = |key: &'static str, message: &'static str| Err(ConfigError { key, message });
+        for b in &self.backends {
+            if crate::backend::BackendUrl::parse_mysql(b).is_err() {
+                return err("backends", "each must be a mysql://user@host:port url");
+            }
+        }
+        if self.pool_mode != PoolMode::Session {
+            return err("pool_mode", "mysql listeners support \"session\" only");
+        }
+        if !self.users.is_empty() {
+            return err(
+                "users",
+                "mysql clients log in to the backend itself; leave users out",
+            );
+        }
+        if self.role != Role::Primary {
+            return err(
+                "role",
+                "mysql listeners route to the writer only (\"primary\")",
+            );
+        }
+        if self.max_clients == 0 {
+            return err("max_clients", "must be at least 1");
+        }
+        if self.connect_timeout.is_zero() {
+            return err("connect_timeout", "must be greater than zero");
+        }
+        if self.connect_attempts == 0 {
+            return err("connect_attempts", "must be at least 1");
+        }
+        if self.health_interval.is_zero() {
+            return err("health_interval", "must be greater than zero");
+        }
+        Ok(())
+    }
+
     /// Checks what serde cannot. Keys are named relative to the listener table.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let err = |key: &'static str, message: &'static str| Err(ConfigError { key, message });
-        if self.protocol == Protocol::Mysql {
-            return err("protocol", "\"mysql\" is not supported yet");
-        }
         if self.backends.is_empty() {
             return err("backends", "must name at least one backend");
+        }
+        if self.protocol == Protocol::Mysql {
+            return self.validate_mysql();
         }
         for b in &self.backends {
             if crate::backend::BackendUrl::parse(b).is_err() {

@@ -3,6 +3,7 @@
 
 use crate::backend::{health_loop, Backend, BackendState, BackendUrl, Backends};
 use crate::config::{ConfigError, ListenerSpec, Protocol};
+use crate::mysql::{self, MysqlBackend, MysqlBackends};
 use crate::pg::client::{self, CancelSlot, UserSecret};
 use crate::pg::codec::{self, Severity};
 use crate::pg::server::Login;
@@ -206,32 +207,134 @@ impl ListenerState {
 /// A cheap handle on a running listener, for /readyz and the admin API.
 #[derive(Clone)]
 pub struct SqlHandle {
-    shared: Arc<Shared>,
+    kind: HandleKind,
     clients: Arc<Semaphore>,
+    max_clients: usize,
     local: SocketAddr,
+}
+
+#[derive(Clone)]
+enum HandleKind {
+    Postgres(Arc<Shared>),
+    Mysql(Arc<MysqlBackends>),
 }
 
 impl SqlHandle {
     pub fn state(&self) -> ListenerState {
-        let mut pools: Vec<PoolState> = self.shared.pools().values().map(|p| p.state()).collect();
-        pools.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
-        ListenerState {
-            listen: self.local,
-            clients: self.shared.spec.max_clients - self.clients.available_permits(),
-            backends: self.shared.backends.states(),
-            pools,
-            stats: self.shared.stats.snapshot(),
+        let clients = self.max_clients - self.clients.available_permits();
+        match &self.kind {
+            HandleKind::Postgres(shared) => {
+                let mut pools: Vec<PoolState> =
+                    shared.pools().values().map(|p| p.state()).collect();
+                pools.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
+                ListenerState {
+                    listen: self.local,
+                    clients,
+                    backends: shared.backends.states(),
+                    pools,
+                    stats: shared.stats.snapshot(),
+                }
+            }
+            HandleKind::Mysql(backends) => ListenerState {
+                listen: self.local,
+                clients,
+                backends: backends.states(),
+                pools: Vec::new(),
+                stats: StatsSnapshot::default(),
+            },
         }
     }
 
     pub fn breakers(&self) -> Vec<BreakerHandle> {
-        self.shared
-            .backends
-            .list
-            .iter()
-            .map(|b| b.breaker().clone())
-            .collect()
+        match &self.kind {
+            HandleKind::Postgres(shared) => shared
+                .backends
+                .list
+                .iter()
+                .map(|b| b.breaker().clone())
+                .collect(),
+            HandleKind::Mysql(backends) => {
+                backends.list.iter().map(|b| b.breaker().clone()).collect()
+            }
+        }
     }
+}
+
+fn breaker_for(ctx: &SqlContext, target: &Target, endpoint: &str) -> BreakerHandle {
+    let handle = BreakerHandle::new(
+        target.clone(),
+        endpoint,
+        ctx.breaker.clone(),
+        ctx.metrics.clone(),
+    );
+    if let Some(r) = &ctx.registry {
+        r.register(handle.clone());
+    }
+    handle
+}
+
+async fn bind_socket(spec: &ListenerSpec) -> Result<(TcpListener, SocketAddr), SqlError> {
+    let listener = TcpListener::bind(spec.listen)
+        .await
+        .map_err(|source| SqlError::Bind {
+            addr: spec.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| SqlError::Bind {
+        addr: spec.listen,
+        source,
+    })?;
+    Ok((listener, local))
+}
+
+/// Accepts until `shutdown`, giving each client to `serve_client` under the
+/// `max_clients` limit (more are refused with `refusal`); then ends every task.
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    clients: Arc<Semaphore>,
+    mut background: JoinSet<()>,
+    refusal: Vec<u8>,
+    serve_client: F,
+    shutdown: impl Future<Output = ()>,
+) where
+    F: Fn(tokio::net::TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            r = listener.accept() => {
+                let (mut stream, peer) = match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                };
+                match clients.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let fut = serve_client(stream);
+                        tasks.spawn(async move {
+                            fut.await;
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "too many clients");
+                        let refusal = refusal.clone();
+                        tasks.spawn(async move {
+                            let _ = stream.write_all(&refusal).await;
+                        });
+                    }
+                }
+            }
+        }
+    }
+    tasks.shutdown().await;
+    background.shutdown().await;
 }
 
 /// A PostgreSQL listener, bound and not yet serving.
@@ -252,16 +355,7 @@ impl PgListener {
             }
             .into());
         }
-        let listener = TcpListener::bind(spec.listen)
-            .await
-            .map_err(|source| SqlError::Bind {
-                addr: spec.listen,
-                source,
-            })?;
-        let local = listener.local_addr().map_err(|source| SqlError::Bind {
-            addr: spec.listen,
-            source,
-        })?;
+        let (listener, local) = bind_socket(&spec).await?;
         let target = Target::new("sql", local.to_string());
         let mut list = Vec::new();
         for (i, url) in spec.backends.iter().enumerate() {
@@ -269,15 +363,7 @@ impl PgListener {
                 key: "backends",
                 message: "each must be a postgres://user@host:port/database url",
             })?;
-            let handle = BreakerHandle::new(
-                target.clone(),
-                &url.display(),
-                ctx.breaker.clone(),
-                ctx.metrics.clone(),
-            );
-            if let Some(r) = &ctx.registry {
-                r.register(handle.clone());
-            }
+            let handle = breaker_for(&ctx, &target, &url.display());
             list.push(Backend::new(url, i, handle));
         }
         let backends = Arc::new(Backends {
@@ -293,6 +379,7 @@ impl PgListener {
             .map(|u| (u.name.clone(), UserSecret::new(&u.name, &u.password)))
             .collect();
         let clients = Arc::new(Semaphore::new(spec.max_clients));
+        let max_clients = spec.max_clients;
         let shared = Arc::new(Shared {
             stats: Stats::default(),
             spec,
@@ -305,8 +392,9 @@ impl PgListener {
         Ok(Self {
             listener,
             handle: SqlHandle {
-                shared,
+                kind: HandleKind::Postgres(shared),
                 clients,
+                max_clients,
                 local,
             },
         })
@@ -323,8 +411,9 @@ impl PgListener {
     /// Serves until `shutdown` completes; then stops accepting and ends every client
     /// and background task of this listener.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let shared = self.handle.shared.clone();
-        let clients = self.handle.clients.clone();
+        let HandleKind::Postgres(shared) = self.handle.kind.clone() else {
+            return;
+        };
         let mut background = JoinSet::new();
         for i in 0..shared.backends.list.len() {
             background.spawn(health_loop(
@@ -345,45 +434,129 @@ impl PgListener {
                 }
             }
         });
-        let mut tasks = JoinSet::new();
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => break,
-                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                r = self.listener.accept() => {
-                    let (mut stream, peer) = match r {
-                        Ok(x) => x,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "accept failed");
-                            continue;
-                        }
-                    };
-                    match clients.clone().try_acquire_owned() {
-                        Ok(permit) => {
-                            let shared = shared.clone();
-                            tasks.spawn(async move {
-                                client::handle(shared, stream).await;
-                                drop(permit);
-                            });
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "too many clients");
-                            tasks.spawn(async move {
-                                let e = codec::error_response(
-                                    Severity::Fatal,
-                                    "53300",
-                                    "sorry, too many clients already",
-                                );
-                                let _ = stream.write_all(&e).await;
-                            });
-                        }
-                    }
-                }
+        let refusal =
+            codec::error_response(Severity::Fatal, "53300", "sorry, too many clients already")
+                .to_vec();
+        accept_loop(
+            self.listener,
+            self.handle.clients.clone(),
+            background,
+            refusal,
+            move |stream| client::handle(shared.clone(), stream),
+            shutdown,
+        )
+        .await;
+    }
+}
+
+/// A MariaDB/MySQL listener, bound and not yet serving (see [`crate::mysql`]).
+pub struct MysqlListener {
+    listener: TcpListener,
+    handle: SqlHandle,
+    health_interval: Duration,
+}
+
+impl MysqlListener {
+    pub async fn bind(spec: ListenerSpec, ctx: SqlContext) -> Result<Self, SqlError> {
+        spec.validate()?;
+        if spec.protocol != Protocol::Mysql {
+            return Err(ConfigError {
+                key: "protocol",
+                message: "this listener speaks mysql only",
             }
+            .into());
         }
-        tasks.shutdown().await;
-        background.shutdown().await;
+        let (listener, local) = bind_socket(&spec).await?;
+        let target = Target::new("sql", local.to_string());
+        let mut list = Vec::new();
+        for url in &spec.backends {
+            let url = BackendUrl::parse_mysql(url).map_err(|_| ConfigError {
+                key: "backends",
+                message: "each must be a mysql://user@host:port url",
+            })?;
+            let handle = breaker_for(&ctx, &target, &format!("{}:{}", url.host, url.port));
+            list.push(MysqlBackend::new(url, handle));
+        }
+        let backends = Arc::new(MysqlBackends::new(list, &spec));
+        Ok(Self {
+            listener,
+            health_interval: spec.health_interval,
+            handle: SqlHandle {
+                kind: HandleKind::Mysql(backends),
+                clients: Arc::new(Semaphore::new(spec.max_clients)),
+                max_clients: spec.max_clients,
+                local,
+            },
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.handle.local
+    }
+
+    pub fn handle(&self) -> SqlHandle {
+        self.handle.clone()
+    }
+
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let HandleKind::Mysql(backends) = self.handle.kind.clone() else {
+            return;
+        };
+        let mut background = JoinSet::new();
+        for i in 0..backends.list.len() {
+            background.spawn(mysql::health_loop(
+                backends.clone(),
+                i,
+                self.health_interval,
+            ));
+        }
+        // ER_CON_COUNT_ERROR, as a MySQL server says it.
+        let refusal = mysql::err_packet(1040, "08004", "Too many connections");
+        accept_loop(
+            self.listener,
+            self.handle.clients.clone(),
+            background,
+            refusal,
+            move |stream| mysql::handle(backends.clone(), stream),
+            shutdown,
+        )
+        .await;
+    }
+}
+
+/// A listener of either protocol, as its `protocol` key says.
+pub enum SqlListener {
+    Postgres(PgListener),
+    Mysql(MysqlListener),
+}
+
+impl SqlListener {
+    pub async fn bind(spec: ListenerSpec, ctx: SqlContext) -> Result<Self, SqlError> {
+        Ok(match spec.protocol {
+            Protocol::Postgres => SqlListener::Postgres(PgListener::bind(spec, ctx).await?),
+            Protocol::Mysql => SqlListener::Mysql(MysqlListener::bind(spec, ctx).await?),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        match self {
+            SqlListener::Postgres(l) => l.local_addr(),
+            SqlListener::Mysql(l) => l.local_addr(),
+        }
+    }
+
+    pub fn handle(&self) -> SqlHandle {
+        match self {
+            SqlListener::Postgres(l) => l.handle(),
+            SqlListener::Mysql(l) => l.handle(),
+        }
+    }
+
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        match self {
+            SqlListener::Postgres(l) => l.run(shutdown).await,
+            SqlListener::Mysql(l) => l.run(shutdown).await,
+        }
     }
 }
 
@@ -393,6 +566,6 @@ pub async fn serve(
     ctx: SqlContext,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SqlError> {
-    PgListener::bind(spec, ctx).await?.run(shutdown).await;
+    SqlListener::bind(spec, ctx).await?.run(shutdown).await;
     Ok(())
 }
