@@ -132,13 +132,15 @@ impl MysqlBackend {
         &self.handle
     }
 
-    fn state(&self) -> BackendState {
+    /// `writer`: whether this backend is the elected writer (shown as the primary;
+    /// every other checked backend shows as a replica).
+    fn state(&self, writer: bool) -> BackendState {
         let h = self.health();
         BackendState {
             endpoint: self.endpoint.clone(),
             role: match h.healthy {
                 None => BackendRole::Unknown,
-                Some(_) if h.writable => BackendRole::Primary,
+                Some(_) if writer => BackendRole::Primary,
                 Some(_) => BackendRole::Replica,
             },
             healthy: h.healthy,
@@ -180,7 +182,12 @@ impl MysqlBackends {
     }
 
     pub fn states(&self) -> Vec<BackendState> {
-        self.list.iter().map(|b| b.state()).collect()
+        let writer = self.writer();
+        self.list
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b.state(writer == Some(i)))
+            .collect()
     }
 
     /// Keeps the current writer while it qualifies, else takes the first that does.
