@@ -197,7 +197,11 @@ impl MysqlBackends {
         if current.is_some_and(qualifies) {
             return;
         }
-        let next = (0..self.list.len()).find(|&i| qualifies(i));
+        // The first in list order that qualifies; an earlier backend not checked yet
+        // may still qualify, so no election before it has been checked.
+        let next = (0..self.list.len())
+            .find(|&i| qualifies(i) || self.list[i].health().healthy.is_none())
+            .filter(|&i| qualifies(i));
         if next != current {
             tracing::info!(from = ?current, to = ?next, "mysql writer changed");
             self.writer.send_replace(next);
@@ -391,6 +395,48 @@ mod tests {
         assert_eq!(u16::from_le_bytes([p[5], p[6]]), 1053);
         assert_eq!(&p[7..13], b"#08S01");
         assert_eq!(&p[13..], b"x");
+    }
+
+    fn backends(n: usize) -> MysqlBackends {
+        use quartet_policies::{metrics::Metrics, spec::BreakerSpec, Target};
+        let metrics = Metrics::new();
+        let list = (0..n)
+            .map(|i| {
+                let url = BackendUrl::parse_mysql(&format!("mysql://root@127.0.0.1:{}", 4000 + i))
+                    .unwrap();
+                let handle = BreakerHandle::new(
+                    Target::new("sql", "test"),
+                    &format!("b{i}"),
+                    BreakerSpec::default(),
+                    metrics.clone(),
+                );
+                MysqlBackend::new(url, handle)
+            })
+            .collect();
+        let spec = ListenerSpec::new("127.0.0.1:0".parse().unwrap(), vec![]);
+        MysqlBackends::new(list, &spec)
+    }
+
+    #[test]
+    fn one_writer_in_list_order_and_sticky() {
+        let b = backends(2);
+        b.list[1].set_health(true, true);
+        b.elect();
+        assert_eq!(b.writer(), None, "the first backend is not checked yet");
+        b.list[0].set_health(false, false);
+        b.elect();
+        assert_eq!(b.writer(), Some(1));
+        b.list[0].set_health(true, true);
+        b.elect();
+        assert_eq!(b.writer(), Some(1), "the writer stays while it qualifies");
+        b.list[1].set_health(true, false);
+        b.elect();
+        assert_eq!(b.writer(), Some(0));
+        b.list[0].set_health(false, false);
+        b.elect();
+        assert_eq!(b.writer(), None);
+        let states = b.states();
+        assert!(states.iter().all(|s| s.role != BackendRole::Primary));
     }
 
     #[test]
