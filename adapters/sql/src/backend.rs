@@ -439,6 +439,95 @@ pub async fn health_loop(backends: Arc<Backends>, index: usize, interval: Durati
 mod tests {
     use super::*;
 
+    fn backends(n: usize, role: Role) -> Backends {
+        use quartet_policies::{metrics::Metrics, spec::BreakerSpec, Target};
+        let metrics = Metrics::new();
+        let list = (0..n)
+            .map(|i| {
+                let url =
+                    BackendUrl::parse(&format!("postgres://u@127.0.0.1:{}/db", 4000 + i)).unwrap();
+                let handle = BreakerHandle::new(
+                    Target::new("sql", "test"),
+                    &url.display(),
+                    BreakerSpec::default(),
+                    metrics.clone(),
+                );
+                Backend::new(url, i, handle)
+            })
+            .collect();
+        Backends {
+            list,
+            role,
+            attempts: 1,
+            backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(2)),
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn candidates_follow_role_and_health() {
+        let b = backends(3, Role::Primary);
+        assert_eq!(
+            b.candidates().unwrap(),
+            vec![0, 1, 2],
+            "unchecked: list order"
+        );
+        b.list[0].set_health(true, Some(BackendRole::Replica));
+        b.list[1].set_health(false, None);
+        b.list[2].set_health(true, Some(BackendRole::Primary));
+        assert_eq!(
+            b.candidates().unwrap(),
+            vec![2, 1],
+            "never a replica for writes"
+        );
+        b.list[2].set_health(true, Some(BackendRole::Replica));
+        b.list[1].set_health(true, Some(BackendRole::Replica));
+        assert!(matches!(b.candidates(), Err(BackendError::NoPrimary)));
+        assert_eq!(BackendError::NoPrimary.sqlstate(), "57P03");
+
+        let b = backends(2, Role::Replica);
+        b.list[0].set_health(true, Some(BackendRole::Primary));
+        b.list[1].set_health(true, Some(BackendRole::Replica));
+        assert_eq!(
+            b.candidates().unwrap(),
+            vec![1, 0],
+            "replicas first, then the primary"
+        );
+    }
+
+    #[test]
+    fn connect_results_are_classified() {
+        let c = ConnectClassify;
+        let refused: BoxError = Box::new(ConnectError::Io {
+            addr: "x".into(),
+            source: std::io::ErrorKind::ConnectionRefused.into(),
+        });
+        assert_eq!(c.classify(&Err(refused)), Class::NotSent);
+        let starting: BoxError = Box::new(ConnectError::Server {
+            fields: crate::pg::codec::ErrorFields {
+                code: "57P03".into(),
+                ..Default::default()
+            },
+        });
+        assert_eq!(c.classify(&Err(starting)), Class::NotSent);
+        let bad_password: BoxError = Box::new(ConnectError::Server {
+            fields: crate::pg::codec::ErrorFields {
+                code: "28P01".into(),
+                ..Default::default()
+            },
+        });
+        assert_eq!(
+            c.classify(&Err(bad_password)),
+            Class::Success,
+            "the backend answered"
+        );
+        let open: BoxError = Box::new(quartet_policies::error::BreakerOpen {
+            target: "x".into(),
+            retry_after: Duration::ZERO,
+        });
+        assert_eq!(c.classify(&Err(open)), Class::Local);
+    }
+
     #[test]
     fn urls_parse() {
         let u = BackendUrl::parse("postgres://postgres@127.0.0.1:5432/test").unwrap();
