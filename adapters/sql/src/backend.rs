@@ -281,6 +281,8 @@ impl BackendError {
 /// Every backend of one listener.
 pub struct Backends {
     pub list: Vec<Backend>,
+    /// Set once when the listener collects metrics.
+    pub(crate) metrics: std::sync::OnceLock<crate::metrics::ListenerMetrics>,
     pub role: Role,
     pub attempts: u32,
     pub backoff: Backoff,
@@ -341,6 +343,9 @@ impl Backends {
                     Ok(s) => s.call(req.clone()).await,
                     Err(e) => Err(e),
                 };
+                if let Some(m) = self.metrics.get() {
+                    m.connect(result.is_ok());
+                }
                 match result {
                     Ok(conn) => return Ok(conn),
                     Err(e) => match e.downcast::<ConnectError>() {
@@ -457,6 +462,7 @@ mod tests {
             .collect();
         Backends {
             list,
+            metrics: Default::default(),
             role,
             attempts: 1,
             backoff: Backoff::new(Duration::from_millis(1), Duration::from_millis(2)),

@@ -9,11 +9,13 @@
 //!   through a circuit breaker per backend with retries;
 //! - [`listener`]: one `[[sql.listeners]]` entry bound and served ([`PgListener`], [`serve`]);
 //! - [`mysql`]: MariaDB/MySQL connections proxied to the current writer;
+//! - [`metrics`]: the channel's Prometheus metrics;
 //! - [`config`]: the config types and their validation.
 
 pub mod backend;
 pub mod config;
 pub mod listener;
+pub mod metrics;
 pub mod mysql;
 pub mod pg;
 pub mod pool;
@@ -22,3 +24,4 @@ pub use config::{AuthMethod, ListenerSpec, PoolMode, Role, SqlSpec, UserSpec};
 pub use listener::{
     serve, ListenerState, MysqlListener, PgListener, SqlContext, SqlError, SqlHandle, SqlListener,
 };
+pub use metrics::SqlMetrics;

@@ -3,6 +3,7 @@
 
 use crate::backend::{health_loop, Backend, BackendState, BackendUrl, Backends};
 use crate::config::{ConfigError, ListenerSpec, Protocol};
+use crate::metrics::{ListenerMetrics, SqlMetrics};
 use crate::mysql::{self, MysqlBackend, MysqlBackends};
 use crate::pg::client::{self, CancelSlot, UserSecret};
 use crate::pg::codec::{self, Severity};
@@ -34,6 +35,8 @@ pub struct SqlContext {
     pub metrics: Arc<Metrics>,
     /// Where the breakers are registered for the admin API, if anywhere.
     pub registry: Option<BreakerRegistry>,
+    /// The SQL channel's own metrics, if they are collected.
+    pub sql_metrics: Option<Arc<SqlMetrics>>,
 }
 
 impl Default for SqlContext {
@@ -42,6 +45,7 @@ impl Default for SqlContext {
             breaker: BreakerSpec::default(),
             metrics: Metrics::new(),
             registry: None,
+            sql_metrics: None,
         }
     }
 }
@@ -61,17 +65,35 @@ pub enum SqlError {
 /// Counters of one listener, for the admin API (like PgBouncer's `SHOW STATS`).
 #[derive(Default)]
 pub(crate) struct Stats {
-    pub queries: AtomicU64,
-    pub transactions: AtomicU64,
+    queries: AtomicU64,
+    transactions: AtomicU64,
     pub reprepares: AtomicU64,
     pub local_prepares: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
+    pub metrics: Option<ListenerMetrics>,
 }
 
 impl Stats {
+    pub fn query(&self) {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.query();
+        }
+    }
+
+    pub fn transaction(&self) {
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.transaction();
+        }
+    }
+
     /// Counts an error sent to a client by its SQLSTATE class (the first two characters).
     pub fn error(&self, sqlstate: &str) {
         let class = sqlstate.get(..2).unwrap_or("??").to_string();
+        if let Some(m) = &self.metrics {
+            m.error(&class);
+        }
         *self
             .errors
             .lock()
@@ -113,6 +135,7 @@ pub struct StatsSnapshot {
 /// Listener-wide state shared by every client task.
 pub(crate) struct Shared {
     pub stats: Stats,
+    pub metrics: Option<ListenerMetrics>,
     pub spec: ListenerSpec,
     pub users: HashMap<String, UserSecret>,
     pub backends: Arc<Backends>,
@@ -177,7 +200,13 @@ impl Shared {
             lifetime: self.spec.server_lifetime,
             idle_timeout: self.spec.server_idle_timeout,
         };
-        let pool = Arc::new(Pool::new(key.clone(), login, limits, self.backends.clone()));
+        let pool = Arc::new(Pool::new(
+            key.clone(),
+            login,
+            limits,
+            self.backends.clone(),
+            self.metrics.clone(),
+        ));
         pools.insert(key, pool.clone());
         pool
     }
@@ -294,6 +323,7 @@ async fn accept_loop<F, Fut>(
     clients: Arc<Semaphore>,
     mut background: JoinSet<()>,
     refusal: Vec<u8>,
+    metrics: Option<ListenerMetrics>,
     serve_client: F,
     shutdown: impl Future<Output = ()>,
 ) where
@@ -317,8 +347,15 @@ async fn accept_loop<F, Fut>(
                 match clients.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let fut = serve_client(stream);
+                        let metrics = metrics.clone();
                         tasks.spawn(async move {
+                            if let Some(m) = &metrics {
+                                m.clients(1);
+                            }
                             fut.await;
+                            if let Some(m) = &metrics {
+                                m.clients(-1);
+                            }
                             drop(permit);
                         });
                     }
@@ -368,6 +405,7 @@ impl PgListener {
         }
         let backends = Arc::new(Backends {
             list,
+            metrics: Default::default(),
             role: spec.role,
             attempts: spec.connect_attempts,
             backoff: Backoff::new(spec.connect_backoff, Duration::from_secs(1)),
@@ -380,8 +418,17 @@ impl PgListener {
             .collect();
         let clients = Arc::new(Semaphore::new(spec.max_clients));
         let max_clients = spec.max_clients;
+        let listener_metrics = ctx.sql_metrics.clone().map(|metrics| ListenerMetrics {
+            listener: local.to_string(),
+            metrics,
+        });
+        backends_metrics(&backends, listener_metrics.clone());
         let shared = Arc::new(Shared {
-            stats: Stats::default(),
+            stats: Stats {
+                metrics: listener_metrics.clone(),
+                ..Stats::default()
+            },
+            metrics: listener_metrics,
             spec,
             users,
             backends,
@@ -442,6 +489,7 @@ impl PgListener {
             self.handle.clients.clone(),
             background,
             refusal,
+            shared.metrics.clone(),
             move |stream| client::handle(shared.clone(), stream),
             shutdown,
         )
@@ -454,6 +502,7 @@ pub struct MysqlListener {
     listener: TcpListener,
     handle: SqlHandle,
     health_interval: Duration,
+    metrics: Option<ListenerMetrics>,
 }
 
 impl MysqlListener {
@@ -480,6 +529,10 @@ impl MysqlListener {
         let backends = Arc::new(MysqlBackends::new(list, &spec));
         Ok(Self {
             listener,
+            metrics: ctx.sql_metrics.clone().map(|metrics| ListenerMetrics {
+                listener: local.to_string(),
+                metrics,
+            }),
             health_interval: spec.health_interval,
             handle: SqlHandle {
                 kind: HandleKind::Mysql(backends),
@@ -517,6 +570,7 @@ impl MysqlListener {
             self.handle.clients.clone(),
             background,
             refusal,
+            self.metrics,
             move |stream| mysql::handle(backends.clone(), stream),
             shutdown,
         )
@@ -557,6 +611,12 @@ impl SqlListener {
             SqlListener::Postgres(l) => l.run(shutdown).await,
             SqlListener::Mysql(l) => l.run(shutdown).await,
         }
+    }
+}
+
+fn backends_metrics(backends: &Arc<Backends>, metrics: Option<ListenerMetrics>) {
+    if let Some(m) = metrics {
+        let _ = backends.metrics.set(m);
     }
 }
 

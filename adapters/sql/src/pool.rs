@@ -3,6 +3,7 @@
 //! (the most recently used is the warmest), closed when too old or idle too long.
 
 use crate::backend::{BackendError, Backends};
+use crate::metrics::ListenerMetrics;
 use crate::pg::server::{Login, ServerConn};
 use serde::Serialize;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -60,6 +61,7 @@ pub struct Pool {
     idle: Mutex<Vec<ServerConn>>,
     waiting: AtomicUsize,
     max_wait_us: AtomicUsize,
+    metrics: Option<ListenerMetrics>,
 }
 
 /// A server connection lent to a client. Dropped without [`Pool::put`], the connection
@@ -81,8 +83,15 @@ pub struct PoolState {
 }
 
 impl Pool {
-    pub fn new(key: PoolKey, login: Login, limits: PoolLimits, backends: Arc<Backends>) -> Self {
+    pub(crate) fn new(
+        key: PoolKey,
+        login: Login,
+        limits: PoolLimits,
+        backends: Arc<Backends>,
+        metrics: Option<ListenerMetrics>,
+    ) -> Self {
         Self {
+            metrics,
             key,
             login,
             permits: Arc::new(Semaphore::new(limits.size)),
@@ -117,8 +126,12 @@ impl Pool {
                 )
                 .await;
                 self.waiting.fetch_sub(1, Ordering::Relaxed);
-                let waited = started.elapsed().as_micros() as usize;
-                self.max_wait_us.fetch_max(waited, Ordering::Relaxed);
+                let waited = started.elapsed();
+                self.max_wait_us
+                    .fetch_max(waited.as_micros() as usize, Ordering::Relaxed);
+                if let Some(m) = &self.metrics {
+                    m.wait(waited.as_secs_f64());
+                }
                 match r {
                     Ok(Ok(p)) => p,
                     _ => {

@@ -779,3 +779,48 @@ async fn server_lifetime_retires_old_connections() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn prometheus_metrics_count_clients_queries_and_errors() {
+    use prometheus::Encoder;
+    let registry = prometheus::Registry::new();
+    let ctx = quartet_sql::SqlContext {
+        sql_metrics: Some(quartet_sql::SqlMetrics::register(&registry).unwrap()),
+        ..Default::default()
+    };
+    let proxy = Proxy::start_with(spec(PoolMode::Transaction, 2), ctx).await;
+    let c = proxy.connect("metrics").await;
+    c.simple_query("select 1").await.unwrap();
+    let err = c.simple_query("selec 1").await.unwrap_err();
+    assert_eq!(err.code(), Some(&SqlState::SYNTAX_ERROR));
+    let mut text = Vec::new();
+    prometheus::TextEncoder::new()
+        .encode(&registry.gather(), &mut text)
+        .unwrap();
+    let text = String::from_utf8(text).unwrap();
+    let listener = proxy.addr.to_string();
+    let has = |line: &str| text.lines().any(|l| l == line);
+    assert!(
+        has(&format!("quartet_sql_clients{{listener=\"{listener}\"}} 1")),
+        "{text}"
+    );
+    assert!(
+        has(&format!(
+            "quartet_sql_queries_total{{listener=\"{listener}\"}} 2"
+        )),
+        "{text}"
+    );
+    assert!(
+        has(&format!(
+            "quartet_sql_errors_total{{class=\"42\",listener=\"{listener}\"}} 1"
+        )),
+        "{text}"
+    );
+    assert!(
+        has(&format!(
+            "quartet_sql_server_connects_total{{listener=\"{listener}\",outcome=\"success\"}} 1"
+        )),
+        "{text}"
+    );
+    proxy.stop().await;
+}

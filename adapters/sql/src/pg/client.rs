@@ -574,7 +574,7 @@ impl Session {
                         self.cancel_sent = false;
                     }
                     self.pending += 1;
-                    self.shared.stats.queries.fetch_add(1, Ordering::Relaxed);
+                    self.shared.stats.query();
                     if h.tag == b'Q' && self.mode == PoolMode::Transaction {
                         let body = &self.cbuf[run + 5..run + h.size];
                         if mentions_discard(body) {
@@ -762,10 +762,9 @@ impl Session {
                         }
                     }
                     if self.pending == 0 {
-                        self.shared
-                            .stats
-                            .transactions
-                            .fetch_add(u64::from(status == b'I'), Ordering::Relaxed);
+                        if status == b'I' {
+                            self.shared.stats.transaction();
+                        }
                         self.query_started = None;
                         self.cancel_sent = false;
                         if std::mem::take(&mut self.forget_prepared) {

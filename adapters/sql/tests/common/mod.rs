@@ -51,11 +51,13 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(spec: ListenerSpec) -> Proxy {
+        Self::start_with(spec, SqlContext::default()).await
+    }
+
+    pub async fn start_with(spec: ListenerSpec, ctx: SqlContext) -> Proxy {
         // Fail early, with the hint, when PostgreSQL is down.
         let _ = direct().await;
-        let listener = PgListener::bind(spec, SqlContext::default())
-            .await
-            .expect("bind");
+        let listener = PgListener::bind(spec, ctx).await.expect("bind");
         let addr = listener.local_addr();
         let handle = listener.handle();
         let (tx, rx) = oneshot::channel();
