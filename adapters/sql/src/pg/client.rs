@@ -120,6 +120,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, mut stream: TcpStream) {
         }
     };
     let (login, pool) = session;
+    let buf = if buf.is_empty() { BytesMut::new() } else { buf };
     let mut session = Session::new(shared.clone(), pool, stream, buf);
     let key = session.key;
     if let Err(e) = session.start(&login).await {
@@ -448,17 +449,25 @@ impl Session {
                     None => std::future::pending().await,
                 }
             };
-            if self.cbuf.capacity() - self.cbuf.len() < 4096 {
-                self.cbuf.reserve(16384);
-            }
             tokio::select! {
-                r = self.client.read_buf(&mut self.cbuf) => {
-                    if r? == 0 {
-                        return Ok(());
+                // An idle client holds no read buffer: wait for bytes first, then read.
+                r = self.client.readable() => {
+                    r?;
+                    if self.cbuf.capacity() - self.cbuf.len() < 4096 {
+                        self.cbuf.reserve(16384);
+                    }
+                    match self.client.try_read_buf(&mut self.cbuf) {
+                        Ok(0) => return Ok(()),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(e.into()),
                     }
                     self.last_client = Instant::now();
                     if !self.forward_client().await? {
                         return Ok(());
+                    }
+                    if self.cbuf.is_empty() {
+                        self.cbuf = BytesMut::new();
                     }
                 }
                 r = server_read => {
