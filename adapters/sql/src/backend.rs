@@ -375,6 +375,30 @@ impl Backends {
     pub fn states(&self) -> Vec<BackendState> {
         self.list.iter().map(|b| b.state()).collect()
     }
+
+    /// Where to look users up: the connect order, or every backend in list order.
+    pub fn lookup_order(&self) -> Vec<usize> {
+        self.candidates()
+            .unwrap_or_else(|_| (0..self.list.len()).collect())
+    }
+}
+
+/// sqlx options for side-channel work on a backend (health, auth_query).
+pub fn pg_options(url: &BackendUrl, application_name: &str) -> sqlx::postgres::PgConnectOptions {
+    let mut opts = sqlx::postgres::PgConnectOptions::new()
+        .host(&url.host)
+        .port(url.port)
+        .application_name(application_name);
+    if let Some(u) = &url.user {
+        opts = opts.username(u);
+    }
+    if let Some(p) = &url.password {
+        opts = opts.password(p);
+    }
+    if let Some(d) = &url.database {
+        opts = opts.database(d);
+    }
+    opts
 }
 
 /// Checks one backend forever: `SELECT pg_is_in_recovery()` every `interval`, keeping the
@@ -385,20 +409,7 @@ pub async fn health_loop(backends: Arc<Backends>, index: usize, interval: Durati
     let Some(backend) = backends.list.get(index) else {
         return;
     };
-    let url = &backend.url;
-    let mut opts = PgConnectOptions::new()
-        .host(&url.host)
-        .port(url.port)
-        .application_name("quartet-health");
-    if let Some(u) = &url.user {
-        opts = opts.username(u);
-    }
-    if let Some(p) = &url.password {
-        opts = opts.password(p);
-    }
-    if let Some(d) = &url.database {
-        opts = opts.database(d);
-    }
+    let opts: PgConnectOptions = pg_options(&backend.url, "quartet-health");
     let timeout = backends.connect_timeout;
     let mut conn: Option<PgConnection> = None;
     let mut ticker = tokio::time::interval(interval);

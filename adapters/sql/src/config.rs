@@ -85,6 +85,12 @@ pub struct ListenerSpec {
     pub auth: AuthMethod,
     #[serde(default)]
     pub users: Vec<UserSpec>,
+    /// Looks up users not in `users` on the backend, like PgBouncer's `auth_query`: a
+    /// query with one parameter (the user name) returning the name and the stored
+    /// password (a SCRAM verifier or an md5 hash), run as the backend URL's user; e.g.
+    /// `SELECT usename, passwd FROM pg_shadow WHERE usename = $1`.
+    #[serde(default)]
+    pub auth_query: Option<String>,
     #[serde(default = "d_role")]
     pub role: Role,
     /// Client connections at once; more are refused with SQLSTATE 53300.
@@ -194,6 +200,7 @@ impl ListenerSpec {
             backends,
             auth: d_auth(),
             users: Vec::new(),
+            auth_query: None,
             role: d_role(),
             max_clients: d_max_clients(),
             max_message_size: d_max_message_size(),
@@ -224,7 +231,7 @@ impl ListenerSpec {
         if self.pool_mode != PoolMode::Session {
             return err("pool_mode", "mysql listeners support \"session\" only");
         }
-        if !self.users.is_empty() {
+        if !self.users.is_empty() || self.auth_query.is_some() {
             return err(
                 "users",
                 "mysql clients log in to the backend itself; leave users out",
@@ -286,10 +293,17 @@ impl ListenerSpec {
                 "\"trust\" is allowed only on a loopback listen address",
             );
         }
-        if self.auth != AuthMethod::Trust && self.users.is_empty() {
+        if self
+            .auth_query
+            .as_deref()
+            .is_some_and(|q| !q.contains("$1"))
+        {
+            return err("auth_query", "must take the user name as $1");
+        }
+        if self.auth != AuthMethod::Trust && self.users.is_empty() && self.auth_query.is_none() {
             return err(
                 "users",
-                "must name at least one user unless auth is \"trust\"",
+                "must name at least one user unless auth is \"trust\" or auth_query is set",
             );
         }
         for u in &self.users {

@@ -135,6 +135,8 @@ pub struct StatsSnapshot {
 /// Listener-wide state shared by every client task.
 pub(crate) struct Shared {
     pub stats: Stats,
+    /// One small lazy sqlx pool per backend for `auth_query`.
+    auth_pools: Vec<sqlx::PgPool>,
     pub metrics: Option<ListenerMetrics>,
     pub spec: ListenerSpec,
     pub users: HashMap<String, UserSecret>,
@@ -151,6 +153,32 @@ impl Shared {
 
     fn pools(&self) -> MutexGuard<'_, HashMap<PoolKey, Arc<Pool>>> {
         self.pools.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A user not in the config, looked up with `auth_query` on the backends (in the
+    /// order a server connection would try them). `None`: unknown, or no lookup possible.
+    pub async fn lookup_user(&self, user: &str) -> Option<UserSecret> {
+        let query = self.spec.auth_query.as_deref()?;
+        let order = self.backends.lookup_order();
+        for i in order {
+            let pool = &self.auth_pools[i];
+            let found = tokio::time::timeout(
+                self.spec.connect_timeout,
+                sqlx::query_as::<_, (String, Option<String>)>(query)
+                    .bind(user)
+                    .fetch_optional(pool),
+            )
+            .await;
+            match found {
+                Ok(Ok(Some((_, Some(password))))) => {
+                    return Some(UserSecret::new(user, &password));
+                }
+                Ok(Ok(_)) => return None,
+                Ok(Err(e)) => tracing::warn!(error = %e, "auth_query failed"),
+                Err(_) => tracing::warn!("auth_query timed out"),
+            }
+        }
+        None
     }
 
     /// A fresh (pid, key) pair for a client, registered for cancels.
@@ -423,7 +451,19 @@ impl PgListener {
             metrics,
         });
         backends_metrics(&backends, listener_metrics.clone());
+        let auth_pools = backends
+            .list
+            .iter()
+            .map(|b| {
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(spec.connect_timeout)
+                    .idle_timeout(Some(Duration::from_secs(60)))
+                    .connect_lazy_with(crate::backend::pg_options(&b.url, "quartet-auth"))
+            })
+            .collect();
         let shared = Arc::new(Shared {
+            auth_pools,
             stats: Stats {
                 metrics: listener_metrics.clone(),
                 ..Stats::default()

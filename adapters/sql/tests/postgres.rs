@@ -824,3 +824,54 @@ async fn prometheus_metrics_count_clients_queries_and_errors() {
     );
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn auth_query_looks_users_up_in_the_database() {
+    let direct = direct().await;
+    for (role, password, encryption) in [
+        ("quartet_aq_scram", "aqscram", "scram-sha-256"),
+        ("quartet_aq_md5", "aqmd5", "md5"),
+    ] {
+        direct
+            .batch_execute(&format!(
+                "DO $$ BEGIN CREATE ROLE {role} LOGIN; \
+                 EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+                 SET password_encryption = '{encryption}';
+                 ALTER ROLE {role} PASSWORD '{password}';
+                 RESET password_encryption;"
+            ))
+            .await
+            .unwrap();
+    }
+    for (auth, role, password) in [
+        (AuthMethod::ScramSha256, "quartet_aq_scram", "aqscram"),
+        (AuthMethod::Md5, "quartet_aq_md5", "aqmd5"),
+    ] {
+        let mut s = spec(PoolMode::Transaction, 2);
+        s.auth = auth;
+        s.users = vec![];
+        s.auth_query =
+            Some("SELECT usename::text, passwd::text FROM pg_shadow WHERE usename = $1".into());
+        let proxy = Proxy::start(s).await;
+        let c = proxy
+            .try_connect(role, password, "auth_query")
+            .await
+            .unwrap_or_else(|e| panic!("{auth:?} {role}: {e:?}"));
+        c.simple_query("select 1").await.unwrap();
+        let err = proxy.try_connect(role, "wrong", "auth_query").await.err();
+        assert_eq!(
+            err.as_ref().and_then(|e| e.code()),
+            Some(&SqlState::INVALID_PASSWORD),
+            "{auth:?}: {err:?}"
+        );
+        let err = proxy
+            .try_connect("quartet_no_such_role", "x", "auth_query")
+            .await
+            .err();
+        assert_eq!(
+            err.as_ref().and_then(|e| e.code()),
+            Some(&SqlState::INVALID_PASSWORD)
+        );
+        proxy.stop().await;
+    }
+}

@@ -220,7 +220,15 @@ async fn authenticate(
     let refused = || ClientError::Auth {
         user: user.to_string(),
     };
-    let secret = shared.users.get(user);
+    let looked_up;
+    let secret = match shared.users.get(user) {
+        Some(s) => Some(s),
+        None if shared.spec.auth != AuthMethod::Trust => {
+            looked_up = shared.lookup_user(user).await;
+            looked_up.as_ref()
+        }
+        None => None,
+    };
     match shared.spec.auth {
         AuthMethod::Trust => {}
         AuthMethod::Md5 => {
