@@ -68,6 +68,10 @@ pub struct UserSpec {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerSpec {
+    /// Names the listener in the admin API, its breakers and faults (target `sql:NAME`);
+    /// absent: the bound address names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub listen: SocketAddr,
     #[serde(default = "d_protocol")]
     pub protocol: Protocol,
@@ -192,6 +196,7 @@ impl ListenerSpec {
     /// A listener with every default, for code and tests.
     pub fn new(listen: SocketAddr, backends: Vec<String>) -> Self {
         Self {
+            name: None,
             listen,
             protocol: d_protocol(),
             pool_mode: d_pool_mode(),
@@ -263,6 +268,15 @@ impl ListenerSpec {
         let err = |key: &'static str, message: &'static str| Err(ConfigError { key, message });
         if self.backends.is_empty() {
             return err("backends", "must name at least one backend");
+        }
+        if let Some(name) = &self.name {
+            let ok = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            if !ok {
+                return err("name", "must be letters, digits, '_', '-' or '.'");
+            }
         }
         if self.protocol == Protocol::Mysql {
             return self.validate_mysql();

@@ -11,9 +11,10 @@ use crate::pg::server::Login;
 use crate::pool::{Pool, PoolKey, PoolLimits, PoolState};
 use bytes::Bytes;
 use quartet_policies::breaker::{BreakerHandle, BreakerRegistry};
+use quartet_policies::fault::FaultHandle;
 use quartet_policies::metrics::Metrics;
 use quartet_policies::retry::Backoff;
-use quartet_policies::spec::BreakerSpec;
+use quartet_policies::spec::{BreakerSpec, FaultSpec};
 use quartet_policies::Target;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -37,6 +38,9 @@ pub struct SqlContext {
     pub registry: Option<BreakerRegistry>,
     /// The SQL channel's own metrics, if they are collected.
     pub sql_metrics: Option<Arc<SqlMetrics>>,
+    /// The fault set on the listener's target when it starts (the admin API changes it
+    /// later through [`SqlHandle::fault`]).
+    pub initial_fault: Option<FaultSpec>,
 }
 
 impl Default for SqlContext {
@@ -46,6 +50,7 @@ impl Default for SqlContext {
             metrics: Metrics::new(),
             registry: None,
             sql_metrics: None,
+            initial_fault: None,
         }
     }
 }
@@ -138,6 +143,10 @@ pub(crate) struct Shared {
     /// One small lazy sqlx pool per backend for `auth_query`.
     auth_pools: Vec<sqlx::PgPool>,
     pub metrics: Option<ListenerMetrics>,
+    /// The listener's fault: a request-level abort or delay applies to each client login.
+    pub fault: FaultHandle,
+    /// The policy metrics (`quartet_faults_injected_total`).
+    pub policy_metrics: Arc<Metrics>,
     pub spec: ListenerSpec,
     pub users: HashMap<String, UserSecret>,
     pub backends: Arc<Backends>,
@@ -265,6 +274,8 @@ impl ListenerState {
 #[derive(Clone)]
 pub struct SqlHandle {
     kind: HandleKind,
+    target: Target,
+    fault: FaultHandle,
     clients: Arc<Semaphore>,
     max_clients: usize,
     local: SocketAddr,
@@ -277,6 +288,20 @@ enum HandleKind {
 }
 
 impl SqlHandle {
+    /// `sql:NAME`, or `sql:ADDRESS` (the bound one) for a listener without a name.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The listener's fault handle, for the admin API's fault registry.
+    pub fn fault(&self) -> FaultHandle {
+        self.fault.clone()
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
     pub fn state(&self) -> ListenerState {
         let clients = self.max_clients - self.clients.available_permits();
         match &self.kind {
@@ -317,6 +342,14 @@ impl SqlHandle {
     }
 }
 
+/// `sql:NAME` when the listener has a name, else `sql:` and its bound address.
+fn listener_target(spec: &ListenerSpec, local: SocketAddr) -> Target {
+    match &spec.name {
+        Some(name) => Target::new("sql", name.as_str()),
+        None => Target::new("sql", local.to_string()),
+    }
+}
+
 fn breaker_for(ctx: &SqlContext, target: &Target, endpoint: &str) -> BreakerHandle {
     let handle = BreakerHandle::new(
         target.clone(),
@@ -354,6 +387,7 @@ async fn accept_loop<F, Fut>(
     metrics: Option<ListenerMetrics>,
     serve_client: F,
     shutdown: impl Future<Output = ()>,
+    grace: Duration,
 ) where
     F: Fn(tokio::net::TcpStream) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
@@ -398,6 +432,19 @@ async fn accept_loop<F, Fut>(
             }
         }
     }
+    // Stop accepting, then let the sessions end by themselves within the grace period;
+    // whatever is left is closed.
+    drop(listener);
+    if !grace.is_zero() && !tasks.is_empty() {
+        let drained =
+            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::info!(
+                sessions = tasks.len(),
+                "grace period over: closing sql sessions"
+            );
+        }
+    }
     tasks.shutdown().await;
     background.shutdown().await;
 }
@@ -421,7 +468,12 @@ impl PgListener {
             .into());
         }
         let (listener, local) = bind_socket(&spec).await?;
-        let target = Target::new("sql", local.to_string());
+        let target = listener_target(&spec, local);
+        let fault = FaultHandle::new(
+            target.clone(),
+            ctx.initial_fault.clone(),
+            ctx.metrics.clone(),
+        );
         let mut list = Vec::new();
         for (i, url) in spec.backends.iter().enumerate() {
             let url = BackendUrl::parse(url).map_err(|_| ConfigError {
@@ -469,6 +521,8 @@ impl PgListener {
                 ..Stats::default()
             },
             metrics: listener_metrics,
+            fault: fault.clone(),
+            policy_metrics: ctx.metrics.clone(),
             spec,
             users,
             backends,
@@ -480,6 +534,8 @@ impl PgListener {
             listener,
             handle: SqlHandle {
                 kind: HandleKind::Postgres(shared),
+                target,
+                fault,
                 clients,
                 max_clients,
                 local,
@@ -498,6 +554,12 @@ impl PgListener {
     /// Serves until `shutdown` completes; then stops accepting and ends every client
     /// and background task of this listener.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        self.run_with_grace(shutdown, Duration::ZERO).await
+    }
+
+    /// Like [`PgListener::run`], but after `shutdown` the open sessions get up to `grace`
+    /// to end by themselves before they are closed.
+    pub async fn run_with_grace(self, shutdown: impl Future<Output = ()>, grace: Duration) {
         let HandleKind::Postgres(shared) = self.handle.kind.clone() else {
             return;
         };
@@ -532,6 +594,7 @@ impl PgListener {
             shared.metrics.clone(),
             move |stream| client::handle(shared.clone(), stream),
             shutdown,
+            grace,
         )
         .await;
     }
@@ -556,7 +619,12 @@ impl MysqlListener {
             .into());
         }
         let (listener, local) = bind_socket(&spec).await?;
-        let target = Target::new("sql", local.to_string());
+        let target = listener_target(&spec, local);
+        let fault = FaultHandle::new(
+            target.clone(),
+            ctx.initial_fault.clone(),
+            ctx.metrics.clone(),
+        );
         let mut list = Vec::new();
         for url in &spec.backends {
             let url = BackendUrl::parse_mysql(url).map_err(|_| ConfigError {
@@ -576,6 +644,8 @@ impl MysqlListener {
             health_interval: spec.health_interval,
             handle: SqlHandle {
                 kind: HandleKind::Mysql(backends),
+                target,
+                fault,
                 clients: Arc::new(Semaphore::new(spec.max_clients)),
                 max_clients: spec.max_clients,
                 local,
@@ -592,6 +662,11 @@ impl MysqlListener {
     }
 
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        self.run_with_grace(shutdown, Duration::ZERO).await
+    }
+
+    /// Like [`MysqlListener::run`], with a grace period for open sessions.
+    pub async fn run_with_grace(self, shutdown: impl Future<Output = ()>, grace: Duration) {
         let HandleKind::Mysql(backends) = self.handle.kind.clone() else {
             return;
         };
@@ -613,6 +688,7 @@ impl MysqlListener {
             self.metrics,
             move |stream| mysql::handle(backends.clone(), stream),
             shutdown,
+            grace,
         )
         .await;
     }
@@ -647,9 +723,15 @@ impl SqlListener {
     }
 
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        self.run_with_grace(shutdown, Duration::ZERO).await
+    }
+
+    /// Serves until `shutdown`; then stops accepting and gives the open sessions up to
+    /// `grace` to end before closing them.
+    pub async fn run_with_grace(self, shutdown: impl Future<Output = ()>, grace: Duration) {
         match self {
-            SqlListener::Postgres(l) => l.run(shutdown).await,
-            SqlListener::Mysql(l) => l.run(shutdown).await,
+            SqlListener::Postgres(l) => l.run_with_grace(shutdown, grace).await,
+            SqlListener::Mysql(l) => l.run_with_grace(shutdown, grace).await,
         }
     }
 }

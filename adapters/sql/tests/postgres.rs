@@ -875,3 +875,26 @@ async fn auth_query_looks_users_up_in_the_database() {
         proxy.stop().await;
     }
 }
+
+#[tokio::test]
+async fn login_fault_aborts_with_57p03_then_clears() {
+    let mut s = spec(PoolMode::Transaction, 2);
+    s.name = Some("faulty".into());
+    let proxy = Proxy::start(s).await;
+    assert_eq!(proxy.handle.target().to_string(), "sql:faulty");
+    let fault = proxy.handle.fault();
+    fault.set(Some(quartet_policies::spec::FaultSpec {
+        abort_percent: 100.0,
+        ..Default::default()
+    }));
+    let err = proxy
+        .try_connect("app", "secret", "fault")
+        .await
+        .err()
+        .expect("login refused");
+    assert_eq!(err.code(), Some(&SqlState::CANNOT_CONNECT_NOW), "{err}");
+    fault.set(None);
+    let c = proxy.connect("fault-cleared").await;
+    c.simple_query("select 1").await.unwrap();
+    proxy.stop().await;
+}

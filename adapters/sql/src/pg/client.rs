@@ -65,6 +65,8 @@ pub(crate) enum ClientError {
     LoginTimeout,
     #[error("startup packet has no user")]
     NoUser,
+    #[error("the database system is not accepting connections (fault injected)")]
+    FaultAbort,
 }
 
 impl ClientError {
@@ -76,6 +78,7 @@ impl ClientError {
             ClientError::ServerLost => "08006",
             ClientError::IdleInTransaction => "25P03",
             ClientError::NoUser => "28000",
+            ClientError::FaultAbort => "57P03",
         }
     }
 
@@ -165,6 +168,7 @@ async fn login(
             Some(StartupFrame::Startup { params }) => break params,
         }
     };
+    login_fault(shared).await?;
     let user = StartupFrame::param(&params, "user")
         .filter(|u| !u.is_empty())
         .ok_or(ClientError::NoUser)?
@@ -191,6 +195,44 @@ async fn login(
     };
     let pool = shared.pool(&login.database, &login.user, &login.params);
     Ok(Some((login, pool)))
+}
+
+/// The listener's request-level fault, applied to a login once its startup packet is
+/// read: a delay holds the login (within the login timeout), an abort refuses it with
+/// 57P03 (after the delay, if both are drawn), as a server that is starting up would.
+async fn login_fault(shared: &Shared) -> Result<(), ClientError> {
+    let Some(fault) = shared.fault.current() else {
+        return Ok(());
+    };
+    let target = shared.fault.target();
+    let count = |kind: &str| {
+        shared
+            .policy_metrics
+            .faults_injected
+            .with_label_values(&[target.channel, &*target.name, kind])
+            .inc()
+    };
+    if let Some(delay) = fault.delay.filter(|_| chance(fault.delay_percent)) {
+        count("delay");
+        tokio::time::sleep(delay).await;
+    }
+    if chance(fault.abort_percent) {
+        count("abort");
+        return Err(ClientError::FaultAbort);
+    }
+    Ok(())
+}
+
+/// True with probability `percent / 100` (NaN or below 0: never; 100 or above: always).
+fn chance(percent: f64) -> bool {
+    let p = percent / 100.0;
+    if p.is_nan() || p <= 0.0 {
+        false
+    } else if p >= 1.0 {
+        true
+    } else {
+        rand::random::<f64>() < p
+    }
 }
 
 /// Reads the client's next `PasswordMessage`-family frame during authentication.
