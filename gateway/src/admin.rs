@@ -79,6 +79,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admin/breakers/{target}", post(set_breaker))
         .route("/admin/faults", get(list_faults))
         .route("/admin/faults/{target}", put(set_fault).delete(clear_fault))
+        .route("/admin/sql", get(crate::sql::admin_sql))
         .fallback(|| async { ApiError::from(NoRoute) })
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
         .with_state(state)
@@ -149,6 +150,11 @@ pub fn readiness(built: &Built, serving: bool) -> (bool, Value) {
         let (native_ready, native) = built.native.readiness();
         ready &= native_ready;
         channels.insert("native".into(), native);
+    }
+    // Listed only when SQL listeners are configured.
+    if let Some((sql_ready, sql)) = crate::sql::readiness(&built.sql) {
+        ready &= sql_ready;
+        channels.insert("sql".into(), sql);
     }
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },

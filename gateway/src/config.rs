@@ -35,6 +35,9 @@ pub struct Config {
     pub amqp: Option<AmqpConfig>,
     #[serde(default)]
     pub native: crate::native::NativeConfig,
+    /// `[sql]`: the SQL listeners (see `crate::sql`).
+    #[serde(default)]
+    pub sql: quartet_sql::SqlSpec,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -405,6 +408,7 @@ impl Config {
             });
             upstream.endpoints = endpoints;
         }
+        applied.extend(crate::sql::apply_env(&mut self.sql, &env));
         applied
     }
 
@@ -507,6 +511,7 @@ impl Config {
             }
         }
         self.native.validate(&self.policies)?;
+        crate::sql::validate(&self.sql, &self.policies)?;
         Ok(())
     }
 }

@@ -10,6 +10,7 @@ pub mod error;
 pub mod native;
 pub mod routes;
 pub mod server;
+pub mod sql;
 pub mod stack;
 
 pub use server::run;

@@ -59,6 +59,8 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Sql(#[from] crate::sql::SqlBindError),
     #[error("cannot read the bound address")]
     LocalAddr(#[source] std::io::Error),
     #[error("cannot install the signal handlers")]
@@ -74,7 +76,7 @@ impl RunError {
                 | RunError::TlsRead { .. }
                 | RunError::TlsEmpty { .. }
                 | RunError::Tls(_)
-        )
+        ) || matches!(self, RunError::Sql(e) if e.is_config())
     }
 }
 
@@ -131,6 +133,8 @@ pub struct Server {
     serving: Arc<AtomicBool>,
     source: Source,
     grace_period: Duration,
+    /// Bound at start, served until shutdown, never rebound (see `crate::sql`).
+    sql: Vec<quartet_sql::SqlListener>,
 }
 
 impl Server {
@@ -142,6 +146,8 @@ impl Server {
             Some(t) => Some(TlsAcceptor::from(load_tls(t)?)),
             None => None,
         };
+        // Bound before the first build, which registers their breakers and faults.
+        let sql = crate::sql::bind(&loaded.config, &shared).await?;
         let app = App::build(loaded.config, &shared)?;
         let public = TcpListener::bind(server_cfg.listen)
             .await
@@ -166,6 +172,7 @@ impl Server {
             serving: Arc::new(AtomicBool::new(false)),
             source: loaded.source,
             grace_period: server_cfg.grace_period,
+            sql,
         })
     }
 
@@ -198,6 +205,20 @@ impl Server {
             serving: self.serving.clone(),
         });
         let graceful = GracefulShutdown::new();
+        let (sql_stop, sql_stopped) = tokio::sync::watch::channel(false);
+        let sql_tasks: Vec<_> = self
+            .sql
+            .into_iter()
+            .map(|listener| {
+                let mut stopped = sql_stopped.clone();
+                tokio::spawn(listener.run_with_grace(
+                    async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    },
+                    self.grace_period,
+                ))
+            })
+            .collect();
         self.serving.store(true, Ordering::Relaxed);
         tracing::info!("quartet ready");
         tokio::pin!(shutdown);
@@ -229,11 +250,22 @@ impl Server {
         // Stop accepting: new connections are refused from here on.
         drop(self.public);
         drop(self.admin);
+        // The SQL listeners stop accepting too; their sessions drain alongside.
+        let _ = sql_stop.send(true);
         let open = graceful.count();
         tracing::info!(connections = open, grace_period = ?self.grace_period, "shutting down: draining in-flight requests");
         match tokio::time::timeout(self.grace_period, graceful.shutdown()).await {
             Ok(()) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!("grace period over: closing the remaining connections"),
+        }
+        let sql_drained = tokio::time::timeout(self.grace_period + Duration::from_secs(1), async {
+            for task in sql_tasks {
+                let _ = task.await;
+            }
+        })
+        .await;
+        if sql_drained.is_err() {
+            tracing::warn!("sql listeners did not stop within the grace period");
         }
         Ok(())
     }
@@ -371,6 +403,7 @@ fn warn_listener_changes(old: &Config, new: &Config) {
             "server.listen, server.admin_listen and server.tls are not changed by a reload: restart to apply them"
         );
     }
+    crate::sql::warn_changes(old, new);
     if o.grace_period != n.grace_period || o.log_format != n.log_format {
         tracing::warn!("server.grace_period and server.log_format are not changed by a reload");
     }

@@ -238,6 +238,8 @@ pub struct Shared {
     pub runtime_faults: Arc<Mutex<HashMap<String, FaultSpec>>>,
     /// The native jobs stores by URL: opened once, kept across reloads.
     pub job_stores: crate::native::JobStores,
+    /// The SQL listeners: bound once at start, kept across reloads.
+    pub sql: crate::sql::SqlListeners,
 }
 
 impl Shared {
@@ -246,6 +248,7 @@ impl Shared {
             metrics,
             runtime_faults: Arc::default(),
             job_stores: Arc::default(),
+            sql: Default::default(),
         }
     }
 
@@ -321,6 +324,8 @@ pub struct Built {
     pub config: Config,
     pub rest: Rest,
     pub native: crate::native::Native,
+    /// The SQL listeners (the process's, not this config's: they are not rebuilt).
+    pub sql: crate::sql::SqlListeners,
     pub breakers: BreakerRegistry,
     pub faults: FaultRegistry,
     pub metrics: Arc<Metrics>,
@@ -333,10 +338,12 @@ impl Built {
         let faults = FaultRegistry::new();
         let rest = build_rest(&config, shared, &breakers, &faults)?;
         let native = crate::native::build(&config, shared, &breakers, &faults)?;
+        crate::sql::register(shared, &breakers, &faults);
         Ok(Self {
             config,
             rest,
             native,
+            sql: shared.sql.clone(),
             breakers,
             faults,
             metrics: shared.metrics.clone(),
