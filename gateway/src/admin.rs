@@ -8,6 +8,7 @@
 //! | `GET /readyz` | 200 or 503 `{"status": "ready"\|"not_ready", "channels": {"rest": {"state", "targets": {NAME: {"endpoints": [{"endpoint", "healthy", "breaker", "in_flight"}], "fault"}}}, "native": {"state", "jobs": {"state"}, "drivers": {NAME: {"kind", "ready", "breaker", "in_flight", "fault"} or {"kind", "ready": false, "reason"}}}}}` (`native` only when drivers are configured) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /admin/breakers` | 200, a list of breaker snapshots |
+//! | `GET /admin/sql` | 200 `{"listeners": {NAME: {"target", "listen", "protocol", "pool_mode", "role", "ready", "reason"?, "clients", "backends": [{"endpoint", "role", "healthy", "breaker"}], "pools": [...], "stats": {...}}}}` (see docs/sql.md) |
 //! | `POST /admin/breakers/{target}[?endpoint=host:port]` `{"state": "forced_open"\|"closed"\|"disabled"}` | 200 with the snapshots changed; 404 unknown target; 400 bad body |
 //! | `GET /admin/faults` | 200 `[{"channel", "target", "fault"}]` for every fault set |
 //! | `PUT /admin/faults/{target}` with a fault (`delay`, `delay_percent`, `abort_status`, `abort_percent`) | 200, the same list shape for the targets set; 400 naming the key; 404 |

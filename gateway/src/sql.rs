@@ -314,7 +314,6 @@ pub fn warn_changes(old: &Config, new: &Config) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::config::parse;
 
     const BASE: &str = r#"

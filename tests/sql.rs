@@ -1,0 +1,320 @@
+//! The SQL channel end to end: the real `quartet` binary (run `cargo build -p quartet`
+//! first) with `[[sql.listeners]]` in its config, tokio-postgres clients logging in with
+//! SCRAM through it, against the real PostgreSQL on 127.0.0.1:5432 (trust, database
+//! `test`). A PostgreSQL that is down fails the tests with the command that starts it.
+//!
+//! The helpers are local to this file, to keep the shared harness untouched.
+
+use quartet_tests::*;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tokio_postgres::error::SqlState;
+
+const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+const START_HINT: &str = "PostgreSQL is not reachable on 127.0.0.1:5432; start it with \
+    `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`";
+
+/// Fails (never skips) when PostgreSQL is down, saying how to start it.
+async fn require_postgres() {
+    match tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=test",
+        tokio_postgres::NoTls,
+    )
+    .await
+    {
+        Ok((_client, conn)) => drop(conn),
+        Err(e) => panic!("{START_HINT}: {e}"),
+    }
+}
+
+/// One `[[sql.listeners]]` entry with a SCRAM user `app`/`secret`.
+fn listener(name: &str, backend: &str, extra: &str) -> String {
+    format!(
+        r#"
+[[sql.listeners]]
+name = "{name}"
+listen = "127.0.0.1:0"
+backends = ["{backend}"]
+auth = "scram-sha-256"
+users = [{{ name = "app", password = "secret" }}]
+health_interval = "200ms"
+connect_timeout = "2s"
+{extra}
+"#
+    )
+}
+
+/// The bound address of the listener `name`, from the start-up log line.
+fn sql_addr(gw: &Gateway, name: &str) -> SocketAddr {
+    let needle = format!("quartet sql listening name={name} ");
+    let line = gw
+        .log()
+        .lines()
+        .into_iter()
+        .map(|l| strip_ansi(&l))
+        .find(|l| l.contains(&needle))
+        .unwrap_or_else(|| panic!("no `{needle}addr=...` line in the log"));
+    let rest = &line[line.find(&needle).map(|i| i + needle.len()).unwrap_or(0)..];
+    let addr = rest
+        .trim_start_matches("addr=")
+        .split(|c: char| c.is_whitespace() || c == '"')
+        .next()
+        .unwrap_or_default();
+    addr.parse()
+        .unwrap_or_else(|e| panic!("bad address {addr:?} in {line:?}: {e}"))
+}
+
+async fn connect(
+    addr: SocketAddr,
+    app: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    connect_db(addr, app, "test").await
+}
+
+async fn connect_db(
+    addr: SocketAddr,
+    app: &str,
+    dbname: &str,
+) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
+    let conn_str = format!(
+        "host=127.0.0.1 port={} user=app password=secret dbname={dbname} application_name={app} connect_timeout=10",
+        addr.port()
+    );
+    let (client, conn) = tokio_postgres::connect(&conn_str, tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    Ok(client)
+}
+
+async fn readyz(gw: &Gateway) -> (StatusCode, Value) {
+    gw.admin_json("/readyz").await
+}
+
+#[tokio::test]
+async fn scram_login_transaction_pooling_readiness_breakers_and_admin_sql() {
+    require_postgres().await;
+    let config = format!(
+        "{SERVER}{}",
+        listener("pg", PG_URL, "pool_mode = \"transaction\"\npool_size = 2")
+    );
+    let gw = Gateway::start(&config).await;
+    let addr = sql_addr(&gw, "pg");
+
+    // Six clients share at most two server connections, each with its own prepared
+    // statements inside transactions.
+    let mut tasks = Vec::new();
+    for i in 0..6i32 {
+        tasks.push(tokio::spawn(async move {
+            let mut c = connect(addr, &format!("client-{i}"))
+                .await
+                .expect("login through quartet");
+            for round in 0..5i32 {
+                let tx = c.transaction().await.expect("begin");
+                let stmt = tx.prepare("select $1::int4 * 2").await.expect("prepare");
+                let row = tx.query_one(&stmt, &[&(i + round)]).await.expect("query");
+                assert_eq!(row.get::<_, i32>(0), (i + round) * 2);
+                tx.commit().await.expect("commit");
+            }
+        }));
+    }
+    for t in tasks {
+        bounded("a pooled client", t).await.expect("client task");
+    }
+
+    let (status, sql) = gw.admin_json("/admin/sql").await;
+    assert_eq!(status, StatusCode::OK, "{sql}");
+    let pg = &sql["listeners"]["pg"];
+    assert_eq!(pg["target"], "sql:pg", "{sql}");
+    assert_eq!(pg["pool_mode"], "transaction", "{sql}");
+    let pools = pg["pools"].as_array().expect("pools");
+    assert_eq!(pools.len(), 1, "one (database, user) pool: {sql}");
+    assert!(
+        pg["stats"]["transactions"].as_u64().unwrap_or(0) >= 30,
+        "{sql}"
+    );
+
+    // Ready, with the backend seen as the primary by the health check.
+    let body = eventually("the sql channel ready with a primary", WAIT, || async {
+        let (status, body) = readyz(&gw).await;
+        let role = body["channels"]["sql"]["listeners"]["pg"]["backends"][0]["role"].clone();
+        (status == StatusCode::OK && role == "primary").then_some(body)
+    })
+    .await;
+    let backend = &body["channels"]["sql"]["listeners"]["pg"]["backends"][0];
+    assert_eq!(backend["healthy"], true, "{body}");
+    assert_eq!(backend["breaker"], "closed", "{body}");
+    assert_eq!(body["channels"]["sql"]["state"], "ready", "{body}");
+
+    // The backend's breaker is listed, and settable, on the admin API.
+    let (_, breakers) = gw.admin_json("/admin/breakers").await;
+    let sql_breakers: Vec<&Value> = breakers
+        .as_array()
+        .expect("a list of breakers")
+        .iter()
+        .filter(|b| b["channel"] == "sql" && b["target"] == "pg")
+        .collect();
+    assert_eq!(sql_breakers.len(), 1, "one breaker per backend: {breakers}");
+    assert_eq!(sql_breakers[0]["state"], "closed", "{breakers}");
+    assert_eq!(
+        sql_breakers[0]["endpoint"], "127.0.0.1:5432/test",
+        "{breakers}"
+    );
+    let resp = client()
+        .post(gw.admin_url("/admin/breakers/sql:pg"))
+        .json(&json!({"state": "forced_open"}))
+        .send()
+        .await
+        .expect("POST breaker");
+    assert_eq!(resp.status(), StatusCode::OK);
+    // Pooled server connections stay usable; a new pool needs a new server connection,
+    // which the breaker refuses at once.
+    let err = connect_db(addr, "forced-open", "postgres")
+        .await
+        .err()
+        .expect("refused while the breaker is forced open");
+    let code = err.code().map(|c| c.code().to_string()).unwrap_or_default();
+    assert!(
+        code.starts_with("08") || code == "57P03",
+        "code {code}: {err}"
+    );
+    let resp = client()
+        .post(gw.admin_url("/admin/breakers/sql:pg"))
+        .json(&json!({"state": "closed"}))
+        .send()
+        .await
+        .expect("POST breaker");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let c = connect_db(addr, "closed-again", "postgres")
+        .await
+        .expect("login again");
+    c.simple_query("select 1").await.expect("query");
+
+    // The SQL metrics are in the one registry.
+    let metrics = gw.metrics().await;
+    assert!(metrics.contains("quartet_sql_clients"), "no sql metrics");
+}
+
+#[tokio::test]
+async fn backend_down_gives_class_08_at_once_and_readyz_not_ready() {
+    require_postgres().await;
+    let down = closed_port_url().replace("http://", "postgres://postgres@") + "/test";
+    let config = format!(
+        "{SERVER}{}{}",
+        listener("pg", PG_URL, ""),
+        listener("down", &down, "connect_attempts = 1")
+    );
+    let gw = Gateway::start(&config).await;
+    let down_addr = sql_addr(&gw, "down");
+    let started = Instant::now();
+    let err = bounded("a login to a listener whose backend is down", async {
+        connect(down_addr, "down").await.err().expect("refused")
+    })
+    .await;
+    let code = err.code().map(|c| c.code().to_string()).unwrap_or_default();
+    assert!(
+        code.starts_with("08"),
+        "expected class 08, got {code:?}: {err}"
+    );
+    // "At once": well before the connect timeout times the attempts would allow a hang.
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    let body = eventually(
+        "/readyz 503 with the sql channel not ready",
+        WAIT,
+        || async {
+            let (status, body) = readyz(&gw).await;
+            (status == StatusCode::SERVICE_UNAVAILABLE
+                && body["channels"]["sql"]["listeners"]["down"]["ready"] == false)
+                .then_some(body)
+        },
+    )
+    .await;
+    let sql = &body["channels"]["sql"];
+    assert_eq!(sql["state"], "not_ready", "{body}");
+    assert!(
+        sql["listeners"]["down"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("primary")),
+        "{body}"
+    );
+    // The other listener keeps serving.
+    let c = connect(sql_addr(&gw, "pg"), "still-serving")
+        .await
+        .expect("the healthy listener serves");
+    c.simple_query("select 1").await.expect("query");
+}
+
+#[tokio::test]
+async fn fault_abort_refuses_logins_until_cleared() {
+    require_postgres().await;
+    let config = format!("{SERVER}{}", listener("pg", PG_URL, ""));
+    let gw = Gateway::start(&config).await;
+    let addr = sql_addr(&gw, "pg");
+    connect(addr, "before")
+        .await
+        .expect("login before the fault");
+
+    let resp = client()
+        .put(gw.admin_url("/admin/faults/sql:pg"))
+        .json(&json!({"abort_percent": 100.0}))
+        .send()
+        .await
+        .expect("PUT fault");
+    assert_eq!(resp.status(), StatusCode::OK);
+    let err = connect(addr, "aborted").await.err().expect("login refused");
+    assert_eq!(err.code(), Some(&SqlState::CANNOT_CONNECT_NOW), "{err}");
+    let injected = metric_sum(
+        &gw.metrics().await,
+        "quartet_faults_injected_total",
+        &[("channel", "sql"), ("target", "pg"), ("kind", "abort")],
+    );
+    assert!(injected >= 1.0, "abort not counted");
+
+    let resp = client()
+        .delete(gw.admin_url("/admin/faults/sql:pg"))
+        .send()
+        .await
+        .expect("DELETE fault");
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let c = connect(addr, "after").await.expect("login after the fault");
+    c.simple_query("select 1").await.expect("query");
+}
+
+#[tokio::test]
+async fn env_override_replaces_backends() {
+    require_postgres().await;
+    let down = closed_port_url().replace("http://", "postgres://postgres@") + "/test";
+    // The file names a closed port; the environment points the listener at PostgreSQL.
+    let config = format!("{SERVER}{}", listener("pg", &down, ""));
+    let gw = Gateway::start_with_env(
+        tempdir(),
+        &config,
+        &[("QUARTET_SQL_LISTENER_0_BACKENDS", PG_URL)],
+    )
+    .await;
+    let c = connect(sql_addr(&gw, "pg"), "env")
+        .await
+        .expect("login through the overridden backend");
+    c.simple_query("select 1").await.expect("query");
+}
+
+#[tokio::test]
+async fn sigterm_with_an_idle_session_exits_within_the_grace_period() {
+    require_postgres().await;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ngrace_period = \"2s\"\n{}",
+        listener("pg", PG_URL, "")
+    );
+    let mut gw = Gateway::start(&config).await;
+    let addr = sql_addr(&gw, "pg");
+    let c = connect(addr, "idle").await.expect("login");
+    c.simple_query("select 1").await.expect("query");
+    gw.process.signal("TERM");
+    // The grace period plus the time a loaded machine needs to exit.
+    let status = gw.process.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "exit status {status}");
+    // The idle session was closed, and the listener no longer accepts.
+    assert!(c.simple_query("select 1").await.is_err());
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
