@@ -255,13 +255,7 @@ async fn fault_abort_refuses_logins_until_cleared() {
         .await
         .expect("login before the fault");
 
-    let resp = client()
-        .put(gw.admin_url("/admin/faults/sql:pg"))
-        .json(&json!({"abort_percent": 100.0}))
-        .send()
-        .await
-        .expect("PUT fault");
-    assert_eq!(resp.status(), StatusCode::OK);
+    put_fault(&gw, "sql:pg", json!({"abort_percent": 100.0})).await;
     let err = connect(addr, "aborted").await.err().expect("login refused");
     assert_eq!(err.code(), Some(&SqlState::CANNOT_CONNECT_NOW), "{err}");
     let injected = metric_sum(
@@ -271,12 +265,7 @@ async fn fault_abort_refuses_logins_until_cleared() {
     );
     assert!(injected >= 1.0, "abort not counted");
 
-    let resp = client()
-        .delete(gw.admin_url("/admin/faults/sql:pg"))
-        .send()
-        .await
-        .expect("DELETE fault");
-    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    delete_fault(&gw, "sql:pg").await;
     let c = connect(addr, "after").await.expect("login after the fault");
     c.simple_query("select 1").await.expect("query");
 }
@@ -317,4 +306,77 @@ async fn sigterm_with_an_idle_session_exits_within_the_grace_period() {
     // The idle session was closed, and the listener no longer accepts.
     assert!(c.simple_query("select 1").await.is_err());
     assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+async fn put_fault(gw: &Gateway, target: &str, body: Value) {
+    let resp = client()
+        .put(gw.admin_url(&format!("/admin/faults/{target}")))
+        .json(&body)
+        .send()
+        .await
+        .expect("PUT fault");
+    assert_eq!(resp.status(), StatusCode::OK, "PUT /admin/faults/{target}");
+}
+
+async fn delete_fault(gw: &Gateway, target: &str) {
+    let resp = client()
+        .delete(gw.admin_url(&format!("/admin/faults/{target}")))
+        .send()
+        .await
+        .expect("DELETE fault");
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+}
+
+fn toxics_injected(metrics: &str, kind: &str) -> f64 {
+    metric_sum(
+        metrics,
+        "quartet_faults_injected_total",
+        &[("channel", "sql"), ("target", "pg"), ("kind", kind)],
+    )
+}
+
+#[tokio::test]
+async fn latency_and_reset_toxics_act_on_server_connections() {
+    require_postgres().await;
+    let config = format!(
+        "{SERVER}{}",
+        listener("pg", PG_URL, "pool_mode = \"transaction\"")
+    );
+    let gw = Gateway::start(&config).await;
+    let addr = sql_addr(&gw, "pg");
+
+    // Latency: applied to the server connection (counted), the query still succeeds.
+    put_fault(
+        &gw,
+        "sql:pg",
+        json!({"connection": [{"kind": "latency", "latency": "20ms"}]}),
+    )
+    .await;
+    let c = connect(addr, "latency").await.expect("login");
+    c.simple_query("select 1")
+        .await
+        .expect("a slow query still answers");
+    assert!(
+        toxics_injected(&gw.metrics().await, "latency") >= 1.0,
+        "the latency toxic was not applied"
+    );
+    drop(c);
+
+    // Reset: the session fails with an error; the proxy stays up.
+    put_fault(&gw, "sql:pg", json!({"connection": [{"kind": "reset"}]})).await;
+    let failed = match connect(addr, "reset").await {
+        Err(_) => true,
+        Ok(c) => c.simple_query("select 1").await.is_err(),
+    };
+    assert!(failed, "a reset server connection must fail the session");
+    assert!(toxics_injected(&gw.metrics().await, "reset") >= 1.0);
+    delete_fault(&gw, "sql:pg").await;
+    let c = eventually("a session after the reset", WAIT, || async {
+        let c = connect(addr, "after-reset").await.ok()?;
+        c.simple_query("select 1").await.ok().map(|_| c)
+    })
+    .await;
+    c.simple_query("select 2").await.expect("query");
+    let (status, _) = gw.admin_json("/healthz").await;
+    assert_eq!(status, StatusCode::OK);
 }

@@ -17,8 +17,10 @@
 //!
 //! `PUT /admin/faults/sql:NAME` sets the listener's fault: the request-level `abort`
 //! refuses each new client login with SQLSTATE 57P03 (`abort_status` is not used), and
-//! `delay` holds each new login. Sessions already open are not touched. Connection-level
-//! toxics (`connection`) are accepted but not applied to SQL connections yet.
+//! `delay` holds each new login; sessions already open are not touched by those. The
+//! connection-level toxics (`connection`: latency, bandwidth, reset, stall, close_after)
+//! act on the listener's server connections once they are logged in, pooled ones included
+//! (PostgreSQL listeners; MySQL listeners take the abort/delay and toxics not yet).
 //!
 //! # Shutdown
 //!

@@ -11,6 +11,7 @@ use crate::pg::server::{ConnectError, Login, ServerConn};
 use futures_util::future::BoxFuture;
 use quartet_policies::breaker::{BreakerHandle, BreakerState, CircuitBreaker, CircuitBreakerLayer};
 use quartet_policies::classify::{classify_policy_error, Class, Classify};
+use quartet_policies::fault::FaultHandle;
 use quartet_policies::retry::Backoff;
 use quartet_policies::BoxError;
 use serde::Serialize;
@@ -131,10 +132,22 @@ pub struct Backend {
 
 impl Backend {
     pub fn new(url: BackendUrl, index: usize, handle: BreakerHandle) -> Self {
+        Self::with_faults(url, index, handle, None)
+    }
+
+    /// A backend whose server connections carry the connection-level faults (toxics)
+    /// of `fault`.
+    pub fn with_faults(
+        url: BackendUrl,
+        index: usize,
+        handle: BreakerHandle,
+        fault: Option<FaultHandle>,
+    ) -> Self {
         let endpoint = url.display();
         let service = ConnectService {
             url: Arc::new(url.clone()),
             index,
+            fault,
         };
         Self {
             breaker: CircuitBreakerLayer::new(handle.clone(), ConnectClassify).layer(service),
@@ -181,6 +194,8 @@ impl Backend {
 pub struct ConnectService {
     url: Arc<BackendUrl>,
     index: usize,
+    /// The listener's fault handle: its toxics apply to the server connections.
+    fault: Option<FaultHandle>,
 }
 
 /// What [`ConnectService`] is asked for.
@@ -202,13 +217,14 @@ impl Service<ConnectRequest> for ConnectService {
     fn call(&mut self, req: ConnectRequest) -> Self::Future {
         let url = self.url.clone();
         let index = self.index;
+        let fault = self.fault.clone();
         let mut login = req.login;
         if let Some(user) = &url.user {
             login.user = user.clone();
             login.password = url.password.clone();
         }
         Box::pin(async move {
-            ServerConn::connect(&url.host, url.port, &login, req.timeout, index)
+            ServerConn::connect_with_faults(&url.host, url.port, &login, req.timeout, index, fault)
                 .await
                 .map_err(BoxError::from)
         })

@@ -379,6 +379,8 @@ async fn bind_socket(spec: &ListenerSpec) -> Result<(TcpListener, SocketAddr), S
 
 /// Accepts until `shutdown`, giving each client to `serve_client` under the
 /// `max_clients` limit (more are refused with `refusal`); then ends every task.
+// Private, called from two places; a struct for the arguments would only rename them.
+#[allow(clippy::too_many_arguments)]
 async fn accept_loop<F, Fut>(
     listener: TcpListener,
     clients: Arc<Semaphore>,
@@ -481,7 +483,7 @@ impl PgListener {
                 message: "each must be a postgres://user@host:port/database url",
             })?;
             let handle = breaker_for(&ctx, &target, &url.display());
-            list.push(Backend::new(url, i, handle));
+            list.push(Backend::with_faults(url, i, handle, Some(fault.clone())));
         }
         let backends = Arc::new(Backends {
             list,

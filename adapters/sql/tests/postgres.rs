@@ -898,3 +898,25 @@ async fn login_fault_aborts_with_57p03_then_clears() {
     c.simple_query("select 1").await.unwrap();
     proxy.stop().await;
 }
+
+#[tokio::test]
+async fn reset_toxic_fails_the_query_and_the_proxy_keeps_serving() {
+    use quartet_policies::spec::{FaultSpec, ToxicSpec};
+    let proxy = Proxy::start(spec(PoolMode::Session, 2)).await;
+    let fault = proxy.handle.fault();
+    let toxic: ToxicSpec = toml::from_str("kind = \"reset\"").expect("a reset toxic");
+    fault.set(Some(FaultSpec {
+        connection: vec![toxic],
+        ..Default::default()
+    }));
+    // The toxic applies to server connections made from now on (after their login).
+    let c = proxy.connect("reset").await;
+    assert!(
+        c.simple_query("select 1").await.is_err(),
+        "query through a reset"
+    );
+    fault.set(None);
+    let c = proxy.connect("after-reset").await;
+    c.simple_query("select 1").await.unwrap();
+    proxy.stop().await;
+}

@@ -939,7 +939,10 @@ fn mentions_discard(body: &[u8]) -> bool {
     has(b"discard") || has(b"deallocate")
 }
 
-async fn write_chunks(stream: &mut TcpStream, chunks: Vec<Bytes>) -> std::io::Result<()> {
+async fn write_chunks<S: tokio::io::AsyncWrite + Unpin>(
+    stream: &mut S,
+    chunks: Vec<Bytes>,
+) -> std::io::Result<()> {
     if chunks.len() == 1 {
         return stream.write_all(&chunks[0]).await;
     }

@@ -5,11 +5,15 @@
 use super::auth::{md5_response, md5_stored, ScramClient, ScramError, MECHANISM};
 use super::codec::{self, AuthRequest, ErrorFields, Frame, ProtocolError};
 use bytes::BytesMut;
+use quartet_policies::fault::toxic::Toxic;
+use quartet_policies::fault::FaultHandle;
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -65,8 +69,68 @@ pub struct Login {
     pub params: Vec<(String, String)>,
 }
 
+/// The socket to a server: plain, or with the listener's connection-level faults
+/// ([`Toxic`]: latency, reset, stall, close_after) applied once logged in.
+pub(crate) enum ServerStream {
+    Plain(TcpStream),
+    Toxic(Box<Toxic<TcpStream>>),
+}
+
+impl ServerStream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            ServerStream::Plain(s) => s,
+            ServerStream::Toxic(t) => t.get_ref(),
+        }
+    }
+
+    pub(crate) fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.tcp().try_read(buf)
+    }
+}
+
+impl AsyncRead for ServerStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ServerStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ServerStream::Toxic(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ServerStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            ServerStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ServerStream::Toxic(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ServerStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ServerStream::Toxic(t) => Pin::new(t.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            ServerStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ServerStream::Toxic(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 pub struct ServerConn {
-    pub(crate) stream: TcpStream,
+    pub(crate) stream: ServerStream,
     pub(crate) buf: BytesMut,
     pub peer: SocketAddr,
     pub pid: i32,
@@ -91,8 +155,8 @@ impl std::fmt::Debug for ServerConn {
 }
 
 /// Reads one whole frame from `stream` into `buf`.
-pub(crate) async fn read_frame(
-    stream: &mut TcpStream,
+pub(crate) async fn read_frame<S: AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut BytesMut,
     max: usize,
 ) -> std::io::Result<Option<Frame>> {
@@ -118,8 +182,22 @@ impl ServerConn {
         timeout: Duration,
         backend: usize,
     ) -> Result<ServerConn, ConnectError> {
+        Self::connect_with_faults(host, port, login, timeout, backend, None).await
+    }
+
+    /// Like [`ServerConn::connect`]; once logged in, the connection carries the
+    /// connection-level faults of `fault` (its toxics), if any is given.
+    pub async fn connect_with_faults(
+        host: &str,
+        port: u16,
+        login: &Login,
+        timeout: Duration,
+        backend: usize,
+        fault: Option<FaultHandle>,
+    ) -> Result<ServerConn, ConnectError> {
         let addr = format!("{host}:{port}");
-        match tokio::time::timeout(timeout, Self::connect_inner(&addr, login, backend)).await {
+        let connected = Self::connect_inner(&addr, login, backend, fault);
+        match tokio::time::timeout(timeout, connected).await {
             Ok(r) => r,
             Err(_) => Err(ConnectError::Timeout {
                 addr,
@@ -132,6 +210,7 @@ impl ServerConn {
         addr: &str,
         login: &Login,
         backend: usize,
+        mut fault: Option<FaultHandle>,
     ) -> Result<ServerConn, ConnectError> {
         let io = |source| ConnectError::Io {
             addr: addr.to_string(),
@@ -208,7 +287,11 @@ impl ServerConn {
                 b'Z' => {
                     let now = Instant::now();
                     return Ok(ServerConn {
-                        stream,
+                        // Toxics act on the session's traffic, not on the login.
+                        stream: match fault.take() {
+                            Some(f) => ServerStream::Toxic(Box::new(Toxic::new(stream, f))),
+                            None => ServerStream::Plain(stream),
+                        },
                         buf,
                         peer,
                         pid,
