@@ -171,8 +171,8 @@ async fn scram_login_transaction_pooling_readiness_breakers_and_admin_sql() {
     // which the breaker refuses at once.
     let err = connect_db(addr, "forced-open", "postgres")
         .await
-        .err()
-        .expect("refused while the breaker is forced open");
+        .map(drop)
+        .expect_err("refused while the breaker is forced open");
     let code = err.code().map(|c| c.code().to_string()).unwrap_or_default();
     assert!(
         code.starts_with("08") || code == "57P03",
@@ -208,7 +208,10 @@ async fn backend_down_gives_class_08_at_once_and_readyz_not_ready() {
     let down_addr = sql_addr(&gw, "down");
     let started = Instant::now();
     let err = bounded("a login to a listener whose backend is down", async {
-        connect(down_addr, "down").await.err().expect("refused")
+        connect(down_addr, "down")
+            .await
+            .map(drop)
+            .expect_err("refused")
     })
     .await;
     let code = err.code().map(|c| c.code().to_string()).unwrap_or_default();
@@ -256,7 +259,10 @@ async fn fault_abort_refuses_logins_until_cleared() {
         .expect("login before the fault");
 
     put_fault(&gw, "sql:pg", json!({"abort_percent": 100.0})).await;
-    let err = connect(addr, "aborted").await.err().expect("login refused");
+    let err = connect(addr, "aborted")
+        .await
+        .map(drop)
+        .expect_err("login refused");
     assert_eq!(err.code(), Some(&SqlState::CANNOT_CONNECT_NOW), "{err}");
     let injected = metric_sum(
         &gw.metrics().await,

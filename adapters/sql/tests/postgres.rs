@@ -890,8 +890,8 @@ async fn login_fault_aborts_with_57p03_then_clears() {
     let err = proxy
         .try_connect("app", "secret", "fault")
         .await
-        .err()
-        .expect("login refused");
+        .map(drop)
+        .expect_err("login refused");
     assert_eq!(err.code(), Some(&SqlState::CANNOT_CONNECT_NOW), "{err}");
     fault.set(None);
     let c = proxy.connect("fault-cleared").await;
