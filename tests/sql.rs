@@ -386,3 +386,81 @@ async fn latency_and_reset_toxics_act_on_server_connections() {
     let (status, _) = gw.admin_json("/healthz").await;
     assert_eq!(status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn psql_through_the_listener_with_scram() {
+    require_postgres().await;
+    let config = format!(
+        "{SERVER}{}",
+        listener("pg", PG_URL, "pool_mode = \"transaction\"")
+    );
+    let gw = Gateway::start(&config).await;
+    let addr = sql_addr(&gw, "pg");
+    let out = tokio::process::Command::new("psql")
+        .arg(format!(
+            "host=127.0.0.1 port={} user=app dbname=test",
+            addr.port()
+        ))
+        .args(["-X", "-A", "-t", "-c", "select 40 + 2"])
+        .env("PGPASSWORD", "secret")
+        .output();
+    let out = bounded("psql through quartet", out)
+        .await
+        .expect("run psql");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "42");
+}
+
+#[tokio::test]
+async fn reload_keeps_listeners_breakers_and_faults_and_warns_on_sql_changes() {
+    require_postgres().await;
+    let config = format!("{SERVER}{}", listener("pg", PG_URL, ""));
+    let mut gw = Gateway::start(&config).await;
+    let addr = sql_addr(&gw, "pg");
+    let c = connect(addr, "before-reload").await.expect("login");
+    put_fault(
+        &gw,
+        "sql:pg",
+        json!({"delay": "10ms", "delay_percent": 100.0}),
+    )
+    .await;
+
+    let from = gw.log().len();
+    gw.rewrite_config(&config.replace("connect_timeout = \"2s\"", "connect_timeout = \"3s\""));
+    gw.process.signal("HUP");
+    gw.process
+        .wait_for_log(from, "the [sql] reload warning", |l| {
+            l.contains("[sql] listeners are not changed by a reload")
+        })
+        .await;
+    gw.process
+        .wait_for_log(from, "config reloaded", |l| l.contains("config reloaded"))
+        .await;
+
+    // The open session and the listener serve on; breakers and the fault are still
+    // reachable through the admin API of the new build.
+    c.simple_query("select 1").await.expect("the open session");
+    let c2 = connect(addr, "after-reload").await.expect("a new login");
+    c2.simple_query("select 1").await.expect("query");
+    let (_, breakers) = gw.admin_json("/admin/breakers").await;
+    assert!(
+        breakers.as_array().is_some_and(|l| l
+            .iter()
+            .any(|b| b["channel"] == "sql" && b["target"] == "pg")),
+        "{breakers}"
+    );
+    let (_, faults) = gw.admin_json("/admin/faults").await;
+    assert!(
+        faults.as_array().is_some_and(|l| l
+            .iter()
+            .any(|f| f["channel"] == "sql" && f["target"] == "pg")),
+        "{faults}"
+    );
+    assert!(toxics_injected(&gw.metrics().await, "delay") >= 1.0);
+    delete_fault(&gw, "sql:pg").await;
+}
