@@ -138,12 +138,19 @@ pub fn readiness(built: &Built, serving: bool) -> (bool, Value) {
         );
     }
     let rest_state = if serving { "ready" } else { "not_ready" };
-    let ready = serving;
+    let mut ready = serving;
+    let mut channels = serde_json::Map::new();
+    channels.insert(
+        "rest".into(),
+        json!({"state": rest_state, "targets": targets}),
+    );
+    if let Some((rpc_ready, rpc)) = crate::rpc::readiness(built) {
+        ready &= rpc_ready;
+        channels.insert("rpc".into(), rpc);
+    }
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
-        "channels": {
-            "rest": {"state": rest_state, "targets": targets},
-        },
+        "channels": channels,
     });
     (ready, body)
 }

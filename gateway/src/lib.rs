@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod routes;
+pub mod rpc;
 pub mod server;
 pub mod stack;
 

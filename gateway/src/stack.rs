@@ -232,11 +232,14 @@ impl BuildError {
 pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub runtime_faults: Arc<Mutex<HashMap<String, FaultSpec>>>,
+    /// The RPC client (one per instance, kept across reloads) and the RPC metrics.
+    pub rpc: crate::rpc::RpcShared,
 }
 
 impl Shared {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
+            rpc: crate::rpc::RpcShared::new(&metrics),
             metrics,
             runtime_faults: Arc::default(),
         }
@@ -253,7 +256,7 @@ impl Shared {
         }
     }
 
-    fn runtime_fault(&self, target: &Target) -> Option<FaultSpec> {
+    pub(crate) fn runtime_fault(&self, target: &Target) -> Option<FaultSpec> {
         self.runtime_faults
             .lock()
             .ok()
@@ -303,6 +306,8 @@ pub struct Rest {
 pub struct Built {
     pub config: Config,
     pub rest: Rest,
+    /// The RPC channel; `None` without `[amqp]`.
+    pub rpc: Option<crate::rpc::Rpc>,
     pub breakers: BreakerRegistry,
     pub faults: FaultRegistry,
     pub metrics: Arc<Metrics>,
@@ -314,9 +319,11 @@ impl Built {
         let breakers = BreakerRegistry::new();
         let faults = FaultRegistry::new();
         let rest = build_rest(&config, shared, &breakers, &faults)?;
+        let rpc = crate::rpc::build(&config, shared, &breakers, &faults, &rest);
         Ok(Self {
             config,
             rest,
+            rpc,
             breakers,
             faults,
             metrics: shared.metrics.clone(),
