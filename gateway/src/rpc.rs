@@ -1062,3 +1062,157 @@ impl Collector for RpcCollector {
         f.all().iter().flat_map(|c| c.collect()).collect()
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The command line: `quartet rpc call|cast`.
+
+/// `quartet rpc call` and `quartet rpc cast`.
+#[derive(Debug, clap::Subcommand)]
+pub enum RpcCommand {
+    /// Call METHOD on TOPIC and print the JSON result (exit 1 on a remote exception).
+    Call(RpcArgs),
+    /// Cast METHOD to TOPIC (no reply; printed once the broker confirmed it).
+    Cast(RpcArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RpcArgs {
+    pub topic: String,
+    pub method: String,
+    /// The keyword arguments, a JSON object.
+    #[arg(long, value_name = "JSON", default_value = "{}")]
+    pub args: String,
+    /// Send to `<topic>.<server>`.
+    #[arg(long)]
+    pub server: Option<String>,
+    /// The control exchange (default: the topic's in the config, else "openstack").
+    #[arg(long)]
+    pub exchange: Option<String>,
+    /// Seconds to wait for the reply (and for the broker connection).
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<f64>,
+    /// A cast to every server of the topic.
+    #[arg(long)]
+    pub fanout: bool,
+    /// The config whose [amqp] and [[rpc.topics]] are used (default: the embedded one).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
+}
+
+/// Runs `quartet rpc ...`: 0 on success, 1 on a failed RPC, 64 on a bad config or input.
+pub fn cli(command: RpcCommand) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let (kind, args) = match command {
+        RpcCommand::Call(a) => (CallKind::Call, a),
+        RpcCommand::Cast(a) => (CallKind::Cast, a),
+    };
+    let usage = || ExitCode::from(crate::cli::EXIT_CONFIG);
+    let loaded = match crate::config::load(args.config.as_deref()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e}");
+            return usage();
+        }
+    };
+    let Some(amqp) = loaded.config.amqp.clone() else {
+        eprintln!(
+            "{}: no [amqp] table: no broker to send to",
+            loaded.source.name()
+        );
+        return usage();
+    };
+    let call_args: Value = match serde_json::from_str(&args.args) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => {
+            eprintln!("quartet: --args must be a JSON object");
+            return usage();
+        }
+        Err(e) => {
+            eprintln!("quartet: --args is not JSON: {e}");
+            return usage();
+        }
+    };
+    let timeout = match args.timeout {
+        None => None,
+        Some(s) if s.is_finite() && s > 0.0 && s <= 86_400.0 => Some(Duration::from_secs_f64(s)),
+        Some(_) => {
+            eprintln!("quartet: --timeout must be seconds above 0");
+            return usage();
+        }
+    };
+    let topic = loaded
+        .config
+        .rpc
+        .topics
+        .iter()
+        .find(|t| t.topic == args.topic)
+        .cloned()
+        .unwrap_or_else(|| RpcTopic {
+            topic: args.topic.clone(),
+            exchange: "openstack".to_owned(),
+            policy: DEFAULT_POLICY.to_owned(),
+            auth: Default::default(),
+            access: None,
+            mandatory: false,
+            server: None,
+            timeout: None,
+            call_monitor_timeout: None,
+            idempotent: false,
+            forward_token: false,
+            status_map: Default::default(),
+        });
+    let kind = if args.fanout { CallKind::Cast } else { kind };
+    let mut req = RpcRequest::for_topic(&topic, kind, args.method.clone()).args(call_args);
+    req.fanout = args.fanout;
+    if let Some(s) = args.server {
+        req.server = Some(s);
+    }
+    if let Some(e) = args.exchange {
+        req.exchange = e;
+    }
+    if timeout.is_some() {
+        req.timeout = timeout;
+    }
+    req.context = Context::oslo(&Caller {
+        request_id: Some(format!("req-{}", uuid::Uuid::new_v4())),
+        ..Caller::default()
+    });
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("quartet: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let connect_bound = timeout
+        .unwrap_or(amqp.connect_timeout)
+        .max(amqp.connect_timeout);
+    let result = runtime.block_on(async move {
+        let client = RpcClient::start(amqp);
+        client.wait_ready(connect_bound).await?;
+        let result = client.send(req).await;
+        client.close().await;
+        result
+    });
+    match result {
+        Ok(RpcResponse::Reply(v)) => {
+            println!("{v}");
+            ExitCode::SUCCESS
+        }
+        Ok(RpcResponse::Sent) => {
+            println!("{}", json!({"sent": true}));
+            ExitCode::SUCCESS
+        }
+        Err(RpcError::Remote(f)) => {
+            eprintln!("{}", json!({"remote": remote_edge(&f, true)}));
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("quartet: {}", crate::error::Chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
