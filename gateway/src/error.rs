@@ -393,6 +393,55 @@ mod tests {
         }
     }
 
+    #[test]
+    fn rpc_errors_map_by_kind_and_remote_status() {
+        use quartet_amqp::RemoteFailure;
+        let remote = || RpcError::Remote(Box::new(RemoteFailure::new("NotFound", "nova", "x")));
+        let wrapped = |remote_status, source: BoxError| -> BoxError {
+            Box::new(RpcFailed {
+                topic: "compute".into(),
+                remote_status,
+                expose_traceback: false,
+                source,
+            })
+        };
+        assert_eq!(status_of(wrapped(None, Box::new(remote()))), (500, None));
+        assert_eq!(
+            status_of(wrapped(Some(404), Box::new(remote()))),
+            (404, None)
+        );
+        let edge = classify(wrapped(Some(404), Box::new(remote())).as_ref());
+        assert_eq!(
+            edge.remote,
+            Some(serde_json::json!({"class": "NotFound", "module": "nova", "message": "x"}))
+        );
+        let timeout = RpcError::Timeout {
+            msg_id: "m".into(),
+            after: Duration::from_secs(1),
+            monitor: false,
+        };
+        assert_eq!(status_of(wrapped(None, Box::new(timeout))), (504, None));
+        assert_eq!(
+            status_of(wrapped(None, Box::new(RpcError::NotConnected(None)))),
+            (503, Some(1))
+        );
+        let unroutable = RpcError::Unroutable {
+            exchange: "openstack".into(),
+            routing_key: "t".into(),
+            reply_code: 312,
+            reply_text: "NO_ROUTE".into(),
+        };
+        assert_eq!(status_of(Box::new(unroutable)), (503, Some(1)));
+        // The stack's own refusals above the adapter keep their meaning.
+        let open = BreakerOpen {
+            target: "rpc:compute".into(),
+            retry_after: Duration::from_secs(3),
+        };
+        assert_eq!(status_of(wrapped(None, Box::new(open))), (503, Some(3)));
+        let unknown = crate::rpc::UnknownTopic { topic: "x".into() };
+        assert_eq!(status_of(Box::new(unknown)), (404, None));
+    }
+
     #[tokio::test]
     async fn body_over_the_limit_is_413_even_inside_an_upstream_error() {
         use http_body_util::{BodyExt, Full, Limited};
