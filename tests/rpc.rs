@@ -546,3 +546,65 @@ async fn without_a_broker_rest_serves_and_readyz_says_rpc_is_down() {
     let (status, body) = post(&gw, "t", json!({"method": "add"})).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
 }
+
+#[tokio::test]
+async fn quartet_rpc_call_and_cast_from_the_command_line() {
+    broker_up();
+    let t = unique("qt_cli");
+    let server = Peer::oslo_server(&t, "s1").await;
+    let dir = quartet_tests::tempdir();
+    let t2 = t.clone();
+    let call = tokio::task::spawn_blocking(move || {
+        let args = ["rpc", "call", &t2, "add", "--args", r#"{"a": 2, "b": 3}"#];
+        quartet_tests::run_quartet(args, std::env::temp_dir().as_path())
+    })
+    .await
+    .expect("quartet rpc call");
+    assert!(call.status.success(), "{}", call.output());
+    assert_eq!(call.stdout.trim(), "5", "{}", call.output());
+
+    let t2 = t.clone();
+    let fail = tokio::task::spawn_blocking(move || {
+        let args = [
+            "rpc",
+            "call",
+            &t2,
+            "fail",
+            "--args",
+            r#"{"message": "cli-boom"}"#,
+        ];
+        quartet_tests::run_quartet(args, std::env::temp_dir().as_path())
+    })
+    .await
+    .expect("quartet rpc call");
+    assert_eq!(fail.status.code(), Some(1), "{}", fail.output());
+    let printed: Value = serde_json::from_str(fail.stderr.trim()).expect("the failure as JSON");
+    assert_eq!(printed["remote"]["class"], "ValueError", "{printed}");
+    assert_eq!(printed["remote"]["message"], "cli-boom", "{printed}");
+
+    let t2 = t.clone();
+    let cast = tokio::task::spawn_blocking(move || {
+        let args = [
+            "rpc",
+            "cast",
+            &t2,
+            "record",
+            "--args",
+            r#"{"tag": "cli-cast"}"#,
+            "--server",
+            "s1",
+        ];
+        quartet_tests::run_quartet(args, std::env::temp_dir().as_path())
+    })
+    .await
+    .expect("quartet rpc cast");
+    assert!(cast.status.success(), "{}", cast.output());
+    server
+        .expect("the server received the cast from the CLI", |v| {
+            v["event"] == "record" && v["tag"] == "cli-cast"
+        })
+        .await;
+
+    let bad = quartet_tests::run_quartet(["rpc", "call", &t, "add", "--args", "[1]"], dir.path());
+    assert_eq!(bad.status.code(), Some(64), "{}", bad.output());
+}
