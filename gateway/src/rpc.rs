@@ -865,22 +865,18 @@ pub fn readiness(built: &Built) -> Option<(bool, Value)> {
         }
         servers.insert(s.spec.topic.clone(), status_json(&st));
     }
-    let mut body = status_json(&status);
-    body["state"] = json!(if ready {
-        "ready"
-    } else {
-        status.state.as_str()
+    let state = match (ready, status.is_ready()) {
+        (true, _) => "ready",
+        (false, true) => "not_ready",
+        (false, false) => status.state.as_str(),
+    };
+    let mut body = json!({
+        "state": state,
+        "client": status_json(&status),
+        "targets": targets,
+        "servers": servers,
     });
-    body["client"] = status_json(&status);
-    body["targets"] = Value::Object(targets);
-    body["servers"] = Value::Object(servers);
     if !ready {
-        let state = if status.is_ready() {
-            "not_ready"
-        } else {
-            status.state.as_str()
-        };
-        body["state"] = json!(state);
         body["reason"] = json!(reasons.join("; "));
     }
     Some((ready, body))
