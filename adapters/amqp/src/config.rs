@@ -539,6 +539,37 @@ mod tests {
     }
 
     #[test]
+    fn debug_hides_the_password_and_routes_match_whole_paths() {
+        let cfg = AmqpConfig {
+            url: "amqp://user:hunter2@mq:5672/%2f".into(),
+            ..AmqpConfig::default()
+        };
+        let dbg = format!("{cfg:?}");
+        assert!(
+            !dbg.contains("hunter2") && dbg.contains("amqp://***@mq:5672"),
+            "{dbg}"
+        );
+        let doc: Doc = toml::from_str(
+            "[amqp]\n[[rpc.topics]]\ntopic = \"c\"\n[[rpc.routes]]\npath = \"/a/{x}/b\"\n\
+             topic = \"c\"\nrpc_method = \"m\"\nargs = { x = \"{x}\" }\n",
+        )
+        .unwrap();
+        doc.rpc.validate().unwrap();
+        let r = &doc.rpc.routes[0];
+        assert_eq!(r.match_path("/a/1/b"), Some(vec![("x", "1")]));
+        assert_eq!(r.match_path("/a/1/b/"), Some(vec![("x", "1")]));
+        assert_eq!(r.match_path("/a/1"), None);
+        assert_eq!(r.match_path("/a/1/c"), None);
+        let mut twice = doc.rpc.clone();
+        twice.routes.push(RpcRoute {
+            path: "/a/{y}/b".into(),
+            args: Default::default(),
+            ..r.clone()
+        });
+        assert_eq!(twice.validate().unwrap_err().key, "rpc.routes[1].path");
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_rejected() {
         assert!(toml::from_str::<Doc>("[amqp]\nurll = \"x\"\n[rpc]\n").is_err());
         assert!(toml::from_str::<Doc>("[amqp]\n[[rpc.topics]]\ntopic = \"a\"\nfoo = 1\n").is_err());
