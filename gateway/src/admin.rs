@@ -138,17 +138,21 @@ pub fn readiness(built: &Built, serving: bool) -> (bool, Value) {
         );
     }
     let rest_state = if serving { "ready" } else { "not_ready" };
+    let mut ready = serving;
     let mut channels = serde_json::Map::new();
     channels.insert(
         "rest".into(),
         json!({"state": rest_state, "targets": targets}),
     );
-    let mut ready = serving;
     // Listed only when drivers are configured, as a channel with no config is absent.
     if !built.native.drivers.is_empty() {
         let (native_ready, native) = built.native.readiness();
         ready &= native_ready;
         channels.insert("native".into(), native);
+    }
+    if let Some((rpc_ready, rpc)) = crate::rpc::readiness(built) {
+        ready &= rpc_ready;
+        channels.insert("rpc".into(), rpc);
     }
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },

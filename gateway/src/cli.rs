@@ -58,6 +58,11 @@ pub enum Command {
         #[command(subcommand)]
         command: NativeCommand,
     },
+    /// Call or cast an oslo.messaging RPC method through the broker of the config.
+    Rpc {
+        #[command(subcommand)]
+        command: crate::rpc::RpcCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -129,6 +134,7 @@ pub fn main(cli: Cli) -> ExitCode {
             print!("{}", config::DEFAULT_CONFIG);
             ExitCode::SUCCESS
         }
+        Command::Rpc { command } => crate::rpc::cli(command),
         Command::Check { config: path } => match config::load(Some(&path)) {
             Ok(loaded) => {
                 if let Some(tls) = &loaded.config.server.tls {

@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod native;
 pub mod routes;
+pub mod rpc;
 pub mod server;
 pub mod stack;
 

@@ -119,7 +119,12 @@ async fn handle(State(built): State<Arc<Built>>, req: Request<Body>) -> Response
     let path = req.uri().path().to_string();
     let mut facts = Facts::default();
 
-    let resp = match forward(&built, req, &request_id, &mut facts).await {
+    // The RPC channel first: `POST /rpc/{topic}` and the `[[rpc.routes]]`.
+    let result = match crate::rpc::intercept(&built, req, &request_id).await {
+        Ok(result) => result,
+        Err(req) => forward(&built, req, &request_id, &mut facts).await,
+    };
+    let resp = match result {
         Ok(resp) => resp,
         Err(err) => error::into_response(err.as_ref(), Some(&request_id)),
     };

@@ -238,11 +238,14 @@ pub struct Shared {
     pub runtime_faults: Arc<Mutex<HashMap<String, FaultSpec>>>,
     /// The native jobs stores by URL: opened once, kept across reloads.
     pub job_stores: crate::native::JobStores,
+    /// The RPC client (one per instance, kept across reloads) and the RPC metrics.
+    pub rpc: crate::rpc::RpcShared,
 }
 
 impl Shared {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
+            rpc: crate::rpc::RpcShared::new(&metrics),
             metrics,
             runtime_faults: Arc::default(),
             job_stores: Arc::default(),
@@ -321,6 +324,8 @@ pub struct Built {
     pub config: Config,
     pub rest: Rest,
     pub native: crate::native::Native,
+    /// The RPC channel; `None` without `[amqp]`.
+    pub rpc: Option<crate::rpc::Rpc>,
     pub breakers: BreakerRegistry,
     pub faults: FaultRegistry,
     pub metrics: Arc<Metrics>,
@@ -333,10 +338,12 @@ impl Built {
         let faults = FaultRegistry::new();
         let rest = build_rest(&config, shared, &breakers, &faults)?;
         let native = crate::native::build(&config, shared, &breakers, &faults)?;
+        let rpc = crate::rpc::build(&config, shared, &breakers, &faults, &rest);
         Ok(Self {
             config,
             rest,
             native,
+            rpc,
             breakers,
             faults,
             metrics: shared.metrics.clone(),
