@@ -33,6 +33,9 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     #[serde(default)]
     pub amqp: Option<AmqpConfig>,
+    /// Token checks and the embedded identity; absent: no token checks anywhere.
+    #[serde(default)]
+    pub identity: Option<quartet_identity::IdentityConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -110,6 +113,12 @@ pub struct RouteConfig {
     pub policy: String,
     #[serde(default)]
     pub idempotent: bool,
+    /// `required`, `delay` or `none`; default `required` with `[identity]`, else `none`.
+    #[serde(default)]
+    pub auth: Option<quartet_policies::auth::AuthMode>,
+    /// An oslo.policy expression, or `rule:NAME` of `identity.policy_file`.
+    #[serde(default)]
+    pub access: Option<String>,
 }
 
 fn default_policy_name() -> String {
@@ -231,7 +240,7 @@ pub struct Invalid {
     pub message: String,
 }
 
-fn invalid(path: KeyPath, message: impl Into<String>) -> Invalid {
+pub(crate) fn invalid(path: KeyPath, message: impl Into<String>) -> Invalid {
     Invalid {
         path,
         message: message.into(),
@@ -377,6 +386,7 @@ impl Config {
             });
             self.amqp = Some(AmqpConfig { url });
         }
+        crate::identity::apply_env(self, &env, &mut applied);
         for (name, upstream) in &mut self.upstreams {
             let var = upstream_env_var(name);
             let Some(value) = env(&var) else { continue };
@@ -459,6 +469,8 @@ impl Config {
             let path = KeyPath::root("upstreams").key(name.clone());
             validate_upstream(path, up)?;
         }
+
+        crate::identity::validate(self)?;
 
         let mut seen: Vec<(String, Option<String>)> = Vec::new();
         for (i, route) in self.routes.iter().enumerate() {

@@ -206,6 +206,11 @@ pub enum BuildError {
         #[source]
         source: quartet_http::error::BuildError,
     },
+    #[error("{key}: {message}")]
+    Identity {
+        key: crate::config::KeyPath,
+        message: String,
+    },
 }
 
 impl BuildError {
@@ -215,6 +220,7 @@ impl BuildError {
             BuildError::Upstream { upstream, source } => crate::config::KeyPath::root("upstreams")
                 .key(upstream.clone())
                 .dotted(&source.key),
+            BuildError::Identity { key, .. } => key.clone(),
         }
     }
 
@@ -222,6 +228,7 @@ impl BuildError {
     pub fn message(&self) -> &str {
         match self {
             BuildError::Upstream { source, .. } => &source.message,
+            BuildError::Identity { message, .. } => message,
         }
     }
 }
@@ -232,6 +239,8 @@ impl BuildError {
 pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub runtime_faults: Arc<Mutex<HashMap<String, FaultSpec>>>,
+    /// The identity channel, started once per process (`identity::start`).
+    pub identity: Option<Arc<crate::identity::Runtime>>,
 }
 
 impl Shared {
@@ -239,6 +248,7 @@ impl Shared {
         Self {
             metrics,
             runtime_faults: Arc::default(),
+            identity: None,
         }
     }
 
@@ -306,6 +316,7 @@ pub struct Built {
     pub breakers: BreakerRegistry,
     pub faults: FaultRegistry,
     pub metrics: Arc<Metrics>,
+    pub identity: Option<Arc<crate::identity::Runtime>>,
 }
 
 impl Built {
@@ -314,7 +325,11 @@ impl Built {
         let breakers = BreakerRegistry::new();
         let faults = FaultRegistry::new();
         let rest = build_rest(&config, shared, &breakers, &faults)?;
+        if let Some(identity) = shared.identity.as_ref().and_then(|rt| rt.embedded.as_ref()) {
+            identity.set_catalog(crate::identity::catalog(&config));
+        }
         Ok(Self {
+            identity: shared.identity.clone(),
             config,
             rest,
             breakers,
@@ -401,7 +416,7 @@ fn build_rest(
     }
 
     let mut routes = Vec::new();
-    for route in &config.routes {
+    for (index, route) in config.routes.iter().enumerate() {
         // validate() guarantees the upstream exists; skip defensively rather than panic.
         let Some(up) = upstreams.get(&route.upstream) else {
             continue;
@@ -434,6 +449,10 @@ fn build_rest(
             },
             balancer,
         );
+        // The route's guard (RequireToken, then the access rule) sits in front of the
+        // whole policy stack: a refused caller never reaches the upstream and never
+        // counts as an upstream failure, nor takes a concurrency slot or a rate token.
+        let service = crate::identity::guard(config, shared, index, service)?;
         routes.push(Route {
             prefix: crate::config::normalize_prefix(&route.prefix).to_string(),
             host: route.host.as_deref().map(crate::config::normalize_host),
