@@ -91,20 +91,23 @@ async fn echo_upstream() -> SocketAddr {
 
 const ADMIN_PASSWORD: &str = "s3cret-admin";
 
+/// A child process, killed and reaped when dropped (also when a test fails).
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct Quartet {
-    child: Child,
+    _child: Proc,
     public: SocketAddr,
     admin: SocketAddr,
     _dir: tempfile::TempDir,
     dir: PathBuf,
     config: PathBuf,
-}
-
-impl Drop for Quartet {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Quartet {
@@ -183,8 +186,8 @@ fn start_in(dir: tempfile::TempDir, config: PathBuf, password: Option<&str>) -> 
         Some(p) => cmd.env("QUARTET_ADMIN_PASSWORD", p),
         None => cmd.env_remove("QUARTET_ADMIN_PASSWORD"),
     };
-    let mut child = cmd.spawn().expect("start quartet");
-    let stdout = child.stdout.take().unwrap();
+    let mut child = Proc(cmd.spawn().expect("start quartet"));
+    let stdout = child.0.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -211,7 +214,7 @@ fn start_in(dir: tempfile::TempDir, config: PathBuf, password: Option<&str>) -> 
             });
             let dir_path = dir.path().to_path_buf();
             return Quartet {
-                child,
+                _child: child,
                 public,
                 admin,
                 _dir: dir,
@@ -554,16 +557,18 @@ async fn a_first_start_without_a_password_prints_a_generated_one_once() {
     let upstream = echo_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path(), upstream);
-    let mut child = Command::new(binary())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env_remove("QUARTET_ADMIN_PASSWORD")
-        .env_remove(quartet::identity::DATABASE_VAR)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let mut child = Proc(
+        Command::new(binary())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .env_remove("QUARTET_ADMIN_PASSWORD")
+            .env_remove(quartet::identity::DATABASE_VAR)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = child.0.stdout.take().unwrap();
     let mut password = None;
     let mut public = None;
     for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -583,6 +588,44 @@ async fn a_first_start_without_a_password_prints_a_generated_one_once() {
             .await
             .unwrap();
     assert!(!token.is_empty());
-    let _ = child.kill();
-    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revocation_reaches_another_instance_on_the_same_database_within_the_poll() {
+    let a = start().await;
+    // A second instance on the same database and keys.
+    let dir_b = tempfile::tempdir().unwrap();
+    let config_b = dir_b.path().join("quartet.toml");
+    std::fs::copy(&a.config, &config_b).unwrap();
+    let b = start_in(dir_b, config_b, Some(ADMIN_PASSWORD));
+    let v3 = a.v3();
+    let token = tokio::task::spawn_blocking(move || {
+        keystoneauth_token(&v3, "admin", ADMIN_PASSWORD, "admin")
+    })
+    .await
+    .unwrap();
+    // B validates (and caches) A's token.
+    let (status, _, _) = get(&b.url("/echo/x"), &[("X-Auth-Token", &token)]).await;
+    assert_eq!(status, 200);
+    let resp = reqwest::Client::new()
+        .delete(format!("{}/auth/tokens", a.v3()))
+        .header("X-Auth-Token", &token)
+        .header("X-Subject-Token", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 204);
+    // revocation_poll is 100ms: B refuses it soon (waiting for the condition, 10s at most).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _, _) = get(&b.url("/echo/x"), &[("X-Auth-Token", &token)]).await;
+        if status == 401 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B still accepts the revoked token"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -226,7 +226,7 @@ pub async fn start(shared: &mut Shared, config: &Config) -> Result<(), StartErro
                     );
                 }
             }
-            let poller = identity.spawn_revocation_poller(cfg.revocation_poll);
+            let poller = spawn_revocation_poller(&identity, &cache, cfg.revocation_poll);
             Runtime {
                 config: cfg.clone(),
                 api: Some(IdentityApi::new(identity.clone(), cfg.public_url.clone())),
@@ -269,6 +269,39 @@ pub async fn start(shared: &mut Shared, config: &Config) -> Result<(), StartErro
     };
     shared.identity = Some(Arc::new(runtime));
     Ok(())
+}
+
+/// Reads the revocations other instances wrote every `interval`; when there are new ones,
+/// empties the token cache, so a token revoked elsewhere is refused here within
+/// `interval` even when it was cached (keystonemiddleware would keep serving it until
+/// its cache entry ends). Revocations are rare; clearing the whole cache is cheap enough.
+fn spawn_revocation_poller(
+    identity: &Arc<Identity>,
+    cache: &Arc<TokenCache>,
+    interval: std::time::Duration,
+) -> tokio::task::JoinHandle<()> {
+    let identity = Arc::downgrade(identity);
+    let cache = Arc::downgrade(cache);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let (Some(identity), Some(cache)) = (identity.upgrade(), cache.upgrade()) else {
+                return;
+            };
+            match identity.refresh_revocations().await {
+                Ok(0) => {}
+                Ok(added) => {
+                    tracing::info!(added, "revocations read: token cache emptied");
+                    cache.clear();
+                }
+                Err(error) => {
+                    tracing::warn!(error = %crate::error::Chain(&error), "cannot read revocations")
+                }
+            }
+        }
+    })
 }
 
 type BytesService = tower::util::BoxCloneSyncService<Request<Bytes>, Response<Bytes>, BoxError>;
