@@ -159,3 +159,24 @@ fn catalog_lists_each_route_on_the_public_listener() {
         "https://cloud.example/compute"
     );
 }
+
+#[test]
+fn the_commented_identity_section_of_the_default_config_parses() {
+    let section: String = crate::config::DEFAULT_CONFIG
+        .split("# [identity]\n")
+        .nth(1)
+        .expect("an [identity] section in the default config")
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| !l.starts_with("policy_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let src = format!("[identity]\n{section}");
+    let (c, _) = parse(&src, "q.toml", no_env).unwrap();
+    let identity = c.identity.unwrap();
+    assert_eq!(
+        identity.public_url.as_deref(),
+        Some("https://cloud.example/v3")
+    );
+    assert_eq!(identity.revocation_poll, std::time::Duration::from_secs(5));
+}
