@@ -629,3 +629,63 @@ async fn a_revocation_reaches_another_instance_on_the_same_database_within_the_p
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A second Quartet in `mode = "keystone"`, validating against `keystone_url`.
+fn start_keystone_mode(upstream: SocketAddr, keystone_url: &str, jws: Option<&Path>) -> Quartet {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), upstream);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "mode = \"keystone\"\n\n[identity.keystone]\nurl = \"{keystone_url}\"\nusername = \"admin\"\npassword = \"{ADMIN_PASSWORD}\"\nproject_name = \"admin\"\n"
+    ));
+    if let Some(jws) = jws {
+        text.push_str(&format!(
+            "jws_public_key_repository = \"{}\"\n",
+            jws.display()
+        ));
+    }
+    std::fs::write(&config, text).unwrap();
+    start_in(dir, config, None)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keystone_mode_validates_remotely_and_answers_503_when_keystone_is_down() {
+    // The embedded identity of one instance is the "Keystone" of the other.
+    let keystone = start().await;
+    let upstream = echo_upstream().await;
+    let jws = keystone.dir.join("jws-keys").join("public");
+    let q = start_keystone_mode(upstream, &keystone.v3(), Some(&jws));
+    let v3 = keystone.v3();
+    let token = tokio::task::spawn_blocking(move || {
+        keystoneauth_token(&v3, "admin", ADMIN_PASSWORD, "admin")
+    })
+    .await
+    .unwrap();
+    let (status, _, body) = get(&q.url("/echo/x"), &[("X-Auth-Token", &token)]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(seen(&body, "x-identity-status"), Some("Confirmed"));
+    assert_eq!(seen(&body, "x-user-name"), Some("admin"));
+    let (status, _, _) = get(&q.url("/echo/x"), &[("X-Auth-Token", "garbage")]).await;
+    assert_eq!(status, 401);
+    // No /v3 in keystone mode: the path is nobody's.
+    let (status, _, _) = get(&q.url("/v3"), &[]).await;
+    assert_eq!(status, 404);
+
+    // Keystone unreachable and the token not cached: keystonemiddleware's 503.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let down = start_keystone_mode(upstream, &format!("http://{closed}/v3"), None);
+    let (status, _, body) = get(&down.url("/echo/x"), &[("X-Auth-Token", &token)]).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], 503);
+    assert_eq!(
+        body["error"]["message"],
+        "The Keystone service is temporarily unavailable."
+    );
+    // ... and under delay, passed on marked Invalid.
+    let (status, _, body) = get(&down.url("/delay/x"), &[("X-Auth-Token", &token)]).await;
+    assert_eq!(status, 200);
+    assert_eq!(seen(&body, "x-identity-status"), Some("Invalid"));
+}
