@@ -180,3 +180,33 @@ fn the_commented_identity_section_of_the_default_config_parses() {
     );
     assert_eq!(identity.revocation_poll, std::time::Duration::from_secs(5));
 }
+
+#[tokio::test]
+async fn v3_is_served_unless_a_route_claims_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = format!(
+        "[identity]\ndatabase = \"sqlite://{}\"\nkey_repository = \"{}\"\n",
+        dir.path().join("id.db").display(),
+        dir.path().join("keys").display()
+    );
+    let build = |routes: &str| {
+        let src =
+            format!("[upstreams.a]\nendpoints = [\"http://127.0.0.1:1\"]\n{routes}\n{identity}");
+        parse(&src, "q.toml", no_env).unwrap().0
+    };
+    let catch_all = build("[[routes]]\nprefix = \"/\"\nupstream = \"a\"\n");
+    let mut shared = crate::stack::Shared::new(quartet_policies::metrics::Metrics::new());
+    super::start(&mut shared, &catch_all).await.unwrap();
+    let built = crate::stack::Built::build(catch_all, &shared).unwrap();
+    assert!(super::serves_v3(&built, None, "/v3"));
+    assert!(super::serves_v3(&built, None, "/v3/auth/tokens"));
+    assert!(!super::serves_v3(&built, None, "/v3x"));
+    assert!(!super::serves_v3(&built, None, "/compute"));
+    let claimed = build("[[routes]]\nprefix = \"/v3\"\nupstream = \"a\"\n");
+    let built = crate::stack::Built::build(claimed, &shared).unwrap();
+    assert!(!super::serves_v3(&built, None, "/v3/auth/tokens"));
+    // Readiness reports the store.
+    let (ready, body) = super::readiness(&built).await.unwrap();
+    assert!(ready, "{body}");
+    assert_eq!(body["store"], "reachable");
+}
