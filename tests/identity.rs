@@ -89,6 +89,9 @@ async fn echo_upstream() -> SocketAddr {
     addr
 }
 
+/// `quartet::identity::DATABASE_VAR` (this package does not link the gateway).
+const DATABASE_VAR: &str = "QUARTET_IDENTITY_DATABASE";
+
 const ADMIN_PASSWORD: &str = "s3cret-admin";
 
 /// A child process, killed and reaped when dropped (also when a test fails).
@@ -179,7 +182,7 @@ fn start_in(dir: tempfile::TempDir, config: PathBuf, password: Option<&str>) -> 
     cmd.args(["serve", "--config"])
         .arg(&config)
         .env("RUST_LOG", "info")
-        .env_remove(quartet::identity::DATABASE_VAR)
+        .env_remove(DATABASE_VAR)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     match password {
@@ -473,7 +476,7 @@ async fn cli_bootstrap_then_a_new_user_with_a_role_gets_through() {
             .arg("--config")
             .arg(&config)
             .env_remove("QUARTET_ADMIN_PASSWORD")
-            .env_remove(quartet::identity::DATABASE_VAR)
+            .env_remove(DATABASE_VAR)
             .output()
             .unwrap()
     };
@@ -562,7 +565,7 @@ async fn a_first_start_without_a_password_prints_a_generated_one_once() {
             .args(["serve", "--config"])
             .arg(&config)
             .env_remove("QUARTET_ADMIN_PASSWORD")
-            .env_remove(quartet::identity::DATABASE_VAR)
+            .env_remove(DATABASE_VAR)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()

@@ -5,7 +5,7 @@
 //! | request | answer |
 //! | --- | --- |
 //! | `GET /healthz` | 200 `{"status": "ok"}` |
-//! | `GET /readyz` | 200 or 503 `{"status": "ready"\|"not_ready", "channels": {"rest": {"state", "targets": {NAME: {"endpoints": [{"endpoint", "healthy", "breaker", "in_flight"}], "fault"}}}}}` |
+//! | `GET /readyz` | 200 or 503 `{"status": "ready"\|"not_ready", "channels": {"rest": {"state", "targets": {NAME: {"endpoints": [{"endpoint", "healthy", "breaker", "in_flight"}], "fault"}}}, "native": {"state", "jobs": {"state"}, "drivers": {NAME: {"kind", "ready", "breaker", "in_flight", "fault"} or {"kind", "ready": false, "reason"}}}}}` (`native` only when drivers are configured) |
 //! | `GET /metrics` | Prometheus text |
 //! | `GET /admin/breakers` | 200, a list of breaker snapshots |
 //! | `POST /admin/breakers/{target}[?endpoint=host:port]` `{"state": "forced_open"\|"closed"\|"disabled"}` | 200 with the snapshots changed; 404 unknown target; 400 bad body |
@@ -139,12 +139,21 @@ pub fn readiness(built: &Built, serving: bool) -> (bool, Value) {
         );
     }
     let rest_state = if serving { "ready" } else { "not_ready" };
-    let ready = serving;
+    let mut channels = serde_json::Map::new();
+    channels.insert(
+        "rest".into(),
+        json!({"state": rest_state, "targets": targets}),
+    );
+    let mut ready = serving;
+    // Listed only when drivers are configured, as a channel with no config is absent.
+    if !built.native.drivers.is_empty() {
+        let (native_ready, native) = built.native.readiness();
+        ready &= native_ready;
+        channels.insert("native".into(), native);
+    }
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
-        "channels": {
-            "rest": {"state": rest_state, "targets": targets},
-        },
+        "channels": channels,
     });
     (ready, body)
 }

@@ -1,4 +1,5 @@
-//! The command line: `quartet serve`, `quartet check`, `quartet config default`.
+//! The command line: `quartet serve`, `quartet check`, `quartet config default`,
+//! `quartet drill`, `quartet native call`.
 
 use crate::config::{self, LogFormat};
 use clap::{Parser, Subcommand};
@@ -46,6 +47,37 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Run a resilience drill against a running Quartet: exit 0 when every expectation
+    /// holds, 1 when one fails, 2 when the scenario is invalid.
+    Drill {
+        scenario: PathBuf,
+        /// Where the JSON result goes (default: beside the scenario, NAME.result.json).
+        #[arg(long, value_name = "FILE")]
+        result: Option<PathBuf>,
+        /// Where the HTML report goes (default: beside the scenario, NAME.report.html).
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
+    },
+    /// Call the native-API channel's drivers locally.
+    Native {
+        #[command(subcommand)]
+        command: NativeCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NativeCommand {
+    /// Call OPERATION of DRIVER through its policy stack; prints the JSON result (exit
+    /// status 1 and the error on failure).
+    Call {
+        driver: String,
+        operation: String,
+        /// The arguments, a JSON object.
+        #[arg(long, value_name = "JSON")]
+        args: Option<String>,
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -76,6 +108,27 @@ pub fn init_tracing(format: LogFormat) {
 pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Identity { command } => crate::identity::cli::main(command),
+        Command::Drill {
+            scenario,
+            result,
+            report,
+        } => quartet_drill::run(
+            &scenario,
+            &quartet_drill::Options {
+                result_path: result,
+                report_path: report,
+                ..Default::default()
+            },
+        ),
+        Command::Native {
+            command:
+                NativeCommand::Call {
+                    driver,
+                    operation,
+                    args,
+                    config,
+                },
+        } => crate::native::cli_call(config.as_deref(), &driver, &operation, args.as_deref()),
         Command::Config {
             command: ConfigCommand::Default,
         } => {

@@ -36,6 +36,8 @@ pub struct Config {
     /// Token checks and the embedded identity; absent: no token checks anywhere.
     #[serde(default)]
     pub identity: Option<quartet_identity::IdentityConfig>,
+    #[serde(default)]
+    pub native: crate::native::NativeConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -516,6 +518,7 @@ impl Config {
                 ));
             }
         }
+        self.native.validate(&self.policies)?;
         Ok(())
     }
 }

@@ -160,6 +160,9 @@ pub fn classify(err: &(dyn StdError + 'static)) -> Edge {
         if let Some(u) = e.downcast_ref::<UnknownTarget>() {
             return edge(StatusCode::NOT_FOUND, &u.to_string());
         }
+        if let Some(edge) = native_edge(e) {
+            return edge;
+        }
         if e.is::<BodyError>() {
             return edge(StatusCode::BAD_REQUEST, "request body could not be read");
         }
@@ -179,6 +182,40 @@ pub fn classify(err: &(dyn StdError + 'static)) -> Edge {
     } else {
         edge(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
     }
+}
+
+/// The native channel's errors (`quartet_native` and `crate::native`), if `e` is one.
+/// A caller's error (invalid input, not found, conflict) is told to the caller; a
+/// backend's error is not: its details are logged.
+fn native_edge(e: &(dyn StdError + 'static)) -> Option<Edge> {
+    use quartet_native::{DriverError, UnknownDriver, UnknownOperation};
+    if let Some(d) = e.downcast_ref::<DriverError>() {
+        return Some(match d {
+            DriverError::InvalidInput { .. } => edge(StatusCode::BAD_REQUEST, &d.to_string()),
+            DriverError::NotFound { .. } => edge(StatusCode::NOT_FOUND, &d.to_string()),
+            DriverError::Conflict { .. } => edge(StatusCode::CONFLICT, &d.to_string()),
+            DriverError::Permanent { .. } => {
+                edge(StatusCode::INTERNAL_SERVER_ERROR, "driver backend failed")
+            }
+            DriverError::Transient { .. } => {
+                edge(StatusCode::BAD_GATEWAY, "driver backend temporarily failed")
+            }
+        });
+    }
+    if e.is::<UnknownDriver>() || e.is::<UnknownOperation>() || e.is::<crate::native::UnknownJob>()
+    {
+        return Some(edge(StatusCode::NOT_FOUND, &e.to_string()));
+    }
+    if e.is::<crate::native::DriverNotReady>() {
+        return Some(edge(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()));
+    }
+    if e.is::<crate::native::JobsUnavailable>() || e.is::<quartet_native::jobs::JobsError>() {
+        return Some(Edge {
+            retry_after: Some(1),
+            ..edge(StatusCode::SERVICE_UNAVAILABLE, "jobs store unavailable")
+        });
+    }
+    None
 }
 
 /// The Keystone error body for a status and a message.

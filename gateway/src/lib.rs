@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod identity;
+pub mod native;
 pub mod routes;
 pub mod server;
 pub mod stack;

@@ -30,7 +30,10 @@ pub struct ConnInfo {
 
 /// The public router of one built config.
 pub fn app(state: Arc<Built>) -> Router {
-    Router::new().fallback(handle).with_state(state)
+    Router::new()
+        .merge(crate::native::router())
+        .fallback(handle)
+        .with_state(state)
 }
 
 /// Whether `prefix` (without trailing slash) matches `path` on a segment boundary.

@@ -391,6 +391,10 @@ pub async fn run(loaded: Loaded) -> Result<(), RunError> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+    // Installing a SIGHUP handler replaces the default action (terminate) for the whole
+    // process, so a reload sent right after the listening line cannot kill us before
+    // `serve` starts listening for it itself.
+    let _hangup_installed = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
     log_overrides(&loaded);
     tracing::info!(config = %loaded.source.name(), "starting");
     let server = Server::bind(loaded).await?;

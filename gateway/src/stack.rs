@@ -211,6 +211,8 @@ pub enum BuildError {
         key: crate::config::KeyPath,
         message: String,
     },
+    #[error(transparent)]
+    Native(#[from] crate::native::NativeBuildError),
 }
 
 impl BuildError {
@@ -221,6 +223,7 @@ impl BuildError {
                 .key(upstream.clone())
                 .dotted(&source.key),
             BuildError::Identity { key, .. } => key.clone(),
+            BuildError::Native(e) => crate::native::key_path(&e.0.key),
         }
     }
 
@@ -229,6 +232,7 @@ impl BuildError {
         match self {
             BuildError::Upstream { source, .. } => &source.message,
             BuildError::Identity { message, .. } => message,
+            BuildError::Native(e) => &e.0.message,
         }
     }
 }
@@ -241,6 +245,8 @@ pub struct Shared {
     pub runtime_faults: Arc<Mutex<HashMap<String, FaultSpec>>>,
     /// The identity channel, started once per process (`identity::start`).
     pub identity: Option<Arc<crate::identity::Runtime>>,
+    /// The native jobs stores by URL: opened once, kept across reloads.
+    pub job_stores: crate::native::JobStores,
 }
 
 impl Shared {
@@ -249,6 +255,7 @@ impl Shared {
             metrics,
             runtime_faults: Arc::default(),
             identity: None,
+            job_stores: Arc::default(),
         }
     }
 
@@ -263,7 +270,17 @@ impl Shared {
         }
     }
 
-    fn runtime_fault(&self, target: &Target) -> Option<FaultSpec> {
+    /// The jobs store at `url`, started on first use and shared by later builds.
+    pub fn job_store(&self, url: &str, retention: Duration) -> Arc<crate::native::JobStore> {
+        let mut stores = self.job_stores.lock().unwrap_or_else(|e| e.into_inner());
+        let store = stores
+            .entry(url.to_string())
+            .or_insert_with(|| crate::native::JobStore::start(url, retention));
+        store.set_retention(retention);
+        store.clone()
+    }
+
+    pub(crate) fn runtime_fault(&self, target: &Target) -> Option<FaultSpec> {
         self.runtime_faults
             .lock()
             .ok()
@@ -313,6 +330,7 @@ pub struct Rest {
 pub struct Built {
     pub config: Config,
     pub rest: Rest,
+    pub native: crate::native::Native,
     pub breakers: BreakerRegistry,
     pub faults: FaultRegistry,
     pub metrics: Arc<Metrics>,
@@ -328,10 +346,12 @@ impl Built {
         if let Some(identity) = shared.identity.as_ref().and_then(|rt| rt.embedded.as_ref()) {
             identity.set_catalog(crate::identity::catalog(&config));
         }
+        let native = crate::native::build(&config, shared, &breakers, &faults)?;
         Ok(Self {
             identity: shared.identity.clone(),
             config,
             rest,
+            native,
             breakers,
             faults,
             metrics: shared.metrics.clone(),

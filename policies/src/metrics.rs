@@ -97,7 +97,7 @@ impl Metrics {
             ),
             faults_injected: counter(
                 "quartet_faults_injected_total",
-                "Faults injected by kind (delay, abort).",
+                "Faults injected by kind (delay, abort; latency, bandwidth, reset, stall, close_after on connections).",
                 &["channel", "target", "kind"],
             ),
             fault_active: gauge(

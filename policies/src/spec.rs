@@ -137,6 +137,220 @@ pub struct FaultSpec {
     pub abort_status: Option<u16>,
     /// Share of calls aborted, in percent (0 to 100).
     pub abort_percent: f64,
+    /// Connection-level faults ("toxics", as in Toxiproxy) applied to the byte streams of
+    /// the target's backend connections (SQL backends, the AMQP broker, HTTP upstreams)
+    /// by [`crate::fault::toxic::Toxic`]. Set with the request-level fault in one body
+    /// (`PUT /admin/faults/{target}`); empty means none, and is left out when written.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub connection: Vec<ToxicSpec>,
+}
+
+/// Which way a toxic acts, seen from the client: `upstream` is client to backend (what is
+/// written into [`crate::fault::toxic::Toxic`]), `downstream` backend to client (what is
+/// read from it). Toxiproxy's default, `downstream`, is ours too.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    Upstream,
+    #[default]
+    Downstream,
+    Both,
+}
+
+impl Direction {
+    /// True when a toxic set for `self` acts on data flowing `way`
+    /// (`way` is `Upstream` or `Downstream`).
+    pub fn covers(self, way: Direction) -> bool {
+        self == Direction::Both || self == way
+    }
+}
+
+/// What a toxic does to a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToxicKind {
+    /// Delays each chunk by `latency` ± `jitter`.
+    Latency,
+    /// Lets at most `rate` bytes per second through.
+    Bandwidth,
+    /// Resets the connection (reads and writes fail with `ConnectionReset`), at once or
+    /// `timeout` after the toxic applies (Toxiproxy's `reset_peer`).
+    #[serde(alias = "reset_peer")]
+    Reset,
+    /// Stops all data; resets the connection `timeout` after the toxic applies, or holds
+    /// it until the toxic is removed when `timeout` is 0 or absent (Toxiproxy's `timeout`).
+    #[serde(alias = "timeout")]
+    Stall,
+    /// Closes the connection once `bytes` bytes went through (Toxiproxy's `limit_data`).
+    #[serde(alias = "limit_data")]
+    CloseAfter,
+}
+
+impl ToxicKind {
+    /// The name used in metric labels and messages (`close_after`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ToxicKind::Latency => "latency",
+            ToxicKind::Bandwidth => "bandwidth",
+            ToxicKind::Reset => "reset",
+            ToxicKind::Stall => "stall",
+            ToxicKind::CloseAfter => "close_after",
+        }
+    }
+}
+
+impl std::fmt::Display for ToxicKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One connection-level fault. The attributes are flat beside `kind`, as in
+/// `{"kind": "latency", "latency": "100ms", "jitter": "10ms"}`; [`ToxicSpec::validate`]
+/// rejects an attribute that does not apply to the kind.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToxicSpec {
+    pub kind: ToxicKind,
+    #[serde(default)]
+    pub direction: Direction,
+    /// Chance (0 to 1) that the toxic applies to a connection, drawn once per connection
+    /// (Toxiproxy's `toxicity`).
+    #[serde(default = "always")]
+    pub probability: f64,
+    /// `latency`: the delay of each chunk.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub latency: Option<Duration>,
+    /// `latency`: each delay is drawn uniformly in `latency` ± `jitter` (never below 0).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub jitter: Option<Duration>,
+    /// `bandwidth`: bytes per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u64>,
+    /// `reset`, `stall`: time from the toxic applying to the reset (0 or absent: a reset
+    /// at once; a stall that holds until removed).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+    /// `close_after`: bytes let through (in the toxic's direction) before the close.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+}
+
+fn always() -> f64 {
+    1.0
+}
+
+impl ToxicSpec {
+    fn of(kind: ToxicKind) -> Self {
+        Self {
+            kind,
+            direction: Direction::default(),
+            probability: 1.0,
+            latency: None,
+            jitter: None,
+            rate: None,
+            timeout: None,
+            bytes: None,
+        }
+    }
+    /// Delays each chunk by `latency` ± `jitter`.
+    pub fn latency(latency: Duration, jitter: Duration) -> Self {
+        Self {
+            latency: Some(latency),
+            jitter: (!jitter.is_zero()).then_some(jitter),
+            ..Self::of(ToxicKind::Latency)
+        }
+    }
+    /// At most `rate` bytes per second.
+    pub fn bandwidth(rate: u64) -> Self {
+        Self {
+            rate: Some(rate),
+            ..Self::of(ToxicKind::Bandwidth)
+        }
+    }
+    /// A reset `after` the toxic applies (zero: at once).
+    pub fn reset(after: Duration) -> Self {
+        Self {
+            timeout: (!after.is_zero()).then_some(after),
+            ..Self::of(ToxicKind::Reset)
+        }
+    }
+    /// No data; a reset after `timeout`, or held until removed when it is zero.
+    pub fn stall(timeout: Duration) -> Self {
+        Self {
+            timeout: (!timeout.is_zero()).then_some(timeout),
+            ..Self::of(ToxicKind::Stall)
+        }
+    }
+    /// A close once `bytes` bytes went through.
+    pub fn close_after(bytes: u64) -> Self {
+        Self {
+            bytes: Some(bytes),
+            ..Self::of(ToxicKind::CloseAfter)
+        }
+    }
+    /// The same toxic acting on `direction`.
+    pub fn with_direction(self, direction: Direction) -> Self {
+        Self { direction, ..self }
+    }
+    /// The same toxic applying to a connection with chance `probability`.
+    pub fn with_probability(self, probability: f64) -> Self {
+        Self {
+            probability,
+            ..self
+        }
+    }
+
+    /// Checks values serde cannot check; keys are named relative to the toxic (`rate`).
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let err = |key: &str, message: String| {
+            Err(SpecError {
+                key: key.to_string(),
+                message,
+            })
+        };
+        if !(0.0..=1.0).contains(&self.probability) {
+            return err("probability", "must be between 0 and 1".to_string());
+        }
+        let kind = self.kind;
+        let (required, allowed): (&[&str], &[&str]) = match kind {
+            ToxicKind::Latency => (&["latency"], &["latency", "jitter"]),
+            ToxicKind::Bandwidth => (&["rate"], &["rate"]),
+            ToxicKind::Reset | ToxicKind::Stall => (&[], &["timeout"]),
+            ToxicKind::CloseAfter => (&["bytes"], &["bytes"]),
+        };
+        let present = [
+            ("latency", self.latency.is_some()),
+            ("jitter", self.jitter.is_some()),
+            ("rate", self.rate.is_some()),
+            ("timeout", self.timeout.is_some()),
+            ("bytes", self.bytes.is_some()),
+        ];
+        for (key, set) in present {
+            if set && !allowed.contains(&key) {
+                return err(key, format!("does not apply to a {kind} toxic"));
+            }
+            if !set && required.contains(&key) {
+                return err(key, format!("is required for a {kind} toxic"));
+            }
+        }
+        if self.rate == Some(0) {
+            return err("rate", "must be at least 1 byte per second".to_string());
+        }
+        Ok(())
+    }
 }
 
 /// A spec's problems, each naming its key relative to the policy (`retry.budget`).
@@ -228,6 +442,12 @@ impl FaultSpec {
             if !(100..=599).contains(&s) {
                 return err("abort_status", "must be an HTTP status between 100 and 599");
             }
+        }
+        for (i, toxic) in self.connection.iter().enumerate() {
+            toxic.validate().map_err(|e| SpecError {
+                key: format!("connection[{i}].{}", e.key),
+                message: e.message,
+            })?;
         }
         Ok(())
     }

@@ -167,6 +167,7 @@ fn the_commented_identity_section_of_the_default_config_parses() {
         .nth(1)
         .expect("an [identity] section in the default config")
         .lines()
+        .take_while(|l| !l.trim().is_empty())
         .filter_map(|l| l.strip_prefix("# "))
         .filter(|l| !l.starts_with("policy_file"))
         .map(|l| format!("{l}\n"))

@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
+pub mod toxic;
+
 /// The fault currently set on one target, shared by its stack and the admin API.
 #[derive(Clone)]
 pub struct FaultHandle {
@@ -285,6 +287,7 @@ mod tests {
             delay_percent: 100.0,
             abort_percent: 100.0,
             abort_status: None,
+            ..FaultSpec::default()
         };
         let handle = FaultHandle::new(target(), Some(fault), metrics.clone());
         let calls = Arc::new(AtomicU32::new(0));

@@ -1,0 +1,671 @@
+//! One `[[sql.listeners]]` entry at run time: the bound socket, its backends and their
+//! health tasks, its pools, and the accept loop.
+
+use crate::backend::{health_loop, Backend, BackendState, BackendUrl, Backends};
+use crate::config::{ConfigError, ListenerSpec, Protocol};
+use crate::metrics::{ListenerMetrics, SqlMetrics};
+use crate::mysql::{self, MysqlBackend, MysqlBackends};
+use crate::pg::client::{self, CancelSlot, UserSecret};
+use crate::pg::codec::{self, Severity};
+use crate::pg::server::Login;
+use crate::pool::{Pool, PoolKey, PoolLimits, PoolState};
+use bytes::Bytes;
+use quartet_policies::breaker::{BreakerHandle, BreakerRegistry};
+use quartet_policies::metrics::Metrics;
+use quartet_policies::retry::Backoff;
+use quartet_policies::spec::BreakerSpec;
+use quartet_policies::Target;
+use serde::Serialize;
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+/// What the gateway hands a SQL listener from the rest of the config.
+#[derive(Clone)]
+pub struct SqlContext {
+    /// The breaker of the listener's policy, one machine per backend.
+    pub breaker: BreakerSpec,
+    pub metrics: Arc<Metrics>,
+    /// Where the breakers are registered for the admin API, if anywhere.
+    pub registry: Option<BreakerRegistry>,
+    /// The SQL channel's own metrics, if they are collected.
+    pub sql_metrics: Option<Arc<SqlMetrics>>,
+}
+
+impl Default for SqlContext {
+    fn default() -> Self {
+        Self {
+            breaker: BreakerSpec::default(),
+            metrics: Metrics::new(),
+            registry: None,
+            sql_metrics: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SqlError {
+    #[error("invalid sql listener config")]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Counters of one listener, for the admin API (like PgBouncer's `SHOW STATS`).
+#[derive(Default)]
+pub(crate) struct Stats {
+    queries: AtomicU64,
+    transactions: AtomicU64,
+    pub reprepares: AtomicU64,
+    pub local_prepares: AtomicU64,
+    errors: Mutex<BTreeMap<String, u64>>,
+    pub metrics: Option<ListenerMetrics>,
+}
+
+impl Stats {
+    pub fn query(&self) {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.query();
+        }
+    }
+
+    pub fn transaction(&self) {
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            m.transaction();
+        }
+    }
+
+    /// Counts an error sent to a client by its SQLSTATE class (the first two characters).
+    pub fn error(&self, sqlstate: &str) {
+        let class = sqlstate.get(..2).unwrap_or("??").to_string();
+        if let Some(m) = &self.metrics {
+            m.error(&class);
+        }
+        *self
+            .errors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(class)
+            .or_default() += 1;
+    }
+
+    fn snapshot(&self) -> StatsSnapshot {
+        StatsSnapshot {
+            queries: self.queries.load(Ordering::Relaxed),
+            transactions: self.transactions.load(Ordering::Relaxed),
+            reprepares: self.reprepares.load(Ordering::Relaxed),
+            local_prepares: self.local_prepares.load(Ordering::Relaxed),
+            errors_by_class: self
+                .errors
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        }
+    }
+}
+
+/// What the admin API shows of a listener's counters.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct StatsSnapshot {
+    /// Simple queries and extended-protocol `Sync`s sent to servers.
+    pub queries: u64,
+    /// Units of work ended with the server idle (`ReadyForQuery` `I`).
+    pub transactions: u64,
+    /// Named statements prepared again on another server connection (transaction mode).
+    pub reprepares: u64,
+    /// `Parse`+`Sync` batches answered by Quartet without a server (transaction mode).
+    pub local_prepares: u64,
+    /// Errors sent to clients (the servers' and Quartet's own) by SQLSTATE class.
+    pub errors_by_class: BTreeMap<String, u64>,
+}
+
+/// Listener-wide state shared by every client task.
+pub(crate) struct Shared {
+    pub stats: Stats,
+    /// One small lazy sqlx pool per backend for `auth_query`.
+    auth_pools: Vec<sqlx::PgPool>,
+    pub metrics: Option<ListenerMetrics>,
+    pub spec: ListenerSpec,
+    pub users: HashMap<String, UserSecret>,
+    pub backends: Arc<Backends>,
+    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
+    cancels: Mutex<HashMap<(i32, i32), Arc<CancelSlot>>>,
+    statements: Mutex<HashMap<Bytes, Arc<str>>>,
+}
+
+impl Shared {
+    pub fn cancels(&self) -> MutexGuard<'_, HashMap<(i32, i32), Arc<CancelSlot>>> {
+        self.cancels.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pools(&self) -> MutexGuard<'_, HashMap<PoolKey, Arc<Pool>>> {
+        self.pools.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A user not in the config, looked up with `auth_query` on the backends (in the
+    /// order a server connection would try them). `None`: unknown, or no lookup possible.
+    pub async fn lookup_user(&self, user: &str) -> Option<UserSecret> {
+        let query = self.spec.auth_query.as_deref()?;
+        let order = self.backends.lookup_order();
+        for i in order {
+            let pool = &self.auth_pools[i];
+            let found = tokio::time::timeout(
+                self.spec.connect_timeout,
+                sqlx::query_as::<_, (String, Option<String>)>(query)
+                    .bind(user)
+                    .fetch_optional(pool),
+            )
+            .await;
+            match found {
+                Ok(Ok(Some((_, Some(password))))) => {
+                    return Some(UserSecret::new(user, &password));
+                }
+                Ok(Ok(_)) => return None,
+                Ok(Err(e)) => tracing::warn!(error = %e, "auth_query failed"),
+                Err(_) => tracing::warn!("auth_query timed out"),
+            }
+        }
+        None
+    }
+
+    /// A fresh (pid, key) pair for a client, registered for cancels.
+    pub fn register_cancel(&self, slot: Arc<CancelSlot>) -> (i32, i32) {
+        let mut cancels = self.cancels();
+        loop {
+            let k: (i32, i32) = (rand::random::<i32>() & 0x7fff_ffff, rand::random());
+            if k.0 != 0 && !cancels.contains_key(&k) {
+                cancels.insert(k, slot);
+                return k;
+            }
+        }
+    }
+
+    /// The server-side name of a prepared statement, shared by every client that
+    /// prepares the same query with the same parameter types.
+    pub fn statement_name(&self, rest: &Bytes) -> Arc<str> {
+        let mut map = self.statements.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get(rest) {
+            return n.clone();
+        }
+        let name: Arc<str> = format!("QUARTET_{}", map.len() + 1).into();
+        map.insert(rest.clone(), name.clone());
+        name
+    }
+
+    pub fn pool(&self, database: &str, user: &str, params: &[(String, String)]) -> Arc<Pool> {
+        let key = PoolKey {
+            database: database.to_string(),
+            user: user.to_string(),
+        };
+        let mut pools = self.pools();
+        if let Some(p) = pools.get(&key) {
+            return p.clone();
+        }
+        // Each backend replaces user and password with those of its url, if any.
+        let login = Login {
+            user: user.to_string(),
+            password: None,
+            database: database.to_string(),
+            params: params.to_vec(),
+        };
+        let limits = PoolLimits {
+            size: self.spec.pool_size,
+            min_idle: self.spec.min_idle,
+            wait_timeout: self.spec.query_wait_timeout,
+            lifetime: self.spec.server_lifetime,
+            idle_timeout: self.spec.server_idle_timeout,
+        };
+        let pool = Arc::new(Pool::new(
+            key.clone(),
+            login,
+            limits,
+            self.backends.clone(),
+            self.metrics.clone(),
+        ));
+        pools.insert(key, pool.clone());
+        pool
+    }
+}
+
+/// What /readyz and the admin API show of a listener.
+#[derive(Clone, Debug, Serialize)]
+pub struct ListenerState {
+    pub listen: SocketAddr,
+    pub clients: usize,
+    pub backends: Vec<BackendState>,
+    pub pools: Vec<PoolState>,
+    pub stats: StatsSnapshot,
+}
+
+impl ListenerState {
+    /// Ready when some backend is healthy (or not checked yet) and its breaker lets
+    /// calls through.
+    pub fn ready(&self) -> bool {
+        use quartet_policies::breaker::BreakerState as B;
+        self.backends.iter().any(|b| {
+            b.healthy != Some(false) && matches!(b.breaker, B::Closed | B::HalfOpen | B::Disabled)
+        })
+    }
+}
+
+/// A cheap handle on a running listener, for /readyz and the admin API.
+#[derive(Clone)]
+pub struct SqlHandle {
+    kind: HandleKind,
+    clients: Arc<Semaphore>,
+    max_clients: usize,
+    local: SocketAddr,
+}
+
+#[derive(Clone)]
+enum HandleKind {
+    Postgres(Arc<Shared>),
+    Mysql(Arc<MysqlBackends>),
+}
+
+impl SqlHandle {
+    pub fn state(&self) -> ListenerState {
+        let clients = self.max_clients - self.clients.available_permits();
+        match &self.kind {
+            HandleKind::Postgres(shared) => {
+                let mut pools: Vec<PoolState> =
+                    shared.pools().values().map(|p| p.state()).collect();
+                pools.sort_by(|a, b| (&a.database, &a.user).cmp(&(&b.database, &b.user)));
+                ListenerState {
+                    listen: self.local,
+                    clients,
+                    backends: shared.backends.states(),
+                    pools,
+                    stats: shared.stats.snapshot(),
+                }
+            }
+            HandleKind::Mysql(backends) => ListenerState {
+                listen: self.local,
+                clients,
+                backends: backends.states(),
+                pools: Vec::new(),
+                stats: StatsSnapshot::default(),
+            },
+        }
+    }
+
+    pub fn breakers(&self) -> Vec<BreakerHandle> {
+        match &self.kind {
+            HandleKind::Postgres(shared) => shared
+                .backends
+                .list
+                .iter()
+                .map(|b| b.breaker().clone())
+                .collect(),
+            HandleKind::Mysql(backends) => {
+                backends.list.iter().map(|b| b.breaker().clone()).collect()
+            }
+        }
+    }
+}
+
+fn breaker_for(ctx: &SqlContext, target: &Target, endpoint: &str) -> BreakerHandle {
+    let handle = BreakerHandle::new(
+        target.clone(),
+        endpoint,
+        ctx.breaker.clone(),
+        ctx.metrics.clone(),
+    );
+    if let Some(r) = &ctx.registry {
+        r.register(handle.clone());
+    }
+    handle
+}
+
+async fn bind_socket(spec: &ListenerSpec) -> Result<(TcpListener, SocketAddr), SqlError> {
+    let listener = TcpListener::bind(spec.listen)
+        .await
+        .map_err(|source| SqlError::Bind {
+            addr: spec.listen,
+            source,
+        })?;
+    let local = listener.local_addr().map_err(|source| SqlError::Bind {
+        addr: spec.listen,
+        source,
+    })?;
+    Ok((listener, local))
+}
+
+/// Accepts until `shutdown`, giving each client to `serve_client` under the
+/// `max_clients` limit (more are refused with `refusal`); then ends every task.
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    clients: Arc<Semaphore>,
+    mut background: JoinSet<()>,
+    refusal: Vec<u8>,
+    metrics: Option<ListenerMetrics>,
+    serve_client: F,
+    shutdown: impl Future<Output = ()>,
+) where
+    F: Fn(tokio::net::TcpStream) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let mut tasks = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            r = listener.accept() => {
+                let (mut stream, peer) = match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        continue;
+                    }
+                };
+                match clients.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        let fut = serve_client(stream);
+                        let metrics = metrics.clone();
+                        tasks.spawn(async move {
+                            if let Some(m) = &metrics {
+                                m.clients(1);
+                            }
+                            fut.await;
+                            if let Some(m) = &metrics {
+                                m.clients(-1);
+                            }
+                            drop(permit);
+                        });
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "too many clients");
+                        let refusal = refusal.clone();
+                        tasks.spawn(async move {
+                            let _ = stream.write_all(&refusal).await;
+                        });
+                    }
+                }
+            }
+        }
+    }
+    tasks.shutdown().await;
+    background.shutdown().await;
+}
+
+/// A PostgreSQL listener, bound and not yet serving.
+pub struct PgListener {
+    listener: TcpListener,
+    handle: SqlHandle,
+}
+
+impl PgListener {
+    /// Validates the spec, binds the socket (port 0 picks one) and builds backends and
+    /// breakers. Nothing runs until [`PgListener::run`].
+    pub async fn bind(spec: ListenerSpec, ctx: SqlContext) -> Result<Self, SqlError> {
+        spec.validate()?;
+        if spec.protocol != Protocol::Postgres {
+            return Err(ConfigError {
+                key: "protocol",
+                message: "this listener speaks postgres only",
+            }
+            .into());
+        }
+        let (listener, local) = bind_socket(&spec).await?;
+        let target = Target::new("sql", local.to_string());
+        let mut list = Vec::new();
+        for (i, url) in spec.backends.iter().enumerate() {
+            let url = BackendUrl::parse(url).map_err(|_| ConfigError {
+                key: "backends",
+                message: "each must be a postgres://user@host:port/database url",
+            })?;
+            let handle = breaker_for(&ctx, &target, &url.display());
+            list.push(Backend::new(url, i, handle));
+        }
+        let backends = Arc::new(Backends {
+            list,
+            metrics: Default::default(),
+            role: spec.role,
+            attempts: spec.connect_attempts,
+            backoff: Backoff::new(spec.connect_backoff, Duration::from_secs(1)),
+            connect_timeout: spec.connect_timeout,
+        });
+        let users = spec
+            .users
+            .iter()
+            .map(|u| (u.name.clone(), UserSecret::new(&u.name, &u.password)))
+            .collect();
+        let clients = Arc::new(Semaphore::new(spec.max_clients));
+        let max_clients = spec.max_clients;
+        let listener_metrics = ctx.sql_metrics.clone().map(|metrics| ListenerMetrics {
+            listener: local.to_string(),
+            metrics,
+        });
+        backends_metrics(&backends, listener_metrics.clone());
+        let auth_pools = backends
+            .list
+            .iter()
+            .map(|b| {
+                sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(2)
+                    .acquire_timeout(spec.connect_timeout)
+                    .idle_timeout(Some(Duration::from_secs(60)))
+                    .connect_lazy_with(crate::backend::pg_options(&b.url, "quartet-auth"))
+            })
+            .collect();
+        let shared = Arc::new(Shared {
+            auth_pools,
+            stats: Stats {
+                metrics: listener_metrics.clone(),
+                ..Stats::default()
+            },
+            metrics: listener_metrics,
+            spec,
+            users,
+            backends,
+            pools: Mutex::new(HashMap::new()),
+            cancels: Mutex::new(HashMap::new()),
+            statements: Mutex::new(HashMap::new()),
+        });
+        Ok(Self {
+            listener,
+            handle: SqlHandle {
+                kind: HandleKind::Postgres(shared),
+                clients,
+                max_clients,
+                local,
+            },
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.handle.local
+    }
+
+    pub fn handle(&self) -> SqlHandle {
+        self.handle.clone()
+    }
+
+    /// Serves until `shutdown` completes; then stops accepting and ends every client
+    /// and background task of this listener.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let HandleKind::Postgres(shared) = self.handle.kind.clone() else {
+            return;
+        };
+        let mut background = JoinSet::new();
+        for i in 0..shared.backends.list.len() {
+            background.spawn(health_loop(
+                shared.backends.clone(),
+                i,
+                shared.spec.health_interval,
+            ));
+        }
+        let maint = shared.clone();
+        background.spawn(async move {
+            let period = maint.spec.health_interval;
+            let mut tick = tokio::time::interval(period);
+            loop {
+                tick.tick().await;
+                let pools: Vec<Arc<Pool>> = maint.pools().values().cloned().collect();
+                for p in pools {
+                    p.maintain().await;
+                }
+            }
+        });
+        let refusal =
+            codec::error_response(Severity::Fatal, "53300", "sorry, too many clients already")
+                .to_vec();
+        accept_loop(
+            self.listener,
+            self.handle.clients.clone(),
+            background,
+            refusal,
+            shared.metrics.clone(),
+            move |stream| client::handle(shared.clone(), stream),
+            shutdown,
+        )
+        .await;
+    }
+}
+
+/// A MariaDB/MySQL listener, bound and not yet serving (see [`crate::mysql`]).
+pub struct MysqlListener {
+    listener: TcpListener,
+    handle: SqlHandle,
+    health_interval: Duration,
+    metrics: Option<ListenerMetrics>,
+}
+
+impl MysqlListener {
+    pub async fn bind(spec: ListenerSpec, ctx: SqlContext) -> Result<Self, SqlError> {
+        spec.validate()?;
+        if spec.protocol != Protocol::Mysql {
+            return Err(ConfigError {
+                key: "protocol",
+                message: "this listener speaks mysql only",
+            }
+            .into());
+        }
+        let (listener, local) = bind_socket(&spec).await?;
+        let target = Target::new("sql", local.to_string());
+        let mut list = Vec::new();
+        for url in &spec.backends {
+            let url = BackendUrl::parse_mysql(url).map_err(|_| ConfigError {
+                key: "backends",
+                message: "each must be a mysql://user@host:port url",
+            })?;
+            let handle = breaker_for(&ctx, &target, &format!("{}:{}", url.host, url.port));
+            list.push(MysqlBackend::new(url, handle));
+        }
+        let backends = Arc::new(MysqlBackends::new(list, &spec));
+        Ok(Self {
+            listener,
+            metrics: ctx.sql_metrics.clone().map(|metrics| ListenerMetrics {
+                listener: local.to_string(),
+                metrics,
+            }),
+            health_interval: spec.health_interval,
+            handle: SqlHandle {
+                kind: HandleKind::Mysql(backends),
+                clients: Arc::new(Semaphore::new(spec.max_clients)),
+                max_clients: spec.max_clients,
+                local,
+            },
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.handle.local
+    }
+
+    pub fn handle(&self) -> SqlHandle {
+        self.handle.clone()
+    }
+
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let HandleKind::Mysql(backends) = self.handle.kind.clone() else {
+            return;
+        };
+        let mut background = JoinSet::new();
+        for i in 0..backends.list.len() {
+            background.spawn(mysql::health_loop(
+                backends.clone(),
+                i,
+                self.health_interval,
+            ));
+        }
+        // ER_CON_COUNT_ERROR, as a MySQL server says it.
+        let refusal = mysql::err_packet(1040, "08004", "Too many connections");
+        accept_loop(
+            self.listener,
+            self.handle.clients.clone(),
+            background,
+            refusal,
+            self.metrics,
+            move |stream| mysql::handle(backends.clone(), stream),
+            shutdown,
+        )
+        .await;
+    }
+}
+
+/// A listener of either protocol, as its `protocol` key says.
+pub enum SqlListener {
+    Postgres(PgListener),
+    Mysql(MysqlListener),
+}
+
+impl SqlListener {
+    pub async fn bind(spec: ListenerSpec, ctx: SqlContext) -> Result<Self, SqlError> {
+        Ok(match spec.protocol {
+            Protocol::Postgres => SqlListener::Postgres(PgListener::bind(spec, ctx).await?),
+            Protocol::Mysql => SqlListener::Mysql(MysqlListener::bind(spec, ctx).await?),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        match self {
+            SqlListener::Postgres(l) => l.local_addr(),
+            SqlListener::Mysql(l) => l.local_addr(),
+        }
+    }
+
+    pub fn handle(&self) -> SqlHandle {
+        match self {
+            SqlListener::Postgres(l) => l.handle(),
+            SqlListener::Mysql(l) => l.handle(),
+        }
+    }
+
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        match self {
+            SqlListener::Postgres(l) => l.run(shutdown).await,
+            SqlListener::Mysql(l) => l.run(shutdown).await,
+        }
+    }
+}
+
+fn backends_metrics(backends: &Arc<Backends>, metrics: Option<ListenerMetrics>) {
+    if let Some(m) = metrics {
+        let _ = backends.metrics.set(m);
+    }
+}
+
+/// Binds and serves one listener until `shutdown`.
+pub async fn serve(
+    spec: ListenerSpec,
+    ctx: SqlContext,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SqlError> {
+    SqlListener::bind(spec, ctx).await?.run(shutdown).await;
+    Ok(())
+}

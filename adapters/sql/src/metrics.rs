@@ -1,0 +1,119 @@
+//! Prometheus metrics of the SQL channel. The gateway registers one [`SqlMetrics`] in its
+//! registry and hands it to every SQL listener through [`crate::SqlContext`]; each
+//! listener labels them with its address.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use std::sync::Arc;
+
+pub struct SqlMetrics {
+    /// `quartet_sql_clients{listener}`: client connections open now.
+    pub clients: IntGaugeVec,
+    /// `quartet_sql_server_connects_total{listener,outcome}`: `success` or `failure`.
+    pub server_connects: IntCounterVec,
+    /// `quartet_sql_pool_wait_seconds{listener}`: how long clients waited for a server
+    /// connection from a full pool (checkouts that did not wait are not observed).
+    pub wait: HistogramVec,
+    /// `quartet_sql_queries_total{listener}`: simple queries and `Sync`s sent to servers.
+    pub queries: IntCounterVec,
+    /// `quartet_sql_transactions_total{listener}`: units of work ended idle.
+    pub transactions: IntCounterVec,
+    /// `quartet_sql_errors_total{listener,class}`: errors sent to clients by SQLSTATE class.
+    pub errors: IntCounterVec,
+}
+
+impl SqlMetrics {
+    pub fn register(registry: &Registry) -> Result<Arc<Self>, prometheus::Error> {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok::<_, prometheus::Error>(c)
+        };
+        let clients = IntGaugeVec::new(
+            Opts::new("quartet_sql_clients", "SQL client connections open now."),
+            &["listener"],
+        )?;
+        registry.register(Box::new(clients.clone()))?;
+        let wait = HistogramVec::new(
+            HistogramOpts::new(
+                "quartet_sql_pool_wait_seconds",
+                "Time SQL clients waited for a server connection.",
+            )
+            .buckets(vec![
+                0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0,
+            ]),
+            &["listener"],
+        )?;
+        registry.register(Box::new(wait.clone()))?;
+        Ok(Arc::new(Self {
+            clients,
+            server_connects: counter(
+                "quartet_sql_server_connects_total",
+                "Server connections opened, by outcome.",
+                &["listener", "outcome"],
+            )?,
+            wait,
+            queries: counter(
+                "quartet_sql_queries_total",
+                "Simple queries and extended-protocol syncs sent to servers.",
+                &["listener"],
+            )?,
+            transactions: counter(
+                "quartet_sql_transactions_total",
+                "Units of work that ended with the server idle.",
+                &["listener"],
+            )?,
+            errors: counter(
+                "quartet_sql_errors_total",
+                "Errors sent to SQL clients, by SQLSTATE class.",
+                &["listener", "class"],
+            )?,
+        }))
+    }
+}
+
+/// The metrics of one listener, labels applied.
+#[derive(Clone)]
+pub(crate) struct ListenerMetrics {
+    pub listener: String,
+    pub metrics: Arc<SqlMetrics>,
+}
+
+impl ListenerMetrics {
+    pub fn clients(&self, delta: i64) {
+        self.metrics
+            .clients
+            .with_label_values(&[&self.listener])
+            .add(delta);
+    }
+    pub fn connect(&self, ok: bool) {
+        let outcome = if ok { "success" } else { "failure" };
+        self.metrics
+            .server_connects
+            .with_label_values(&[&self.listener, outcome])
+            .inc();
+    }
+    pub fn wait(&self, seconds: f64) {
+        self.metrics
+            .wait
+            .with_label_values(&[&self.listener])
+            .observe(seconds);
+    }
+    pub fn query(&self) {
+        self.metrics
+            .queries
+            .with_label_values(&[&self.listener])
+            .inc();
+    }
+    pub fn transaction(&self) {
+        self.metrics
+            .transactions
+            .with_label_values(&[&self.listener])
+            .inc();
+    }
+    pub fn error(&self, class: &str) {
+        self.metrics
+            .errors
+            .with_label_values(&[&self.listener, class])
+            .inc();
+    }
+}

@@ -1,0 +1,916 @@
+//! One client connection: startup, authentication by Quartet, then the proxy loop that
+//! moves whole frames between the client and the server connection serving it.
+//!
+//! In transaction mode the server connection goes back to the pool when the server says
+//! the transaction is idle (`ReadyForQuery` `I`) and nothing else is outstanding. Named
+//! prepared statements are renamed to names shared by every client (`QUARTET_<n>`, one per
+//! distinct query text and parameter types) and prepared again on whichever server
+//! connection serves a `Bind` or `Describe` that needs them; the extra `ParseComplete`
+//! the server answers is swallowed. A `Parse` of a statement the connection has already is
+//! sent as a harmless `Close` whose `CloseComplete` the client gets as `ParseComplete`, so
+//! answers stay in order and the client's unnamed statement is left alone. A batch of
+//! named `Parse`s and a `Sync` with no server attached is answered by Quartet (see
+//! `answer_prepare`). Statements prepared with SQL (`PREPARE`) are not tracked; a simple
+//! query that mentions `DISCARD` or `DEALLOCATE` makes Quartet forget what the connection
+//! had prepared.
+
+use super::auth::{md5_check, md5_stored, ScramSecret, ScramServer, MECHANISM};
+use super::codec::{self, Frame, ProtocolError, Severity, StartupFrame};
+use super::server::{send_cancel, ServerConn, SERVER_MAX_MESSAGE};
+use crate::config::{AuthMethod, PoolMode};
+use crate::listener::Shared;
+use crate::pool::{Lease, Pool};
+use bytes::{Bytes, BytesMut};
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// Where a client's cancel goes: the server connection serving it right now.
+#[derive(Default)]
+pub(crate) struct CancelSlot {
+    target: Mutex<Option<(SocketAddr, i32, i32)>>,
+}
+
+impl CancelSlot {
+    fn set(&self, t: Option<(SocketAddr, i32, i32)>) {
+        *self.target.lock().unwrap_or_else(|e| e.into_inner()) = t;
+    }
+    fn get(&self) -> Option<(SocketAddr, i32, i32)> {
+        *self.target.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Why a client's session ended early; each is reported to the client as a FATAL
+/// `ErrorResponse` with its SQLSTATE.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ClientError {
+    #[error("protocol violation")]
+    Protocol(#[from] ProtocolError),
+    #[error("client i/o failed")]
+    Io(#[from] std::io::Error),
+    #[error("password authentication failed for user \"{user}\"")]
+    Auth { user: String },
+    #[error("{message}")]
+    Checkout { code: String, message: String },
+    #[error("server connection lost")]
+    ServerLost,
+    #[error("terminating connection due to idle-in-transaction timeout")]
+    IdleInTransaction,
+    #[error("client login timeout")]
+    LoginTimeout,
+    #[error("startup packet has no user")]
+    NoUser,
+}
+
+impl ClientError {
+    fn sqlstate(&self) -> &str {
+        match self {
+            ClientError::Protocol(_) | ClientError::Io(_) | ClientError::LoginTimeout => "08P01",
+            ClientError::Auth { .. } => "28P01",
+            ClientError::Checkout { code, .. } => code,
+            ClientError::ServerLost => "08006",
+            ClientError::IdleInTransaction => "25P03",
+            ClientError::NoUser => "28000",
+        }
+    }
+
+    fn client_message(&self) -> String {
+        match self {
+            ClientError::Protocol(e) => format!("protocol violation: {e}"),
+            other => other.to_string(),
+        }
+    }
+}
+
+struct Login {
+    user: String,
+    database: String,
+    params: Vec<(String, String)>,
+}
+
+/// Entry point for one accepted connection.
+pub(crate) async fn handle(shared: Arc<Shared>, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(8192);
+    let login_timeout = shared.spec.client_login_timeout;
+    let result =
+        match tokio::time::timeout(login_timeout, login(&shared, &mut stream, &mut buf)).await {
+            Ok(r) => r,
+            Err(_) => Err(ClientError::LoginTimeout),
+        };
+    let session = match result {
+        Ok(Some(s)) => s,
+        Ok(None) => return,
+        Err(e) => {
+            tracing::debug!(error = %e, "client login failed");
+            shared.stats.error(e.sqlstate());
+            let _ = stream
+                .write_all(&codec::error_response(
+                    Severity::Fatal,
+                    e.sqlstate(),
+                    &e.client_message(),
+                ))
+                .await;
+            return;
+        }
+    };
+    let (login, pool) = session;
+    let buf = if buf.is_empty() { BytesMut::new() } else { buf };
+    let mut session = Session::new(shared.clone(), pool, stream, buf);
+    let key = session.key;
+    if let Err(e) = session.start(&login).await {
+        session.fatal(&e).await;
+    } else if let Err(e) = session.run().await {
+        tracing::debug!(error = %e, "client session ended");
+        session.fatal(&e).await;
+    }
+    session.finish().await;
+    shared.cancels().remove(&key);
+}
+
+/// Reads more bytes from the client; `Ok(false)` at end of stream.
+async fn fill(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<bool> {
+    if buf.capacity() - buf.len() < 4096 {
+        buf.reserve(8192);
+    }
+    Ok(stream.read_buf(buf).await? > 0)
+}
+
+/// Startup and authentication. `Ok(None)`: a cancel request, handled, or a client gone.
+async fn login(
+    shared: &Arc<Shared>,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<Option<(Login, Arc<Pool>)>, ClientError> {
+    let params = loop {
+        match codec::decode_startup(buf)? {
+            None => {
+                if !fill(stream, buf).await? {
+                    return Ok(None);
+                }
+            }
+            Some(StartupFrame::Ssl) | Some(StartupFrame::GssEnc) => stream.write_all(b"N").await?,
+            Some(StartupFrame::Cancel { pid, key }) => {
+                let slot = shared.cancels().get(&(pid, key)).cloned();
+                if let Some((peer, spid, skey)) = slot.and_then(|s| s.get()) {
+                    send_cancel(peer, spid, skey, shared.spec.connect_timeout).await;
+                }
+                return Ok(None);
+            }
+            Some(StartupFrame::Startup { params }) => break params,
+        }
+    };
+    let user = StartupFrame::param(&params, "user")
+        .filter(|u| !u.is_empty())
+        .ok_or(ClientError::NoUser)?
+        .to_string();
+    let database = StartupFrame::param(&params, "database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(&user)
+        .to_string();
+    let extra = params
+        .iter()
+        .filter(|(k, _)| {
+            matches!(
+                k.as_str(),
+                "application_name" | "client_encoding" | "DateStyle" | "TimeZone" | "options"
+            )
+        })
+        .cloned()
+        .collect();
+    authenticate(shared, stream, buf, &user).await?;
+    let login = Login {
+        user,
+        database,
+        params: extra,
+    };
+    let pool = shared.pool(&login.database, &login.user, &login.params);
+    Ok(Some((login, pool)))
+}
+
+/// Reads the client's next `PasswordMessage`-family frame during authentication.
+async fn read_password_frame(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<Frame, ClientError> {
+    loop {
+        if let Some(f) = codec::next_frame(buf, codec::MAX_STARTUP_LEN)? {
+            if f.tag != b'p' {
+                return Err(ProtocolError::Unexpected { tag: f.tag as char }.into());
+            }
+            return Ok(f);
+        }
+        if !fill(stream, buf).await? {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+    }
+}
+
+async fn authenticate(
+    shared: &Arc<Shared>,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    user: &str,
+) -> Result<(), ClientError> {
+    let refused = || ClientError::Auth {
+        user: user.to_string(),
+    };
+    let looked_up;
+    let secret = match shared.users.get(user) {
+        Some(s) => Some(s),
+        None if shared.spec.auth != AuthMethod::Trust => {
+            looked_up = shared.lookup_user(user).await;
+            looked_up.as_ref()
+        }
+        None => None,
+    };
+    match shared.spec.auth {
+        AuthMethod::Trust => {}
+        AuthMethod::Md5 => {
+            let salt: [u8; 4] = rand::random();
+            stream.write_all(&codec::auth_md5(salt)).await?;
+            let f = read_password_frame(stream, buf).await?;
+            let answer = codec::parse_password(f.body())?;
+            let stored = secret.and_then(|s| s.md5.as_deref());
+            if !stored.is_some_and(|stored| md5_check(stored, salt, answer)) {
+                return Err(refused());
+            }
+        }
+        AuthMethod::ScramSha256 => {
+            // An unknown user goes through the whole exchange with a secret nobody
+            // knows, so the answer does not tell which users exist.
+            let secret = secret.and_then(|s| s.scram.clone()).unwrap_or_else(|| {
+                ScramSecret::from_password(&format!("{:x}", rand::random::<u128>()))
+            });
+            stream.write_all(&codec::auth_sasl(&[MECHANISM])).await?;
+            let f = read_password_frame(stream, buf).await?;
+            let (mech, data) = codec::parse_sasl_initial(f.body())?;
+            if mech != MECHANISM {
+                return Err(refused());
+            }
+            let (server, first) = ScramServer::start(secret, data).map_err(|_| refused())?;
+            stream
+                .write_all(&codec::auth_sasl_continue(first.as_bytes()))
+                .await?;
+            let f = read_password_frame(stream, buf).await?;
+            let last = server.finish(f.body()).map_err(|_| refused())?;
+            stream
+                .write_all(&codec::auth_sasl_final(last.as_bytes()))
+                .await?;
+        }
+    }
+    stream.write_all(&codec::auth_ok()).await?;
+    Ok(())
+}
+
+/// A user's secrets as the listener keeps them.
+#[derive(Clone, Debug)]
+pub(crate) struct UserSecret {
+    pub scram: Option<ScramSecret>,
+    pub md5: Option<String>,
+}
+
+impl UserSecret {
+    pub fn new(name: &str, password: &str) -> Self {
+        if let Some(s) = ScramSecret::parse(password) {
+            return Self {
+                scram: Some(s),
+                md5: None,
+            };
+        }
+        if password.starts_with("md5") && password.len() == 35 {
+            return Self {
+                scram: None,
+                md5: Some(password.to_string()),
+            };
+        }
+        Self {
+            scram: Some(ScramSecret::from_password(password)),
+            md5: Some(md5_stored(name, password)),
+        }
+    }
+}
+
+/// A client statement in transaction mode.
+struct Stmt {
+    server_name: Arc<str>,
+    /// The `Parse` body after the name: query text and parameter types.
+    rest: Bytes,
+}
+
+/// Transaction mode: the messages sent to the server whose answers Quartet changes, in
+/// the order sent. The server answers in the same order (`ParseComplete` for a `Parse`,
+/// `CloseComplete` for a `Close`, `ReadyForQuery` for a `Sync`), and after an error it
+/// skips everything up to the next `Sync`, so the front of this queue is always what
+/// the next such answer is for.
+enum Sent {
+    /// A `Parse`: the client's unnamed one (`name` none), a renamed one, or one Quartet
+    /// added to prepare a statement on this connection (`injected`: answer swallowed).
+    Parse {
+        name: Option<Arc<str>>,
+        injected: bool,
+    },
+    /// A `Close`; `as_parse` when it stands in for a client's `Parse` of a statement this
+    /// connection has already: its `CloseComplete` goes to the client as `ParseComplete`.
+    Close {
+        as_parse: bool,
+    },
+    Sync,
+}
+
+/// A name never prepared. Closing it is harmless and answered `CloseComplete` in order,
+/// so it stands in for a client's `Close` of a shared statement (which stays prepared)
+/// and for a `Parse` of a statement the connection has already.
+const CLOSED_NAME: &str = "QUARTET_closed";
+
+struct Session {
+    shared: Arc<Shared>,
+    pool: Arc<Pool>,
+    client: TcpStream,
+    cbuf: BytesMut,
+    lease: Option<Lease>,
+    mode: PoolMode,
+    key: (i32, i32),
+    slot: Arc<CancelSlot>,
+    stmts: HashMap<String, Stmt>,
+    sent: VecDeque<Sent>,
+    /// `Sync`s and `Query`s sent whose `ReadyForQuery` has not come yet.
+    pending: usize,
+    status: u8,
+    query_started: Option<Instant>,
+    cancel_sent: bool,
+    last_client: Instant,
+    forget_prepared: bool,
+    /// Extended-protocol messages were sent after the last `Sync`.
+    unsynced: bool,
+    out: Vec<Bytes>,
+}
+
+impl Session {
+    fn new(shared: Arc<Shared>, pool: Arc<Pool>, client: TcpStream, cbuf: BytesMut) -> Self {
+        let slot = Arc::new(CancelSlot::default());
+        let key = shared.register_cancel(slot.clone());
+        Self {
+            mode: shared.spec.pool_mode,
+            shared,
+            pool,
+            client,
+            cbuf,
+            lease: None,
+            key,
+            slot,
+            stmts: HashMap::new(),
+            sent: VecDeque::new(),
+            pending: 0,
+            status: b'I',
+            query_started: None,
+            cancel_sent: false,
+            last_client: Instant::now(),
+            forget_prepared: false,
+            unsynced: false,
+            out: Vec::new(),
+        }
+    }
+
+    async fn checkout(&mut self) -> Result<(), ClientError> {
+        let lease = self.pool.get().await.map_err(|e| {
+            tracing::debug!(error = %e, "no server connection for client");
+            ClientError::Checkout {
+                code: e.sqlstate(),
+                message: e.client_message(),
+            }
+        })?;
+        self.slot
+            .set(Some((lease.conn.peer, lease.conn.pid, lease.conn.key)));
+        self.lease = Some(lease);
+        Ok(())
+    }
+
+    fn release(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            self.slot.set(None);
+            self.pool.put(lease);
+        }
+    }
+
+    /// The end of startup: a server connection (so a client whose backend is down hears
+    /// it now), its parameters, Quartet's own key, `ReadyForQuery`.
+    async fn start(&mut self, login: &Login) -> Result<(), ClientError> {
+        self.checkout().await?;
+        let mut out = BytesMut::with_capacity(512);
+        if let Some(lease) = &self.lease {
+            for (k, v) in &lease.conn.params {
+                let v = match k.as_str() {
+                    "application_name" => StartupFrame::param(&login.params, k).unwrap_or(v),
+                    _ => v,
+                };
+                out.extend_from_slice(&codec::parameter_status(k, v));
+            }
+        }
+        out.extend_from_slice(&codec::backend_key_data(self.key.0, self.key.1));
+        out.extend_from_slice(&codec::ready_for_query(b'I'));
+        self.client.write_all(&out).await?;
+        if self.mode == PoolMode::Transaction {
+            self.release();
+        }
+        Ok(())
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.lease.as_ref()?;
+        if self.pending > 0 {
+            if self.cancel_sent {
+                return None;
+            }
+            let t = self.shared.spec.query_timeout?;
+            Some(self.query_started? + t)
+        } else if self.status != b'I' {
+            Some(self.last_client + self.shared.spec.idle_transaction_timeout?)
+        } else {
+            None
+        }
+    }
+
+    async fn run(&mut self) -> Result<(), ClientError> {
+        loop {
+            let deadline = self.deadline();
+            let timer = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let server_read = async {
+                match self.lease.as_mut() {
+                    Some(l) => {
+                        let buf = &mut l.conn.buf;
+                        if buf.capacity() - buf.len() < 4096 {
+                            buf.reserve(16384);
+                        }
+                        l.conn.stream.read_buf(buf).await
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                // An idle client holds no read buffer: wait for bytes first, then read.
+                r = self.client.readable() => {
+                    r?;
+                    if self.cbuf.capacity() - self.cbuf.len() < 4096 {
+                        self.cbuf.reserve(16384);
+                    }
+                    match self.client.try_read_buf(&mut self.cbuf) {
+                        Ok(0) => return Ok(()),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(e.into()),
+                    }
+                    self.last_client = Instant::now();
+                    if !self.forward_client().await? {
+                        return Ok(());
+                    }
+                    if self.cbuf.is_empty() {
+                        self.cbuf = BytesMut::new();
+                    }
+                }
+                r = server_read => {
+                    match r {
+                        Ok(n) if n > 0 => self.forward_server().await?,
+                        _ => {
+                            self.lease = None;
+                            self.slot.set(None);
+                            return Err(ClientError::ServerLost);
+                        }
+                    }
+                }
+                _ = timer => self.on_timer().await?,
+            }
+        }
+    }
+
+    async fn on_timer(&mut self) -> Result<(), ClientError> {
+        let Some(lease) = &self.lease else {
+            return Ok(());
+        };
+        if self.pending > 0 {
+            self.cancel_sent = true;
+            let (peer, pid, key) = (lease.conn.peer, lease.conn.pid, lease.conn.key);
+            let timeout = self.shared.spec.connect_timeout;
+            tracing::debug!(pid, "query timeout: cancelling");
+            tokio::spawn(send_cancel(peer, pid, key, timeout));
+            Ok(())
+        } else {
+            // The server rolls back when its connection closes.
+            self.lease = None;
+            self.slot.set(None);
+            Err(ClientError::IdleInTransaction)
+        }
+    }
+
+    /// Transaction mode, no server attached: a batch of named `Parse`s ending with a
+    /// `Sync` (what libpq's `PQprepare` sends) is answered by Quartet itself and the
+    /// statements are prepared on a server when a `Bind` or `Describe` first needs them.
+    /// A client that prepares while another of its own connections (same thread, as in
+    /// pgbench -M prepared) holds a server in a transaction would otherwise wait for a
+    /// server forever. The price: an invalid statement is reported at its first use.
+    async fn answer_prepare(&mut self) -> Result<(), ClientError> {
+        if self.lease.is_some() || self.mode != PoolMode::Transaction {
+            return Ok(());
+        }
+        let max = self.shared.spec.max_message_size;
+        let mut at = 0;
+        let mut count = 0;
+        loop {
+            match codec::peek_frame(&self.cbuf, at, max)? {
+                Some(h) if h.tag == b'P' => {
+                    let (name, _) = codec::parse_parse(&self.cbuf[at + 5..at + h.size])?;
+                    if name.is_empty() {
+                        return Ok(());
+                    }
+                    at += h.size;
+                    count += 1;
+                }
+                Some(h) if h.tag == b'S' && count > 0 => break,
+                _ => return Ok(()),
+            }
+        }
+        let mut reply = BytesMut::with_capacity(count * 5 + 6);
+        for _ in 0..count {
+            let h = codec::peek_frame(&self.cbuf, 0, max)?
+                .ok_or(ProtocolError::Malformed { what: "parse" })?;
+            let f = self.cbuf.split_to(h.size).freeze();
+            let (name, rest) = codec::parse_parse(&f[5..])?;
+            let rest = f.slice_ref(rest);
+            let server_name = self.shared.statement_name(&rest);
+            self.stmts
+                .insert(name.to_string(), Stmt { server_name, rest });
+            reply.extend_from_slice(&codec::frame(b'1', &[]));
+        }
+        if let Some(h) = codec::peek_frame(&self.cbuf, 0, max)? {
+            let _ = self.cbuf.split_to(h.size);
+        }
+        reply.extend_from_slice(&codec::ready_for_query(b'I'));
+        self.shared
+            .stats
+            .local_prepares
+            .fetch_add(1, Ordering::Relaxed);
+        self.client.write_all(&reply).await?;
+        Ok(())
+    }
+
+    /// Forwards every complete client frame. `Ok(false)`: the client said goodbye.
+    async fn forward_client(&mut self) -> Result<bool, ClientError> {
+        self.answer_prepare().await?;
+        let max = self.shared.spec.max_message_size;
+        let mut run = 0usize;
+        let mut goodbye = false;
+        while let Some(h) = codec::peek_frame(&self.cbuf, run, max)? {
+            if !codec::is_frontend_tag(h.tag) || h.tag == b'p' {
+                return Err(ProtocolError::Unexpected { tag: h.tag as char }.into());
+            }
+            if h.tag == b'X' {
+                goodbye = true;
+                break;
+            }
+            if self.lease.is_none() {
+                self.checkout().await?;
+            }
+            self.unsynced = !matches!(h.tag, b'S' | b'Q' | b'F');
+            match h.tag {
+                b'S' | b'Q' | b'F' => {
+                    if self.mode == PoolMode::Transaction {
+                        self.sent.push_back(Sent::Sync);
+                    }
+                    if self.pending == 0 {
+                        self.query_started = Some(Instant::now());
+                        self.cancel_sent = false;
+                    }
+                    self.pending += 1;
+                    self.shared.stats.query();
+                    if h.tag == b'Q' && self.mode == PoolMode::Transaction {
+                        let body = &self.cbuf[run + 5..run + h.size];
+                        if mentions_discard(body) {
+                            self.forget_prepared = true;
+                        }
+                    }
+                    run += h.size;
+                }
+                b'P' | b'B' | b'D' | b'C' if self.mode == PoolMode::Transaction => {
+                    if !self.cbuf.is_empty() && run > 0 {
+                        self.out.push(self.cbuf.split_to(run).freeze());
+                    }
+                    run = 0;
+                    let f = self.cbuf.split_to(h.size).freeze();
+                    let frame = Frame {
+                        tag: h.tag,
+                        bytes: f,
+                    };
+                    self.rewrite(frame)?;
+                }
+                _ => run += h.size,
+            }
+        }
+        if run > 0 {
+            self.out.push(self.cbuf.split_to(run).freeze());
+        }
+        if goodbye {
+            self.cbuf.clear();
+        }
+        if !self.out.is_empty() {
+            let out = std::mem::take(&mut self.out);
+            match self.lease.as_mut() {
+                Some(l) => {
+                    if write_chunks(&mut l.conn.stream, out).await.is_err() {
+                        self.lease = None;
+                        return Err(ClientError::ServerLost);
+                    }
+                }
+                None => return Err(ClientError::ServerLost),
+            }
+        }
+        Ok(!goodbye)
+    }
+
+    /// Transaction mode: renames named statements and prepares them where needed.
+    fn rewrite(&mut self, frame: Frame) -> Result<(), ClientError> {
+        let Some(lease) = self.lease.as_mut() else {
+            return Err(ClientError::ServerLost);
+        };
+        let conn = &mut lease.conn;
+        let body = frame.body();
+        match frame.tag {
+            b'P' => {
+                let (name, rest) = codec::parse_parse(body)?;
+                if name.is_empty() {
+                    self.sent.push_back(Sent::Parse {
+                        name: None,
+                        injected: false,
+                    });
+                    self.out.push(frame.bytes.clone());
+                    return Ok(());
+                }
+                let rest = frame.bytes.slice_ref(rest);
+                let server_name = self.shared.statement_name(&rest);
+                if conn.prepared.contains(&server_name) {
+                    self.sent.push_back(Sent::Close { as_parse: true });
+                    self.out.push(codec::build_target(b'C', b'S', CLOSED_NAME));
+                } else {
+                    conn.prepared.insert(server_name.clone());
+                    self.sent.push_back(Sent::Parse {
+                        name: Some(server_name.clone()),
+                        injected: false,
+                    });
+                    self.out.push(codec::build_parse(&server_name, &rest));
+                }
+                self.stmts
+                    .insert(name.to_string(), Stmt { server_name, rest });
+            }
+            b'B' => {
+                let (portal, stmt, rest) = codec::parse_bind(body)?;
+                match self.stmts.get(stmt).filter(|_| !stmt.is_empty()) {
+                    Some(s) => {
+                        if ensure_prepared(conn, s, &mut self.sent, &mut self.out) {
+                            self.shared.stats.reprepares.fetch_add(1, Ordering::Relaxed);
+                        }
+                        self.out
+                            .push(codec::build_bind(portal, &s.server_name, rest));
+                    }
+                    None => self.out.push(frame.bytes.clone()),
+                }
+            }
+            b'D' => {
+                let (kind, name) = codec::parse_target(body, "describe")?;
+                match self
+                    .stmts
+                    .get(name)
+                    .filter(|_| kind == b'S' && !name.is_empty())
+                {
+                    Some(s) => {
+                        if ensure_prepared(conn, s, &mut self.sent, &mut self.out) {
+                            self.shared.stats.reprepares.fetch_add(1, Ordering::Relaxed);
+                        }
+                        self.out
+                            .push(codec::build_target(b'D', b'S', &s.server_name));
+                    }
+                    None => self.out.push(frame.bytes.clone()),
+                }
+            }
+            b'C' => {
+                let (kind, name) = codec::parse_target(body, "close")?;
+                self.sent.push_back(Sent::Close { as_parse: false });
+                if kind == b'S' && self.stmts.remove(name).is_some() {
+                    self.out.push(codec::build_target(b'C', b'S', CLOSED_NAME));
+                } else {
+                    self.out.push(frame.bytes.clone());
+                }
+            }
+            _ => self.out.push(frame.bytes.clone()),
+        }
+        Ok(())
+    }
+
+    /// Forwards every complete server frame, watching `ReadyForQuery` and swallowing
+    /// the answers to Quartet's own `Parse`s.
+    async fn forward_server(&mut self) -> Result<(), ClientError> {
+        let Some(lease) = self.lease.as_mut() else {
+            return Ok(());
+        };
+        let buf = &mut lease.conn.buf;
+        let mut out: Vec<Bytes> = Vec::new();
+        let mut run = 0usize;
+        let mut release = false;
+        let mut broken = false;
+        loop {
+            let h = match codec::peek_frame(buf, run, SERVER_MAX_MESSAGE) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "server broke the protocol");
+                    broken = true;
+                    break;
+                }
+            };
+            match h.tag {
+                b'1' | b'3' if self.mode == PoolMode::Transaction => {
+                    let replace = match self.sent.pop_front() {
+                        Some(Sent::Parse { injected: true, .. }) => Some(None),
+                        Some(Sent::Close { as_parse: true }) => Some(Some(codec::frame(b'1', &[]))),
+                        _ => None,
+                    };
+                    match replace {
+                        None => run += h.size,
+                        Some(with) => {
+                            if run > 0 {
+                                out.push(buf.split_to(run).freeze());
+                            }
+                            run = 0;
+                            let _ = buf.split_to(h.size);
+                            out.extend(with);
+                        }
+                    }
+                }
+                b'E' => {
+                    let body = &buf[run + 5..run + h.size];
+                    if let Ok(fields) = codec::parse_error(body) {
+                        self.shared.stats.error(&fields.code);
+                    }
+                    run += h.size;
+                }
+                b'Z' => {
+                    let status = buf.get(run + 5).copied().unwrap_or(b'I');
+                    run += h.size;
+                    self.status = status;
+                    self.pending = self.pending.saturating_sub(1);
+                    // What is still unanswered up to this Sync failed.
+                    while let Some(sent) = self.sent.pop_front() {
+                        match sent {
+                            Sent::Sync => break,
+                            Sent::Parse {
+                                name: Some(name), ..
+                            } => {
+                                lease.conn.prepared.remove(&name);
+                            }
+                            _ => {}
+                        }
+                    }
+                    if self.pending == 0 {
+                        if status == b'I' {
+                            self.shared.stats.transaction();
+                        }
+                        self.query_started = None;
+                        self.cancel_sent = false;
+                        if std::mem::take(&mut self.forget_prepared) {
+                            lease.conn.prepared.clear();
+                        }
+                        // Messages sent after the last Sync still await their
+                        // answers on this connection: it stays with the client.
+                        if self.mode == PoolMode::Transaction && status == b'I' && !self.unsynced {
+                            release = true;
+                        }
+                    }
+                }
+                _ => run += h.size,
+            }
+        }
+        if run > 0 {
+            out.push(buf.split_to(run).freeze());
+        }
+        if broken {
+            self.lease = None;
+            self.slot.set(None);
+            let _ = write_chunks(&mut self.client, out).await;
+            return Err(ClientError::ServerLost);
+        }
+        if release {
+            self.release();
+        }
+        if !out.is_empty() {
+            write_chunks(&mut self.client, out).await?;
+        }
+        Ok(())
+    }
+
+    async fn fatal(&mut self, e: &ClientError) {
+        self.shared.stats.error(e.sqlstate());
+        let frame = codec::error_response(Severity::Fatal, e.sqlstate(), &e.client_message());
+        let _ = self.client.write_all(&frame).await;
+    }
+
+    /// The client is gone: the server connection goes back to the pool when it can be
+    /// made clean, or is closed.
+    async fn finish(&mut self) {
+        let Some(mut lease) = self.lease.take() else {
+            return;
+        };
+        self.slot.set(None);
+        if self.pending > 0 {
+            return;
+        }
+        let reset = match (self.mode, self.status) {
+            (PoolMode::Session, _) => {
+                let q = self.shared.spec.reset_query.trim();
+                if self.status != b'I' {
+                    Some("ROLLBACK")
+                } else if q.is_empty() {
+                    None
+                } else {
+                    Some(q)
+                }
+            }
+            (PoolMode::Transaction, b'I') => None,
+            (PoolMode::Transaction, _) => Some("ROLLBACK"),
+        };
+        let mut ok = true;
+        if let Some(q) = reset {
+            let q = q.to_string();
+            let wait = Duration::from_secs(5).min(self.shared.spec.connect_timeout);
+            ok = matches!(
+                tokio::time::timeout(wait, lease.conn.simple(&q)).await,
+                Ok(Ok(b'I'))
+            );
+            if ok && self.mode == PoolMode::Session && q == "ROLLBACK" {
+                let reset = self.shared.spec.reset_query.trim().to_string();
+                if !reset.is_empty() {
+                    ok = matches!(
+                        tokio::time::timeout(wait, lease.conn.simple(&reset)).await,
+                        Ok(Ok(b'I'))
+                    );
+                }
+            }
+            if ok && self.mode == PoolMode::Session {
+                lease.conn.prepared.clear();
+            }
+        }
+        if ok {
+            self.pool.put(lease);
+        }
+    }
+}
+
+fn ensure_prepared(
+    conn: &mut ServerConn,
+    s: &Stmt,
+    sent: &mut VecDeque<Sent>,
+    out: &mut Vec<Bytes>,
+) -> bool {
+    if conn.prepared.contains(&s.server_name) {
+        return false;
+    }
+    conn.prepared.insert(s.server_name.clone());
+    sent.push_back(Sent::Parse {
+        name: Some(s.server_name.clone()),
+        injected: true,
+    });
+    out.push(codec::build_parse(&s.server_name, &s.rest));
+    true
+}
+
+/// Whether a simple query may drop the server's prepared statements.
+fn mentions_discard(body: &[u8]) -> bool {
+    let lower = body.to_ascii_lowercase();
+    let has = |w: &[u8]| lower.windows(w.len()).any(|x| x == w);
+    has(b"discard") || has(b"deallocate")
+}
+
+async fn write_chunks(stream: &mut TcpStream, chunks: Vec<Bytes>) -> std::io::Result<()> {
+    if chunks.len() == 1 {
+        return stream.write_all(&chunks[0]).await;
+    }
+    let total: usize = chunks.iter().map(|c| c.len()).sum();
+    if total <= 64 * 1024 {
+        let mut b = BytesMut::with_capacity(total);
+        for c in &chunks {
+            b.extend_from_slice(c);
+        }
+        return stream.write_all(&b).await;
+    }
+    for c in &chunks {
+        stream.write_all(c).await?;
+    }
+    Ok(())
+}

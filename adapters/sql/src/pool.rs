@@ -1,0 +1,207 @@
+//! Server connection pools, one per (database, user). A semaphore of `pool_size` permits
+//! bounds the server connections of a pool, lent or idle; idle ones wait in a LIFO stack
+//! (the most recently used is the warmest), closed when too old or idle too long.
+
+use crate::backend::{BackendError, Backends};
+use crate::metrics::ListenerMetrics;
+use crate::pg::server::{Login, ServerConn};
+use serde::Serialize;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct PoolKey {
+    pub database: String,
+    pub user: String,
+}
+
+/// Limits a pool keeps to.
+#[derive(Clone, Debug)]
+pub struct PoolLimits {
+    pub size: usize,
+    pub min_idle: usize,
+    pub wait_timeout: Duration,
+    pub lifetime: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Why a checkout failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckoutError {
+    #[error("no server connection became free within {after:?}")]
+    WaitTimeout { after: Duration },
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+impl CheckoutError {
+    pub fn sqlstate(&self) -> String {
+        match self {
+            CheckoutError::WaitTimeout { .. } => "53300".into(),
+            CheckoutError::Backend(e) => e.sqlstate(),
+        }
+    }
+    pub fn client_message(&self) -> String {
+        match self {
+            CheckoutError::Backend(e) => e.client_message(),
+            other => other.to_string(),
+        }
+    }
+}
+
+pub struct Pool {
+    pub key: PoolKey,
+    login: Login,
+    limits: PoolLimits,
+    backends: Arc<Backends>,
+    permits: Arc<Semaphore>,
+    idle: Mutex<Vec<ServerConn>>,
+    waiting: AtomicUsize,
+    max_wait_us: AtomicUsize,
+    metrics: Option<ListenerMetrics>,
+}
+
+/// A server connection lent to a client. Dropped without [`Pool::put`], the connection
+/// closes and its permit frees.
+pub struct Lease {
+    pub conn: ServerConn,
+    permit: OwnedSemaphorePermit,
+}
+
+/// What the admin API shows of a pool (like PgBouncer's `SHOW POOLS`).
+#[derive(Clone, Debug, Serialize)]
+pub struct PoolState {
+    pub database: String,
+    pub user: String,
+    pub clients_waiting: usize,
+    pub servers_active: usize,
+    pub servers_idle: usize,
+    pub max_wait_seconds: f64,
+}
+
+impl Pool {
+    pub(crate) fn new(
+        key: PoolKey,
+        login: Login,
+        limits: PoolLimits,
+        backends: Arc<Backends>,
+        metrics: Option<ListenerMetrics>,
+    ) -> Self {
+        Self {
+            metrics,
+            key,
+            login,
+            permits: Arc::new(Semaphore::new(limits.size)),
+            limits,
+            backends,
+            idle: Mutex::new(Vec::new()),
+            waiting: AtomicUsize::new(0),
+            max_wait_us: AtomicUsize::new(0),
+        }
+    }
+
+    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<ServerConn>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn expired(&self, c: &ServerConn, now: Instant) -> bool {
+        now.duration_since(c.created) >= self.limits.lifetime
+            || now.duration_since(c.last_used) >= self.limits.idle_timeout
+    }
+
+    /// A server connection: an idle one, or a new one when the pool has room; waits
+    /// up to the wait timeout for one to be returned.
+    pub async fn get(&self) -> Result<Lease, CheckoutError> {
+        let started = Instant::now();
+        let permit = match self.permits.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                self.waiting.fetch_add(1, Ordering::Relaxed);
+                let r = tokio::time::timeout(
+                    self.limits.wait_timeout,
+                    self.permits.clone().acquire_owned(),
+                )
+                .await;
+                self.waiting.fetch_sub(1, Ordering::Relaxed);
+                let waited = started.elapsed();
+                self.max_wait_us
+                    .fetch_max(waited.as_micros() as usize, Ordering::Relaxed);
+                if let Some(m) = &self.metrics {
+                    m.wait(waited.as_secs_f64());
+                }
+                match r {
+                    Ok(Ok(p)) => p,
+                    _ => {
+                        return Err(CheckoutError::WaitTimeout {
+                            after: self.limits.wait_timeout,
+                        })
+                    }
+                }
+            }
+        };
+        let now = Instant::now();
+        loop {
+            let conn = self.idle().pop();
+            match conn {
+                Some(c) if self.expired(&c, now) => drop(c),
+                Some(c) if !c.looks_alive() || !self.backends.usable(c.backend) => drop(c),
+                Some(conn) => return Ok(Lease { conn, permit }),
+                None => break,
+            }
+        }
+        let conn = self.backends.connect(&self.login).await?;
+        Ok(Lease { conn, permit })
+    }
+
+    /// Gives a server connection back; closes it when it is too old.
+    pub fn put(&self, mut lease: Lease) {
+        let now = Instant::now();
+        if now.duration_since(lease.conn.created) >= self.limits.lifetime {
+            return;
+        }
+        lease.conn.last_used = now;
+        self.idle().push(lease.conn);
+        drop(lease.permit);
+    }
+
+    /// Closes expired idle connections and opens new ones up to `min_idle`.
+    pub async fn maintain(&self) {
+        let now = Instant::now();
+        self.idle().retain(|c| !self.expired(c, now));
+        loop {
+            if self.idle().len() >= self.limits.min_idle {
+                return;
+            }
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                return;
+            };
+            let in_use = self.limits.size - self.permits.available_permits();
+            if self.idle().len() + in_use > self.limits.size {
+                return;
+            }
+            match self.backends.connect(&self.login).await {
+                Ok(conn) => self.put(Lease { conn, permit }),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot open min_idle server connection");
+                    return;
+                }
+            }
+        }
+    }
+
+    pub fn state(&self) -> PoolState {
+        let idle = self.idle().len();
+        let in_use = self.limits.size - self.permits.available_permits();
+        PoolState {
+            database: self.key.database.clone(),
+            user: self.key.user.clone(),
+            clients_waiting: self.waiting.load(Ordering::Relaxed),
+            servers_active: in_use,
+            servers_idle: idle,
+            max_wait_seconds: self.max_wait_us.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
+}
