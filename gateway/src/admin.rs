@@ -109,6 +109,7 @@ async fn require_token(
             return Err(Unauthorized.into());
         }
     }
+    crate::identity::admin_check(&built, req.method(), req.headers()).await?;
     Ok(next.run(req).await)
 }
 
@@ -162,7 +163,15 @@ pub fn readiness(built: &Built, serving: bool) -> (bool, Value) {
 }
 
 async fn readyz(State(state): State<AdminState>) -> (StatusCode, Json<Value>) {
-    let (ready, body) = readiness(&state.built(), state.serving.load(Ordering::Relaxed));
+    let built = state.built();
+    let (mut ready, mut body) = readiness(&built, state.serving.load(Ordering::Relaxed));
+    if let Some((ok, identity)) = crate::identity::readiness(&built).await {
+        ready &= ok;
+        body["channels"]["identity"] = identity;
+        if !ok {
+            body["status"] = json!("not_ready");
+        }
+    }
     let status = if ready {
         StatusCode::OK
     } else {

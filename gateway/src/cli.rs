@@ -37,6 +37,11 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// The embedded identity's store: bootstrap, users, projects, role assignments.
+    Identity {
+        #[command(subcommand)]
+        command: crate::identity::cli::IdentityCommand,
+    },
     /// Work with the embedded config.
     Config {
         #[command(subcommand)]
@@ -107,6 +112,7 @@ pub fn init_tracing(format: LogFormat) {
 /// Runs the command line and returns the process's exit status.
 pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Identity { command } => crate::identity::cli::main(command),
         Command::Drill {
             scenario,
             result,

@@ -35,6 +35,9 @@ pub struct Config {
     /// `[amqp]` (quartet-amqp's table): present means the RPC channel runs.
     #[serde(default)]
     pub amqp: Option<AmqpConfig>,
+    /// Token checks and the embedded identity; absent: no token checks anywhere.
+    #[serde(default)]
+    pub identity: Option<quartet_identity::IdentityConfig>,
     #[serde(default)]
     pub native: crate::native::NativeConfig,
     /// `[rpc]`: topics, REST-to-RPC routes, reverse-bridge servers.
@@ -117,6 +120,12 @@ pub struct RouteConfig {
     pub policy: String,
     #[serde(default)]
     pub idempotent: bool,
+    /// `required`, `delay` or `none`; default `required` with `[identity]`, else `none`.
+    #[serde(default)]
+    pub auth: Option<quartet_policies::auth::AuthMode>,
+    /// An oslo.policy expression, or `rule:NAME` of `identity.policy_file`.
+    #[serde(default)]
+    pub access: Option<String>,
 }
 
 fn default_policy_name() -> String {
@@ -224,7 +233,7 @@ pub struct Invalid {
     pub message: String,
 }
 
-fn invalid(path: KeyPath, message: impl Into<String>) -> Invalid {
+pub(crate) fn invalid(path: KeyPath, message: impl Into<String>) -> Invalid {
     Invalid {
         path,
         message: message.into(),
@@ -370,6 +379,7 @@ impl Config {
             });
             self.amqp.get_or_insert_with(AmqpConfig::default).url = url;
         }
+        crate::identity::apply_env(self, &env, &mut applied);
         for (name, upstream) in &mut self.upstreams {
             let var = upstream_env_var(name);
             let Some(value) = env(&var) else { continue };
@@ -452,6 +462,8 @@ impl Config {
             let path = KeyPath::root("upstreams").key(name.clone());
             validate_upstream(path, up)?;
         }
+
+        crate::identity::validate(self)?;
 
         let mut seen: Vec<(String, Option<String>)> = Vec::new();
         for (i, route) in self.routes.iter().enumerate() {

@@ -158,6 +158,9 @@ async fn forward(
     facts: &mut Facts,
 ) -> Result<Response<Body>, BoxError> {
     let host = request_host(&req);
+    if crate::identity::serves_v3(built, host.as_deref(), req.uri().path()) {
+        return crate::identity::serve_v3(built, req).await;
+    }
     let route = find_route(&built.rest.routes, host.as_deref(), req.uri().path()).ok_or(NoRoute)?;
     facts.upstream = Some(route.upstream.clone());
 
