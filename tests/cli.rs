@@ -297,18 +297,28 @@ async fn a_newcomer_runs_quartet_serve_with_the_default_config() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["status"], "ok");
 
-    let resp = http
-        .get("http://127.0.0.1:9090/readyz")
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status();
-    let body: Value = resp.json().await.expect("/readyz answers JSON");
+    // The default config has the RPC channel on the local RabbitMQ (up for the tests):
+    // ready once its client connected, which takes a moment after the listeners are up.
+    let (status, body) = eventually(
+        "/readyz ready with the default config (RabbitMQ on 127.0.0.1:5672)",
+        WAIT,
+        || async {
+            let resp = http.get("http://127.0.0.1:9090/readyz").send().await.ok()?;
+            let status = resp.status();
+            let body: Value = resp.json().await.ok()?;
+            (status == StatusCode::OK).then_some((status, body))
+        },
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "/readyz: {body}");
     assert_eq!(body["status"], "ready", "/readyz: {body}");
     assert!(
         body["channels"]["rest"].is_object(),
         "/readyz shows the rest channel: {body}"
+    );
+    assert_eq!(
+        body["channels"]["rpc"]["state"], "ready",
+        "/readyz shows the rpc channel of the default config: {body}"
     );
 
     let resp = http

@@ -111,6 +111,7 @@ async fn require_token(
             return Err(Unauthorized.into());
         }
     }
+    crate::identity::admin_check(&built, req.method(), req.headers()).await?;
     Ok(next.run(req).await)
 }
 
@@ -140,12 +141,12 @@ pub fn readiness(built: &Built, serving: bool) -> (bool, Value) {
         );
     }
     let rest_state = if serving { "ready" } else { "not_ready" };
+    let mut ready = serving;
     let mut channels = serde_json::Map::new();
     channels.insert(
         "rest".into(),
         json!({"state": rest_state, "targets": targets}),
     );
-    let mut ready = serving;
     // Listed only when drivers are configured, as a channel with no config is absent.
     if !built.native.drivers.is_empty() {
         let (native_ready, native) = built.native.readiness();
@@ -157,6 +158,10 @@ pub fn readiness(built: &Built, serving: bool) -> (bool, Value) {
         ready &= sql_ready;
         channels.insert("sql".into(), sql);
     }
+    if let Some((rpc_ready, rpc)) = crate::rpc::readiness(built) {
+        ready &= rpc_ready;
+        channels.insert("rpc".into(), rpc);
+    }
     let body = json!({
         "status": if ready { "ready" } else { "not_ready" },
         "channels": channels,
@@ -165,7 +170,15 @@ pub fn readiness(built: &Built, serving: bool) -> (bool, Value) {
 }
 
 async fn readyz(State(state): State<AdminState>) -> (StatusCode, Json<Value>) {
-    let (ready, body) = readiness(&state.built(), state.serving.load(Ordering::Relaxed));
+    let built = state.built();
+    let (mut ready, mut body) = readiness(&built, state.serving.load(Ordering::Relaxed));
+    if let Some((ok, identity)) = crate::identity::readiness(&built).await {
+        ready &= ok;
+        body["channels"]["identity"] = identity;
+        if !ok {
+            body["status"] = json!("not_ready");
+        }
+    }
     let status = if ready {
         StatusCode::OK
     } else {

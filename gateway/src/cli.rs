@@ -37,6 +37,11 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// The embedded identity's store: bootstrap, users, projects, role assignments.
+    Identity {
+        #[command(subcommand)]
+        command: crate::identity::cli::IdentityCommand,
+    },
     /// Work with the embedded config.
     Config {
         #[command(subcommand)]
@@ -57,6 +62,11 @@ pub enum Command {
     Native {
         #[command(subcommand)]
         command: NativeCommand,
+    },
+    /// Call or cast an oslo.messaging RPC method through the broker of the config.
+    Rpc {
+        #[command(subcommand)]
+        command: crate::rpc::RpcCommand,
     },
 }
 
@@ -102,6 +112,7 @@ pub fn init_tracing(format: LogFormat) {
 /// Runs the command line and returns the process's exit status.
 pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
+        Command::Identity { command } => crate::identity::cli::main(command),
         Command::Drill {
             scenario,
             result,
@@ -129,6 +140,7 @@ pub fn main(cli: Cli) -> ExitCode {
             print!("{}", config::DEFAULT_CONFIG);
             ExitCode::SUCCESS
         }
+        Command::Rpc { command } => crate::rpc::cli(command),
         Command::Check { config: path } => match config::load(Some(&path)) {
             Ok(loaded) => {
                 if let Some(tls) = &loaded.config.server.tls {

@@ -2,6 +2,7 @@
 //! overrides of backend URLs, and [`Config::validate`], which names the offending key. Every
 //! error a user sees says where: `FILE:LINE: KEY: message`.
 
+use quartet_amqp::{AmqpConfig, RpcConfig};
 use quartet_http::spec::UpstreamSpec;
 use quartet_policies::spec::PolicySpec;
 use serde::Deserialize;
@@ -31,13 +32,20 @@ pub struct Config {
     pub upstreams: BTreeMap<String, UpstreamSpec>,
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// `[amqp]` (quartet-amqp's table): present means the RPC channel runs.
     #[serde(default)]
     pub amqp: Option<AmqpConfig>,
+    /// Token checks and the embedded identity; absent: no token checks anywhere.
+    #[serde(default)]
+    pub identity: Option<quartet_identity::IdentityConfig>,
     #[serde(default)]
     pub native: crate::native::NativeConfig,
     /// `[sql]`: the SQL listeners (see `crate::sql`).
     #[serde(default)]
     pub sql: quartet_sql::SqlSpec,
+    /// `[rpc]`: topics, REST-to-RPC routes, reverse-bridge servers.
+    #[serde(default)]
+    pub rpc: RpcConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -115,24 +123,16 @@ pub struct RouteConfig {
     pub policy: String,
     #[serde(default)]
     pub idempotent: bool,
+    /// `required`, `delay` or `none`; default `required` with `[identity]`, else `none`.
+    #[serde(default)]
+    pub auth: Option<quartet_policies::auth::AuthMode>,
+    /// An oslo.policy expression, or `rule:NAME` of `identity.policy_file`.
+    #[serde(default)]
+    pub access: Option<String>,
 }
 
 fn default_policy_name() -> String {
     DEFAULT_POLICY.to_string()
-}
-
-#[derive(Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AmqpConfig {
-    pub url: String,
-}
-
-impl fmt::Debug for AmqpConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AmqpConfig")
-            .field("url", &redact_url(&self.url))
-            .finish()
-    }
 }
 
 /// Where the running config came from; SIGHUP re-reads a file, never the embedded one.
@@ -236,7 +236,7 @@ pub struct Invalid {
     pub message: String,
 }
 
-fn invalid(path: KeyPath, message: impl Into<String>) -> Invalid {
+pub(crate) fn invalid(path: KeyPath, message: impl Into<String>) -> Invalid {
     Invalid {
         path,
         message: message.into(),
@@ -380,8 +380,9 @@ impl Config {
                 key: "amqp.url".to_string(),
                 value: redact_url(&url),
             });
-            self.amqp = Some(AmqpConfig { url });
+            self.amqp.get_or_insert_with(AmqpConfig::default).url = url;
         }
+        crate::identity::apply_env(self, &env, &mut applied);
         for (name, upstream) in &mut self.upstreams {
             let var = upstream_env_var(name);
             let Some(value) = env(&var) else { continue };
@@ -466,6 +467,8 @@ impl Config {
             validate_upstream(path, up)?;
         }
 
+        crate::identity::validate(self)?;
+
         let mut seen: Vec<(String, Option<String>)> = Vec::new();
         for (i, route) in self.routes.iter().enumerate() {
             let path = KeyPath::root("routes").index(i);
@@ -509,11 +512,85 @@ impl Config {
                     "must be an amqp:// or amqps:// URL",
                 ));
             }
+            amqp.validate()
+                .map_err(|e| invalid(key_path(&e.key), e.message))?;
+        }
+        self.validate_rpc()
+    }
+
+    /// `[rpc]`: what quartet-amqp checks, then the names it cannot see (policies,
+    /// upstreams) and that the RPC channel has a broker.
+    fn validate_rpc(&self) -> Result<(), Invalid> {
+        let rpc = &self.rpc;
+        rpc.validate()
+            .map_err(|e| invalid(key_path(&e.key), e.message))?;
+        for (i, t) in rpc.topics.iter().enumerate() {
+            if !self.policies.contains_key(&t.policy) {
+                return Err(invalid(
+                    KeyPath::root("rpc").key("topics").index(i).key("policy"),
+                    format!("no policy named {:?}", t.policy),
+                ));
+            }
+        }
+        for (i, s) in rpc.servers.iter().enumerate() {
+            let path = KeyPath::root("rpc").key("servers").index(i);
+            match &s.upstream {
+                None => {
+                    return Err(invalid(
+                        path,
+                        "needs an upstream: the [upstreams.NAME] its calls go to",
+                    ))
+                }
+                Some(up) if !self.upstreams.contains_key(up) => {
+                    return Err(invalid(
+                        path.key("upstream"),
+                        format!("no upstream named {up:?}"),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        let uses_rpc = !rpc.topics.is_empty() || !rpc.servers.is_empty();
+        if uses_rpc && self.amqp.is_none() {
+            let what = if rpc.topics.is_empty() {
+                "servers"
+            } else {
+                "topics"
+            };
+            return Err(invalid(
+                KeyPath::root("rpc").key(what),
+                "the RPC channel needs an [amqp] table (the broker)",
+            ));
         }
         self.native.validate(&self.policies)?;
         crate::sql::validate(&self.sql, &self.policies)?;
         Ok(())
     }
+}
+
+/// A key such as `rpc.topics[2].topic`, as a [`KeyPath`] (indexes in brackets).
+pub fn key_path(dotted: &str) -> KeyPath {
+    let mut path = KeyPath::default();
+    for part in dotted.split('.').filter(|s| !s.is_empty()) {
+        let mut rest = part;
+        if let Some(open) = rest.find('[') {
+            if open > 0 {
+                path = path.key(&rest[..open]);
+            }
+            rest = &rest[open..];
+            while let Some(inner) = rest.strip_prefix('[') {
+                let Some(close) = inner.find(']') else { break };
+                match inner[..close].parse() {
+                    Ok(i) => path = path.index(i),
+                    Err(_) => path = path.key(&inner[..close]),
+                }
+                rest = &inner[close + 1..];
+            }
+        } else {
+            path = path.key(rest);
+        }
+    }
+    path
 }
 
 fn validate_upstream(path: KeyPath, up: &UpstreamSpec) -> Result<(), Invalid> {
@@ -775,7 +852,131 @@ timeout = "250ms"
         assert_eq!(c.routes.len(), 1);
         assert_eq!(c.routes[0].prefix, "/demo");
         assert!(c.routes[0].strip_prefix);
-        assert!(c.amqp.is_none());
+        assert_eq!(c.amqp, Some(AmqpConfig::default()));
+        assert_eq!(c.rpc, RpcConfig::default());
+    }
+
+    const RPC: &str = r#"
+[upstreams.echo]
+endpoints = ["http://127.0.0.1:8000"]
+
+[amqp]
+url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+default_timeout = "5s"
+
+[[rpc.topics]]
+topic = "compute"
+exchange = "nova"
+mandatory = true
+status_map = { NotFound = 404 }
+
+[[rpc.routes]]
+path = "/servers/{id}"
+topic = "compute"
+rpc_method = "get_server"
+args = { server_id = "{id}" }
+
+[[rpc.servers]]
+topic = "bridge"
+upstream = "echo"
+"#;
+
+    #[test]
+    fn rpc_tables_parse_with_their_defaults() {
+        let (c, _) = parse(RPC, "q.toml", no_env).unwrap();
+        let amqp = c.amqp.unwrap();
+        assert_eq!(amqp.default_timeout, Duration::from_secs(5));
+        assert_eq!(amqp.heartbeat, Duration::from_secs(20));
+        let t = &c.rpc.topics[0];
+        assert_eq!(
+            (t.exchange.as_str(), t.policy.as_str()),
+            ("nova", "default")
+        );
+        assert!(t.mandatory && !t.idempotent && !t.forward_token);
+        let r = &c.rpc.routes[0];
+        assert_eq!(r.method, "GET");
+        assert_eq!(r.match_path("/servers/abc"), Some(vec![("id", "abc")]));
+        assert_eq!(r.match_path("/servers/abc/x"), None);
+        assert_eq!(r.match_path("/servers"), None);
+        let s = &c.rpc.servers[0];
+        assert_eq!(s.upstream.as_deref(), Some("echo"));
+        assert!(s.fanout);
+        assert!(!c.rpc.expose_traceback);
+    }
+
+    #[test]
+    fn rpc_errors_name_key_and_line() {
+        let src = RPC.replace("mandatory = true", "policy = \"slow\"");
+        assert_eq!(
+            err(&src),
+            "quartet.toml:12: rpc.topics[0].policy: no policy named \"slow\""
+        );
+        let src = RPC.replace("upstream = \"echo\"", "upstream = \"nope\"");
+        assert_eq!(
+            err(&src),
+            "quartet.toml:23: rpc.servers[0].upstream: no upstream named \"nope\""
+        );
+        let src = RPC.replace(
+            "topic = \"compute\"\nrpc_method",
+            "topic = \"volume\"\nrpc_method",
+        );
+        assert_eq!(
+            err(&src),
+            "quartet.toml:17: rpc.routes[0].topic: no [[rpc.topics]] entry has this topic"
+        );
+        let src = RPC.replace("server_id = \"{id}\"", "server_id = \"{uuid}\"");
+        assert_eq!(
+            err(&src),
+            "quartet.toml:19: rpc.routes[0].args: uses a {name} the path does not have"
+        );
+        let src = RPC.replace("path = \"/servers/{id}\"", "path = \"servers/{id}\"");
+        assert_eq!(
+            err(&src),
+            "quartet.toml:16: rpc.routes[0].path: must start with \"/\""
+        );
+        let src = RPC.replace("topic = \"bridge\"", "topic = \"a b\"");
+        assert_eq!(
+            err(&src),
+            "quartet.toml:22: rpc.servers[0].topic: must be a non-empty name without spaces"
+        );
+        let src = RPC.replace("amqp://guest", "http://guest");
+        assert_eq!(
+            err(&src),
+            "quartet.toml:6: amqp.url: must be an amqp:// or amqps:// URL"
+        );
+        let src = RPC.replace("default_timeout = \"5s\"", "default_timeout = \"0s\"");
+        assert_eq!(
+            err(&src),
+            "quartet.toml:7: amqp.default_timeout: must be above zero"
+        );
+        let e = err("[amqp]\nurl = \"amqp://h\"\nurll = 1\n");
+        assert!(
+            e.starts_with("quartet.toml:3: amqp.urll: unknown field"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rpc_without_a_broker_is_refused() {
+        let e = err("[[rpc.topics]]\ntopic = \"compute\"\n");
+        assert_eq!(
+            e,
+            "quartet.toml:1: rpc.topics: the RPC channel needs an [amqp] table (the broker)"
+        );
+        // The environment can give the broker.
+        let env = |n: &str| (n == AMQP_URL_VAR).then(|| "amqp://u:p@mq:5672/%2f".to_string());
+        let (c, o) = parse("[[rpc.topics]]\ntopic = \"compute\"\n", "q", env).unwrap();
+        assert_eq!(c.amqp.unwrap().url, "amqp://u:p@mq:5672/%2f");
+        assert_eq!(o[0].value, "amqp://***@mq:5672/%2f");
+    }
+
+    #[test]
+    fn dotted_keys_with_indexes_become_key_paths() {
+        assert_eq!(
+            key_path("rpc.topics[2].topic"),
+            KeyPath::root("rpc").key("topics").index(2).key("topic")
+        );
+        assert_eq!(key_path("amqp.url").to_string(), "amqp.url");
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //! way up, and mapped here by walking the source chain for a type we know. Internal
 //! details are logged once; the client gets Keystone's error body with a generic message.
 
+use crate::rpc::{RpcFailed, UnknownTopic};
 use axum::body::Body;
 use http::{header, HeaderValue, Response, StatusCode};
+use quartet_amqp::RpcError;
 use quartet_http::error::{BodyError, ConnectError, UpstreamError};
 use quartet_policies::error::{
     BreakerOpen, Elapsed, FaultAbort, NoEndpoint, Overloaded, RateLimited,
@@ -29,6 +31,16 @@ pub struct BodyTooLarge {
 #[error("admin token missing or wrong")]
 pub struct Unauthorized;
 
+/// A valid token without the role the admin API needs. Edge: 403.
+#[derive(Debug, thiserror::Error)]
+#[error("the admin role is required")]
+pub struct Forbidden;
+
+/// The identity backend cannot say whether a token is valid. Edge: 503.
+#[derive(Debug, thiserror::Error)]
+#[error("identity backend unavailable")]
+pub struct IdentityUnavailable;
+
 /// A request the admin API cannot act on. Edge: 400 with the message (it names the key).
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -51,6 +63,8 @@ pub struct Edge {
     pub message: String,
     /// `Retry-After` in whole seconds.
     pub retry_after: Option<u64>,
+    /// A remote exception's `{class, module, message}` (RPC channel), added to the body.
+    pub remote: Option<serde_json::Value>,
 }
 
 fn edge(status: StatusCode, message: &str) -> Edge {
@@ -58,6 +72,43 @@ fn edge(status: StatusCode, message: &str) -> Edge {
         status,
         message: message.to_string(),
         retry_after: None,
+        remote: None,
+    }
+}
+
+/// The RPC channel's errors (quartet-amqp's [`RpcError`]), with what the topic's config
+/// says about a remote exception (`rpc`: the [`RpcFailed`] wrapper, when found above it).
+fn rpc_edge(e: &RpcError, rpc: Option<&RpcFailed>) -> Edge {
+    let unavailable = |message: &str| Edge {
+        retry_after: Some(1),
+        ..edge(StatusCode::SERVICE_UNAVAILABLE, message)
+    };
+    match e {
+        RpcError::Remote(f) => {
+            let status = rpc
+                .and_then(|r| r.remote_status)
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            let traceback = rpc.is_some_and(|r| r.expose_traceback);
+            Edge {
+                remote: Some(crate::rpc::remote_edge(f, traceback)),
+                ..edge(status, &format!("remote method raised {}", f.class))
+            }
+        }
+        RpcError::Timeout { .. } => edge(StatusCode::GATEWAY_TIMEOUT, "no rpc reply in time"),
+        RpcError::NotConnected(_) => unavailable("rpc channel not connected to the broker"),
+        RpcError::Disconnected(_) => unavailable("broker connection lost during the rpc"),
+        RpcError::Unroutable { .. } => unavailable("no rpc server listens on this topic"),
+        RpcError::BadReply(_) => edge(
+            StatusCode::BAD_GATEWAY,
+            "the rpc reply could not be decoded",
+        ),
+        RpcError::InvalidRequest { reason, .. } => edge(
+            StatusCode::BAD_REQUEST,
+            &format!("invalid rpc request: {reason}"),
+        ),
+        // Refused, Publish, Unconfirmed, Exchange, Shutdown and what comes later.
+        _ => unavailable("the broker did not take the message"),
     }
 }
 
@@ -84,8 +135,18 @@ pub fn classify(err: &(dyn StdError + 'static)) -> Edge {
         cur = e.source();
     }
     let mut upstream_side = false;
+    let mut rpc: Option<&RpcFailed> = None;
     let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
     while let Some(e) = cur {
+        if let Some(r) = e.downcast_ref::<RpcFailed>() {
+            rpc = Some(r);
+        }
+        if let Some(r) = e.downcast_ref::<RpcError>() {
+            return rpc_edge(r, rpc);
+        }
+        if let Some(t) = e.downcast_ref::<UnknownTopic>() {
+            return edge(StatusCode::NOT_FOUND, &t.to_string());
+        }
         if e.is::<Elapsed>() {
             return edge(StatusCode::GATEWAY_TIMEOUT, "upstream timed out");
         }
@@ -131,6 +192,18 @@ pub fn classify(err: &(dyn StdError + 'static)) -> Edge {
         }
         if e.is::<Unauthorized>() {
             return edge(StatusCode::UNAUTHORIZED, "admin token missing or wrong");
+        }
+        if e.is::<Forbidden>() {
+            return edge(
+                StatusCode::FORBIDDEN,
+                "You are not authorized to perform the requested action: admin_required.",
+            );
+        }
+        if e.is::<IdentityUnavailable>() {
+            return edge(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "The Keystone service is temporarily unavailable.",
+            );
         }
         if let Some(b) = e.downcast_ref::<BadRequest>() {
             return edge(StatusCode::BAD_REQUEST, &b.message);
@@ -198,13 +271,25 @@ fn native_edge(e: &(dyn StdError + 'static)) -> Option<Edge> {
 
 /// The Keystone error body for a status and a message.
 pub fn error_body(status: StatusCode, message: &str) -> Response<Body> {
-    let body = serde_json::json!({
+    error_body_with(status, message, None)
+}
+
+/// The Keystone error body, plus `"remote"` (a remote exception) when given.
+pub fn error_body_with(
+    status: StatusCode,
+    message: &str,
+    remote: Option<&serde_json::Value>,
+) -> Response<Body> {
+    let mut body = serde_json::json!({
         "error": {
             "code": status.as_u16(),
             "title": status.canonical_reason().unwrap_or("Error"),
             "message": message,
         }
     });
+    if let Some(remote) = remote {
+        body["remote"] = remote.clone();
+    }
     let mut resp = Response::new(Body::from(body.to_string()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
@@ -238,7 +323,7 @@ pub fn into_response(err: &(dyn StdError + 'static), request_id: Option<&str>) -
     } else {
         tracing::debug!(request_id = rid, status = edge.status.as_u16(), error = %Chain(err), "request refused");
     }
-    let mut resp = error_body(edge.status, &edge.message);
+    let mut resp = error_body_with(edge.status, &edge.message, edge.remote.as_ref());
     if let Some(secs) = edge.retry_after {
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -365,6 +450,55 @@ mod tests {
             let shown = err.to_string();
             assert_eq!(status_of(err), (status, retry_after), "{shown}");
         }
+    }
+
+    #[test]
+    fn rpc_errors_map_by_kind_and_remote_status() {
+        use quartet_amqp::RemoteFailure;
+        let remote = || RpcError::Remote(Box::new(RemoteFailure::new("NotFound", "nova", "x")));
+        let wrapped = |remote_status, source: BoxError| -> BoxError {
+            Box::new(RpcFailed {
+                topic: "compute".into(),
+                remote_status,
+                expose_traceback: false,
+                source,
+            })
+        };
+        assert_eq!(status_of(wrapped(None, Box::new(remote()))), (500, None));
+        assert_eq!(
+            status_of(wrapped(Some(404), Box::new(remote()))),
+            (404, None)
+        );
+        let edge = classify(wrapped(Some(404), Box::new(remote())).as_ref());
+        assert_eq!(
+            edge.remote,
+            Some(serde_json::json!({"class": "NotFound", "module": "nova", "message": "x"}))
+        );
+        let timeout = RpcError::Timeout {
+            msg_id: "m".into(),
+            after: Duration::from_secs(1),
+            monitor: false,
+        };
+        assert_eq!(status_of(wrapped(None, Box::new(timeout))), (504, None));
+        assert_eq!(
+            status_of(wrapped(None, Box::new(RpcError::NotConnected(None)))),
+            (503, Some(1))
+        );
+        let unroutable = RpcError::Unroutable {
+            exchange: "openstack".into(),
+            routing_key: "t".into(),
+            reply_code: 312,
+            reply_text: "NO_ROUTE".into(),
+        };
+        assert_eq!(status_of(Box::new(unroutable)), (503, Some(1)));
+        // The stack's own refusals above the adapter keep their meaning.
+        let open = BreakerOpen {
+            target: "rpc:compute".into(),
+            retry_after: Duration::from_secs(3),
+        };
+        assert_eq!(status_of(wrapped(None, Box::new(open))), (503, Some(3)));
+        let unknown = crate::rpc::UnknownTopic { topic: "x".into() };
+        assert_eq!(status_of(Box::new(unknown)), (404, None));
     }
 
     #[tokio::test]

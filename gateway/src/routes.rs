@@ -119,7 +119,12 @@ async fn handle(State(built): State<Arc<Built>>, req: Request<Body>) -> Response
     let path = req.uri().path().to_string();
     let mut facts = Facts::default();
 
-    let resp = match forward(&built, req, &request_id, &mut facts).await {
+    // The RPC channel first: `POST /rpc/{topic}` and the `[[rpc.routes]]`.
+    let result = match crate::rpc::intercept(&built, req, &request_id).await {
+        Ok(result) => result,
+        Err(req) => forward(&built, req, &request_id, &mut facts).await,
+    };
+    let resp = match result {
         Ok(resp) => resp,
         Err(err) => error::into_response(err.as_ref(), Some(&request_id)),
     };
@@ -153,6 +158,9 @@ async fn forward(
     facts: &mut Facts,
 ) -> Result<Response<Body>, BoxError> {
     let host = request_host(&req);
+    if crate::identity::serves_v3(built, host.as_deref(), req.uri().path()) {
+        return crate::identity::serve_v3(built, req).await;
+    }
     let route = find_route(&built.rest.routes, host.as_deref(), req.uri().path()).ok_or(NoRoute)?;
     facts.upstream = Some(route.upstream.clone());
 

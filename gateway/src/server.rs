@@ -63,6 +63,8 @@ pub enum RunError {
     Sql(#[from] crate::sql::SqlBindError),
     #[error("cannot read the bound address")]
     LocalAddr(#[source] std::io::Error),
+    #[error("cannot start the identity channel")]
+    Identity(#[from] crate::identity::StartError),
     #[error("cannot install the signal handlers")]
     Signals(#[source] std::io::Error),
 }
@@ -140,7 +142,8 @@ pub struct Server {
 impl Server {
     /// Builds the app and binds both listeners.
     pub async fn bind(loaded: Loaded) -> Result<Self, RunError> {
-        let shared = Shared::new(Metrics::new());
+        let mut shared = Shared::new(Metrics::new());
+        crate::identity::start(&mut shared, &loaded.config).await?;
         let server_cfg = loaded.config.server.clone();
         let tls = match &server_cfg.tls {
             Some(t) => Some(TlsAcceptor::from(load_tls(t)?)),

@@ -206,6 +206,11 @@ pub enum BuildError {
         #[source]
         source: quartet_http::error::BuildError,
     },
+    #[error("{key}: {message}")]
+    Identity {
+        key: crate::config::KeyPath,
+        message: String,
+    },
     #[error(transparent)]
     Native(#[from] crate::native::NativeBuildError),
 }
@@ -217,6 +222,7 @@ impl BuildError {
             BuildError::Upstream { upstream, source } => crate::config::KeyPath::root("upstreams")
                 .key(upstream.clone())
                 .dotted(&source.key),
+            BuildError::Identity { key, .. } => key.clone(),
             BuildError::Native(e) => crate::native::key_path(&e.0.key),
         }
     }
@@ -225,6 +231,7 @@ impl BuildError {
     pub fn message(&self) -> &str {
         match self {
             BuildError::Upstream { source, .. } => &source.message,
+            BuildError::Identity { message, .. } => message,
             BuildError::Native(e) => &e.0.message,
         }
     }
@@ -236,17 +243,23 @@ impl BuildError {
 pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub runtime_faults: Arc<Mutex<HashMap<String, FaultSpec>>>,
+    /// The identity channel, started once per process (`identity::start`).
+    pub identity: Option<Arc<crate::identity::Runtime>>,
     /// The native jobs stores by URL: opened once, kept across reloads.
     pub job_stores: crate::native::JobStores,
     /// The SQL listeners: bound once at start, kept across reloads.
     pub sql: crate::sql::SqlListeners,
+    /// The RPC client (one per instance, kept across reloads) and the RPC metrics.
+    pub rpc: crate::rpc::RpcShared,
 }
 
 impl Shared {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         Self {
+            rpc: crate::rpc::RpcShared::new(&metrics),
             metrics,
             runtime_faults: Arc::default(),
+            identity: None,
             job_stores: Arc::default(),
             sql: Default::default(),
         }
@@ -326,9 +339,12 @@ pub struct Built {
     pub native: crate::native::Native,
     /// The SQL listeners (the process's, not this config's: they are not rebuilt).
     pub sql: crate::sql::SqlListeners,
+    /// The RPC channel; `None` without `[amqp]`.
+    pub rpc: Option<crate::rpc::Rpc>,
     pub breakers: BreakerRegistry,
     pub faults: FaultRegistry,
     pub metrics: Arc<Metrics>,
+    pub identity: Option<Arc<crate::identity::Runtime>>,
 }
 
 impl Built {
@@ -337,13 +353,19 @@ impl Built {
         let breakers = BreakerRegistry::new();
         let faults = FaultRegistry::new();
         let rest = build_rest(&config, shared, &breakers, &faults)?;
+        if let Some(identity) = shared.identity.as_ref().and_then(|rt| rt.embedded.as_ref()) {
+            identity.set_catalog(crate::identity::catalog(&config));
+        }
         let native = crate::native::build(&config, shared, &breakers, &faults)?;
         crate::sql::register(shared, &breakers, &faults);
+        let rpc = crate::rpc::build(&config, shared, &breakers, &faults, &rest);
         Ok(Self {
+            identity: shared.identity.clone(),
             config,
             rest,
             native,
             sql: shared.sql.clone(),
+            rpc,
             breakers,
             faults,
             metrics: shared.metrics.clone(),
@@ -428,7 +450,7 @@ fn build_rest(
     }
 
     let mut routes = Vec::new();
-    for route in &config.routes {
+    for (index, route) in config.routes.iter().enumerate() {
         // validate() guarantees the upstream exists; skip defensively rather than panic.
         let Some(up) = upstreams.get(&route.upstream) else {
             continue;
@@ -461,6 +483,10 @@ fn build_rest(
             },
             balancer,
         );
+        // The route's guard (RequireToken, then the access rule) sits in front of the
+        // whole policy stack: a refused caller never reaches the upstream and never
+        // counts as an upstream failure, nor takes a concurrency slot or a rate token.
+        let service = crate::identity::guard(config, shared, index, service)?;
         routes.push(Route {
             prefix: crate::config::normalize_prefix(&route.prefix).to_string(),
             host: route.host.as_deref().map(crate::config::normalize_host),

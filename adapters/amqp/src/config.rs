@@ -22,8 +22,9 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-/// `[amqp]`: the broker connection shared by the RPC client and server.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// `[amqp]`: the broker connection shared by the RPC client and server. Its `Debug`
+/// output hides the password of `url`.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AmqpConfig {
     /// `amqp://user:pass@host:port/vhost` (the vhost URL-encoded: `%2f` is `/`).
@@ -68,6 +69,35 @@ impl Default for AmqpConfig {
     }
 }
 
+impl std::fmt::Debug for AmqpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpConfig")
+            .field("url", &redact_url(&self.url))
+            .field("heartbeat", &self.heartbeat)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("reconnect", &self.reconnect)
+            .field("connection_name", &self.connection_name)
+            .field("transient_queues_ttl", &self.transient_queues_ttl)
+            .field("durable_queues", &self.durable_queues)
+            .field("default_timeout", &self.default_timeout)
+            .finish()
+    }
+}
+
+/// `amqp://user:pass@host/...` becomes `amqp://***@host/...`; anything else unchanged.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let rest_start = scheme_end + 3;
+    let rest = &url[rest_start..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}***{}", &url[..rest_start], &rest[at..]),
+        None => url.to_owned(),
+    }
+}
+
 /// Exponential reconnect backoff with full jitter.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -96,6 +126,80 @@ pub struct RpcConfig {
     /// `[[rpc.servers]]`: topics on which Quartet itself is an oslo.messaging RPC server
     /// (the reverse bridge).
     pub servers: Vec<RpcServerSpec>,
+    /// `[[rpc.routes]]`: REST paths mapped to an RPC method of a topic.
+    pub routes: Vec<RpcRoute>,
+    /// Send a remote exception's traceback (`tb`) to HTTP clients in the error body.
+    /// Off by default: a traceback shows the server's code and paths; it is logged.
+    pub expose_traceback: bool,
+}
+
+/// One `[[rpc.routes]]` entry: `method` + `path` (with `{name}` segments) on the public
+/// listener call `rpc_method` on `topic` (a `[[rpc.topics]]` entry), with `args` built
+/// from the template (a string `"{name}"` is replaced by the path parameter `name`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RpcRoute {
+    /// HTTP method, upper-case (`GET`, `POST`, ...).
+    #[serde(default = "default_route_method")]
+    pub method: String,
+    /// `/servers/{id}`: literal segments and `{name}` segments.
+    pub path: String,
+    pub topic: String,
+    pub rpc_method: String,
+    /// The argument template: values `"{name}"` take the path parameter `name`.
+    #[serde(default)]
+    pub args: serde_json::Map<String, serde_json::Value>,
+    /// Also put the query parameters into the args (as strings; the template wins).
+    #[serde(default)]
+    pub query_args: bool,
+    /// Merge a JSON object request body into the args (the template wins).
+    #[serde(default)]
+    pub body_args: bool,
+    /// Send as a cast (answer 202) instead of a call.
+    #[serde(default)]
+    pub cast: bool,
+}
+
+fn default_route_method() -> String {
+    "GET".to_owned()
+}
+
+impl RpcRoute {
+    /// The path's segments: `Ok(None)` for a literal, `Ok(Some(name))` for `{name}`.
+    pub fn segments(&self) -> impl Iterator<Item = Segment<'_>> {
+        self.path
+            .trim_matches('/')
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(
+                |s| match s.strip_prefix('{').and_then(|r| r.strip_suffix('}')) {
+                    Some(name) => Segment::Param(name),
+                    None => Segment::Literal(s),
+                },
+            )
+    }
+
+    /// The path parameters when `path` matches this route's template.
+    pub fn match_path<'p>(&self, path: &'p str) -> Option<Vec<(&str, &'p str)>> {
+        let mut got = path.trim_matches('/').split('/').filter(|s| !s.is_empty());
+        let mut params = Vec::new();
+        for seg in self.segments() {
+            let part = got.next()?;
+            match seg {
+                Segment::Literal(l) if l == part => {}
+                Segment::Literal(_) => return None,
+                Segment::Param(name) => params.push((name, part)),
+            }
+        }
+        got.next().is_none().then_some(params)
+    }
+}
+
+/// One segment of an [`RpcRoute`] path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Segment<'a> {
+    Literal(&'a str),
+    Param(&'a str),
 }
 
 /// How a target is protected at the HTTP edge (the same words as a route's `auth`).
@@ -292,6 +396,68 @@ impl RpcConfig {
                 return Err(err(key("concurrency"), "must be above zero"));
             }
         }
+        let mut routes = std::collections::BTreeSet::new();
+        for (i, r) in self.routes.iter().enumerate() {
+            let key = |k: &str| format!("rpc.routes[{i}].{k}");
+            let method_ok = !r.method.is_empty()
+                && r.method.len() <= 20
+                && r.method.bytes().all(|b| b.is_ascii_uppercase());
+            if !method_ok {
+                return Err(err(key("method"), "must be an upper-case HTTP method"));
+            }
+            if !r.path.starts_with('/') {
+                return Err(err(key("path"), "must start with \"/\""));
+            }
+            let mut names = std::collections::BTreeSet::new();
+            for seg in r.segments() {
+                match seg {
+                    Segment::Param(name) => {
+                        let ok = !name.is_empty()
+                            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                        if !ok {
+                            return Err(err(key("path"), "a {name} must be letters, digits or _"));
+                        }
+                        if !names.insert(name) {
+                            return Err(err(key("path"), "names a parameter twice"));
+                        }
+                    }
+                    Segment::Literal(l) if l.contains(['{', '}']) => {
+                        return Err(err(key("path"), "a segment is either literal or {name}"));
+                    }
+                    Segment::Literal(_) => {}
+                }
+            }
+            if !self.topics.iter().any(|t| t.topic == r.topic) {
+                return Err(err(key("topic"), "no [[rpc.topics]] entry has this topic"));
+            }
+            if r.rpc_method.is_empty() {
+                return Err(err(key("rpc_method"), "must not be empty"));
+            }
+            for v in r.args.values() {
+                if let Some(name) = v
+                    .as_str()
+                    .and_then(|s| s.strip_prefix('{'))
+                    .and_then(|s| s.strip_suffix('}'))
+                {
+                    if !names.contains(name) {
+                        return Err(err(key("args"), "uses a {name} the path does not have"));
+                    }
+                }
+            }
+            let shape: Vec<Option<&str>> = r
+                .segments()
+                .map(|s| match s {
+                    Segment::Literal(l) => Some(l),
+                    Segment::Param(_) => None,
+                })
+                .collect();
+            if !routes.insert((r.method.clone(), shape)) {
+                return Err(err(
+                    key("path"),
+                    "another route has the same method and path",
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -370,6 +536,37 @@ mod tests {
         assert_eq!(t.status_for(&nf), Some(404));
         let ve = crate::codec::RemoteFailure::new("ValueError", "builtins", "x");
         assert_eq!(t.status_for(&ve), None);
+    }
+
+    #[test]
+    fn debug_hides_the_password_and_routes_match_whole_paths() {
+        let cfg = AmqpConfig {
+            url: "amqp://user:hunter2@mq:5672/%2f".into(),
+            ..AmqpConfig::default()
+        };
+        let dbg = format!("{cfg:?}");
+        assert!(
+            !dbg.contains("hunter2") && dbg.contains("amqp://***@mq:5672"),
+            "{dbg}"
+        );
+        let doc: Doc = toml::from_str(
+            "[amqp]\n[[rpc.topics]]\ntopic = \"c\"\n[[rpc.routes]]\npath = \"/a/{x}/b\"\n\
+             topic = \"c\"\nrpc_method = \"m\"\nargs = { x = \"{x}\" }\n",
+        )
+        .unwrap();
+        doc.rpc.validate().unwrap();
+        let r = &doc.rpc.routes[0];
+        assert_eq!(r.match_path("/a/1/b"), Some(vec![("x", "1")]));
+        assert_eq!(r.match_path("/a/1/b/"), Some(vec![("x", "1")]));
+        assert_eq!(r.match_path("/a/1"), None);
+        assert_eq!(r.match_path("/a/1/c"), None);
+        let mut twice = doc.rpc.clone();
+        twice.routes.push(RpcRoute {
+            path: "/a/{y}/b".into(),
+            args: Default::default(),
+            ..r.clone()
+        });
+        assert_eq!(twice.validate().unwrap_err().key, "rpc.routes[1].path");
     }
 
     #[test]

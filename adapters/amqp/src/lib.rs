@@ -26,7 +26,7 @@ pub use broker::{State, Status};
 pub use classify::{RpcClassify, RpcReplay};
 pub use client::{CallKind, ClientStats, RpcClient, RpcRequest, RpcResponse};
 pub use codec::{Caller, Context, RemoteFailure};
-pub use config::{AmqpConfig, RpcConfig, RpcServerSpec, RpcTopic};
+pub use config::{AmqpConfig, RpcConfig, RpcRoute, RpcServerSpec, RpcTopic};
 pub use error::{ConnectError, RpcError};
 pub use quartet_policies::BoxError;
 pub use server::{IncomingCall, RpcHandler, RpcServer, ServerStats};

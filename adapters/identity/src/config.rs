@@ -45,6 +45,9 @@ pub struct IdentityConfig {
     /// The token cache of the RequireToken middleware.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// An oslo.policy file (YAML or JSON) whose rules routes name with `rule:NAME`.
+    #[serde(default)]
+    pub policy_file: Option<PathBuf>,
 }
 
 /// `[identity.keystone]`: where a real Keystone is and the service user Quartet
@@ -109,6 +112,7 @@ impl Default for IdentityConfig {
             public_url: None,
             keystone: None,
             cache: CacheConfig::default(),
+            policy_file: None,
         }
     }
 }
