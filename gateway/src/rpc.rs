@@ -30,8 +30,7 @@ use quartet_amqp::{
     RpcError, RpcReplay, RpcRequest, RpcResponse, RpcRoute, RpcServer, RpcServerSpec, RpcTopic,
     State,
 };
-use quartet_http::balance::{Balancer, EndpointSlot};
-use quartet_http::classify::{CallInfo, HttpClassify, HttpReplay};
+use quartet_http::classify::CallInfo;
 use quartet_http::ProxyBody;
 use quartet_policies::auth::Identity;
 use quartet_policies::breaker::BreakerHandle;
@@ -323,33 +322,7 @@ fn server_target(
         .find(|r| &r.upstream == name)
         .map_or(DEFAULT_POLICY, |r| r.policy.as_str());
     let policy = config.policy(policy_name);
-    let slots = up
-        .endpoints
-        .iter()
-        .map(|e| EndpointSlot {
-            name: e.name.clone(),
-            service: endpoint_stack(
-                e.breaker.clone(),
-                policy.per_try_timeout,
-                HttpClassify,
-                e.in_flight.clone(),
-                e.service.clone(),
-            ),
-            breaker: Some(e.breaker.clone()),
-            healthy: e.healthy.clone(),
-        })
-        .collect();
-    let balancer = Balancer::new(up.parts.target.clone(), up.strategy, slots);
-    let service = policy_stack(
-        &up.parts,
-        &policy,
-        metrics,
-        HttpClassify,
-        HttpReplay {
-            idempotent_route: false,
-        },
-        balancer,
-    );
+    let service = crate::stack::upstream_service(up, &policy, false, metrics);
     Some(RpcTarget::Upstream {
         name: name.clone(),
         service,

@@ -384,6 +384,44 @@ fn target_policy(config: &Config, upstream: &str) -> PolicySpec {
     config.policy(name)
 }
 
+/// The REST stack to one upstream under `policy`: its endpoints (breaker, per-try timeout)
+/// behind its balancer, behind the policy layers. Routes and the RPC reverse bridge both
+/// send to upstreams through this.
+pub fn upstream_service(
+    up: &Upstream,
+    policy: &PolicySpec,
+    idempotent: bool,
+    metrics: &Arc<Metrics>,
+) -> RestService {
+    let slots = up
+        .endpoints
+        .iter()
+        .map(|e| EndpointSlot {
+            name: e.name.clone(),
+            service: endpoint_stack(
+                e.breaker.clone(),
+                policy.per_try_timeout,
+                HttpClassify,
+                e.in_flight.clone(),
+                e.service.clone(),
+            ),
+            breaker: Some(e.breaker.clone()),
+            healthy: e.healthy.clone(),
+        })
+        .collect();
+    let balancer = Balancer::new(up.parts.target.clone(), up.strategy, slots);
+    policy_stack(
+        &up.parts,
+        policy,
+        metrics,
+        HttpClassify,
+        HttpReplay {
+            idempotent_route: idempotent,
+        },
+        balancer,
+    )
+}
+
 fn build_rest(
     config: &Config,
     shared: &Shared,
@@ -456,33 +494,7 @@ fn build_rest(
             continue;
         };
         let policy = config.policy(&route.policy);
-        let slots = up
-            .endpoints
-            .iter()
-            .map(|e| EndpointSlot {
-                name: e.name.clone(),
-                service: endpoint_stack(
-                    e.breaker.clone(),
-                    policy.per_try_timeout,
-                    HttpClassify,
-                    e.in_flight.clone(),
-                    e.service.clone(),
-                ),
-                breaker: Some(e.breaker.clone()),
-                healthy: e.healthy.clone(),
-            })
-            .collect();
-        let balancer = Balancer::new(up.parts.target.clone(), up.strategy, slots);
-        let service = policy_stack(
-            &up.parts,
-            &policy,
-            metrics,
-            HttpClassify,
-            HttpReplay {
-                idempotent_route: route.idempotent,
-            },
-            balancer,
-        );
+        let service = upstream_service(up, &policy, route.idempotent, metrics);
         // The route's guard (RequireToken, then the access rule) sits in front of the
         // whole policy stack: a refused caller never reaches the upstream and never
         // counts as an upstream failure, nor takes a concurrency slot or a rate token.
