@@ -69,7 +69,7 @@ NGINX
 cat > "$WORK/haproxy.cfg" <<HAP
 global
   nbthread 2
-  maxconn 10000
+  maxconn 4000
 defaults
   mode http
   timeout connect 5s
