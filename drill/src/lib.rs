@@ -25,7 +25,7 @@ pub mod admin;
 pub mod expect;
 pub mod html;
 pub mod load;
-mod location;
+pub mod location;
 pub mod record;
 pub mod result;
 pub mod runner;

@@ -1,4 +1,5 @@
-//! Where in a scenario file a key is written, so every error names `FILE:LINE: KEY`.
+//! Where in a TOML file a key is written, so every error names `FILE:LINE: KEY`: used for
+//! drill scenarios and, through `quartet::config`, for Quartet's own config (one locator).
 
 use std::fmt;
 
@@ -20,6 +21,18 @@ impl KeyPath {
     pub fn index(mut self, i: usize) -> Self {
         self.0.push(Seg::Index(i));
         self
+    }
+    /// Appends a dotted relative key such as `retry.budget`.
+    pub fn dotted(mut self, rel: &str) -> Self {
+        self.0.extend(
+            rel.split('.')
+                .filter(|s| !s.is_empty())
+                .map(|s| Seg::Key(s.into())),
+        );
+        self
+    }
+    pub fn root(k: &str) -> Self {
+        Self::default().key(k)
     }
 }
 
