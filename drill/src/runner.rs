@@ -44,7 +44,7 @@ pub enum RunError {
         index: usize,
         target: String,
         #[source]
-        source: AdminError,
+        source: StepError,
     },
     #[error("load `{load}` cannot start")]
     Caller {
@@ -61,6 +61,66 @@ impl RunError {
     pub fn is_invalid_scenario(&self) -> bool {
         matches!(self, RunError::UnknownTarget { .. })
     }
+}
+
+/// Why a fault window could not be set or removed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error("`{command}` could not be started")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` exited with {status}: {output}")]
+    Failed {
+        command: String,
+        status: std::process::ExitStatus,
+        output: String,
+    },
+    #[error("`{command}` did not end within {}s", COMMAND_LIMIT.as_secs())]
+    Hung { command: String },
+}
+
+/// How long a window's `run` or `undo` command may take.
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(60);
+
+/// Runs a window's command to its end; its output is kept for the error only.
+async fn command(argv: &[String]) -> Result<(), StepError> {
+    let shown = argv.join(" ");
+    let Some((program, args)) = argv.split_first() else {
+        return Ok(());
+    };
+    let child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = match tokio::time::timeout(COMMAND_LIMIT, child).await {
+        Err(_) => return Err(StepError::Hung { command: shown }),
+        Ok(Err(source)) => {
+            return Err(StepError::Spawn {
+                command: shown,
+                source,
+            })
+        }
+        Ok(Ok(out)) => out,
+    };
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut output = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if output.is_empty() {
+        output = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    }
+    let output: String = output.chars().take(500).collect();
+    Err(StepError::Failed {
+        command: shown,
+        status: out.status,
+        output,
+    })
 }
 
 /// What the timeline executor knows of one fault window.
@@ -120,29 +180,30 @@ pub async fn preflight(plan: &Plan, admin: &Admin) -> Result<(), RunError> {
     Ok(())
 }
 
-async fn apply(admin: &Admin, step: &FaultStep) -> Result<(), AdminError> {
+async fn apply(admin: &Admin, step: &FaultStep) -> Result<(), StepError> {
     match &step.action {
-        FaultAction::Request(spec) => admin.set_fault(&step.target, spec).await,
-        FaultAction::Breaker { state, endpoint } => {
-            admin
-                .set_breaker(&step.target, endpoint.as_deref(), *state)
-                .await
-        }
+        FaultAction::Request(spec) => Ok(admin.set_fault(&step.target, spec).await?),
+        FaultAction::Breaker { state, endpoint } => Ok(admin
+            .set_breaker(&step.target, endpoint.as_deref(), *state)
+            .await?),
+        FaultAction::Command { run, .. } => command(run).await,
     }
 }
 
-async fn remove(admin: &Admin, step: &FaultStep) -> Result<(), AdminError> {
+async fn remove(admin: &Admin, step: &FaultStep) -> Result<(), StepError> {
     match &step.action {
-        FaultAction::Request(_) => admin.clear_fault(&step.target).await,
-        FaultAction::Breaker { endpoint, .. } => {
-            admin
-                .set_breaker(
-                    &step.target,
-                    endpoint.as_deref(),
-                    crate::scenario::BreakerCommand::Closed,
-                )
-                .await
-        }
+        FaultAction::Request(_) => Ok(admin.clear_fault(&step.target).await?),
+        FaultAction::Breaker { endpoint, .. } => Ok(admin
+            .set_breaker(
+                &step.target,
+                endpoint.as_deref(),
+                crate::scenario::BreakerCommand::Closed,
+            )
+            .await?),
+        FaultAction::Command { undo, .. } => match undo {
+            Some(undo) => command(undo).await,
+            None => Ok(()),
+        },
     }
 }
 

@@ -7,7 +7,7 @@
 //! with the reason (`load[0].request.topic: is a key of rpc requests, not rest`).
 
 use crate::location::{key_at, line_of, locate, KeyPath};
-use quartet_policies::spec::FaultSpec;
+use quartet_policies::spec::{FaultSpec, ToxicSpec};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -181,6 +181,17 @@ pub struct FaultStepSpec {
     /// With `breaker`: only this endpoint's breaker (`host:port`).
     #[serde(default)]
     pub endpoint: Option<String>,
+    /// Connection-level faults (toxics: latency, bandwidth, reset, stall, close_after) on
+    /// the target's backend connections, set with the request fault in one body.
+    #[serde(default)]
+    pub connection: Vec<ToxicSpec>,
+    /// A command (program and arguments, no shell) run when the window starts: what the
+    /// admin API cannot do, such as stopping a database server. It must exit 0.
+    #[serde(default)]
+    pub run: Option<Vec<String>>,
+    /// With `run`: the command run when the window ends (and when the drill stops early).
+    #[serde(default)]
+    pub undo: Option<Vec<String>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -344,6 +355,11 @@ pub enum FaultAction {
         state: BreakerCommand,
         endpoint: Option<String>,
     },
+    /// `run` at the start, `undo` (if any) at the end.
+    Command {
+        run: Vec<String>,
+        undo: Option<Vec<String>>,
+    },
 }
 
 impl FaultAction {
@@ -358,6 +374,9 @@ impl FaultAction {
                         f.delay_percent,
                         humantime::format_duration(d)
                     ));
+                }
+                for t in &f.connection {
+                    parts.push(format!("{} toxic", t.kind.as_str()));
                 }
                 if f.abort_percent > 0.0 {
                     let status = f
@@ -375,6 +394,7 @@ impl FaultAction {
                 Some(e) => format!("breaker {} ({e})", state.as_str()),
                 None => format!("breaker {}", state.as_str()),
             },
+            FaultAction::Command { run, .. } => format!("run `{}`", run.join(" ")),
         }
     }
 }
@@ -1190,11 +1210,53 @@ fn plan_fault(i: usize, f: &FaultStepSpec) -> Result<FaultStep, Invalid> {
         ("delay_percent", f.delay_percent.is_some()),
         ("abort_status", f.abort_status.is_some()),
         ("abort_percent", f.abort_percent.is_some()),
+        ("connection", !f.connection.is_empty()),
     ];
     let first_request_key = request_keys
         .iter()
         .find(|(_, given)| *given)
         .map(|(k, _)| *k);
+    if let Some(run) = &f.run {
+        let other = if f.breaker.is_some() {
+            Some("breaker")
+        } else {
+            first_request_key
+        };
+        if let Some(key) = other {
+            return Err(invalid(
+                p.key(key),
+                "a fault window is either a command (`run`), a breaker state or a request fault, not two of them",
+            ));
+        }
+        if f.endpoint.is_some() {
+            return Err(invalid(p.key("endpoint"), "applies to `breaker` windows"));
+        }
+        let empty = |c: &[String]| c.first().is_none_or(|prog| prog.trim().is_empty());
+        if empty(run) {
+            return Err(invalid(
+                p.key("run"),
+                "must name a program: [\"program\", \"arg\", ...]",
+            ));
+        }
+        if f.undo.as_deref().is_some_and(empty) {
+            return Err(invalid(
+                p.key("undo"),
+                "must name a program: [\"program\", \"arg\", ...]",
+            ));
+        }
+        return Ok(FaultStep {
+            at: f.at,
+            duration: f.duration,
+            target: f.target.clone(),
+            action: FaultAction::Command {
+                run: run.clone(),
+                undo: f.undo.clone(),
+            },
+        });
+    }
+    if f.undo.is_some() {
+        return Err(invalid(p.key("undo"), "applies with `run`"));
+    }
     let action = match (f.breaker, first_request_key) {
         (Some(_), Some(key)) => {
             return Err(invalid(
@@ -1205,7 +1267,7 @@ fn plan_fault(i: usize, f: &FaultStepSpec) -> Result<FaultStep, Invalid> {
         (None, None) => {
             return Err(invalid(
                 p,
-                "needs a request fault (delay, delay_percent, abort_status, abort_percent) or `breaker`",
+                "needs a request fault (delay, delay_percent, abort_status, abort_percent, connection), `breaker` or `run`",
             ))
         }
         (Some(state), None) => {
@@ -1240,7 +1302,7 @@ fn plan_fault(i: usize, f: &FaultStepSpec) -> Result<FaultStep, Invalid> {
                 } else {
                     0.0
                 }),
-                ..FaultSpec::default()
+                connection: f.connection.clone(),
             };
             spec.validate()
                 .map_err(|e| invalid(p.clone().key(&e.key), e.message))?;
