@@ -556,10 +556,97 @@ fn the_open_loop_schedule_is_evenly_spaced() {
 }
 
 #[test]
-fn the_drills_folder_scenario_is_valid() {
-    let path =
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../drills/rest-half-failing.toml");
-    let plan = scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    assert!(!plan.expects.is_empty());
-    assert!(!plan.faults.is_empty());
+fn every_scenario_of_the_drills_folder_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../drills");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir).expect("drills/") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !name.ends_with(".toml") || name.ends_with(".quartet.toml") {
+            continue;
+        }
+        let plan = scenario::load(&path).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!plan.expects.is_empty(), "{name}");
+        assert!(!plan.faults.is_empty(), "{name}");
+        names.push(name.to_string());
+    }
+    names.sort();
+    // One per channel and one across channels.
+    assert_eq!(
+        names,
+        [
+            "cross-channel.toml",
+            "driver-hanging.toml",
+            "pg-primary-gone.toml",
+            "rest-half-failing.toml",
+            "rpc-slow-server.toml"
+        ]
+    );
+}
+
+/// GOOD with its first fault window replaced by `window` (the keys after `target`).
+fn with_window(window: &str) -> String {
+    edit("abort_status = 503\nabort_percent = 50\n", window)
+}
+
+#[test]
+fn a_command_window_runs_a_program_and_undoes_it() {
+    let plan = parse(&with_window(
+        "run = [\"pg_ctl\", \"-D\", \"/data\", \"stop\"]\nundo = [\"pg_ctl\", \"-D\", \"/data\", \"start\"]\n",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    match &plan.faults[0].action {
+        FaultAction::Command { run, undo } => {
+            assert_eq!(run, &["pg_ctl", "-D", "/data", "stop"]);
+            assert_eq!(
+                undo.as_deref(),
+                Some(&["pg_ctl", "-D", "/data", "start"].map(String::from)[..])
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        plan.faults[0].action.describe(),
+        "run `pg_ctl -D /data stop`"
+    );
+    // `undo` is optional.
+    let plan = parse(&with_window("run = [\"true\"]\n")).unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        &plan.faults[0].action,
+        FaultAction::Command { undo: None, .. }
+    ));
+
+    let e = err(&with_window("run = []\n"));
+    assert!(e.contains("faults[0].run: must name a program"), "{e}");
+    let e = err(&with_window("run = [\"true\"]\nundo = [\"\"]\n"));
+    assert!(e.contains("faults[0].undo: must name a program"), "{e}");
+    let e = err(&with_window("undo = [\"true\"]\n"));
+    assert!(e.contains("faults[0].undo: applies with `run`"), "{e}");
+    let e = err(&with_window("run = [\"true\"]\nabort_percent = 5\n"));
+    assert!(
+        e.contains("faults[0].abort_percent: a fault window is either a command"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_window_may_set_connection_toxics() {
+    let plan = parse(&with_window(
+        "connection = [{ kind = \"stall\" }, { kind = \"latency\", latency = \"20ms\" }]\n",
+    ))
+    .unwrap_or_else(|e| panic!("{e}"));
+    match &plan.faults[0].action {
+        FaultAction::Request(f) => {
+            assert_eq!(f.connection.len(), 2);
+            assert_eq!(f.abort_percent, 0.0);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        plan.faults[0].action.describe(),
+        "stall toxic, latency toxic"
+    );
+    // The toxic's own checks, named by key.
+    let e = err(&with_window("connection = [{ kind = \"latency\" }]\n"));
+    assert!(e.contains("faults[0].connection[0]"), "{e}");
 }
