@@ -59,6 +59,8 @@ pub(crate) enum ClientError {
     Checkout { code: String, message: String },
     #[error("server connection lost")]
     ServerLost,
+    #[error("server connection lost: no answer to the query nor to its cancel request")]
+    ServerUnresponsive,
     #[error("terminating connection due to idle-in-transaction timeout")]
     IdleInTransaction,
     #[error("client login timeout")]
@@ -75,7 +77,7 @@ impl ClientError {
             ClientError::Protocol(_) | ClientError::Io(_) | ClientError::LoginTimeout => "08P01",
             ClientError::Auth { .. } => "28P01",
             ClientError::Checkout { code, .. } => code,
-            ClientError::ServerLost => "08006",
+            ClientError::ServerLost | ClientError::ServerUnresponsive => "08006",
             ClientError::IdleInTransaction => "25P03",
             ClientError::NoUser => "28000",
             ClientError::FaultAbort => "57P03",
@@ -466,10 +468,12 @@ impl Session {
     fn deadline(&self) -> Option<Instant> {
         self.lease.as_ref()?;
         if self.pending > 0 {
-            if self.cancel_sent {
-                return None;
-            }
             let t = self.shared.spec.query_timeout?;
+            if self.cancel_sent {
+                // A server that answers neither the query nor its cancel (frozen, or cut
+                // off without a reset) is given up on, so the client is not held forever.
+                return Some(self.query_started? + t + self.shared.spec.connect_timeout);
+            }
             Some(self.query_started? + t)
         } else if self.status != b'I' {
             Some(self.last_client + self.shared.spec.idle_transaction_timeout?)
@@ -539,6 +543,12 @@ impl Session {
         let Some(lease) = &self.lease else {
             return Ok(());
         };
+        if self.pending > 0 && self.cancel_sent {
+            tracing::debug!("query timeout: no answer to the cancel either, dropping the server");
+            self.lease = None;
+            self.slot.set(None);
+            return Err(ClientError::ServerUnresponsive);
+        }
         if self.pending > 0 {
             self.cancel_sent = true;
             let (peer, pid, key) = (lease.conn.peer, lease.conn.pid, lease.conn.key);
