@@ -285,62 +285,9 @@ async fn rpc_slow_server_fails_without_a_timeout() {
 // ---------------------------------------------------------------------------------------
 // pg-primary-gone
 
-/// `pg_ctl ARGS` as the postgres user when run as root (servers refuse root).
-fn pg_ctl(args: &[&str]) -> Vec<String> {
-    let is_root = std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0"))
-        .unwrap_or(false);
-    let mut argv: Vec<String> = if is_root {
-        ["runuser", "-u", "postgres", "--"]
-            .map(String::from)
-            .to_vec()
-    } else {
-        Vec::new()
-    };
-    argv.push(cluster::bin("pg_ctl").display().to_string());
-    argv.extend(args.iter().map(|a| a.to_string()));
-    argv
-}
-
-/// A TOML array of strings (JSON's string escapes are TOML's).
-fn toml_array(argv: &[String]) -> String {
-    serde_json::to_string(argv).expect("strings")
-}
-
-/// The scenario's `run`/`undo` lines replaced by the commands that stop and start `c`.
-fn pg_commands(scenario: &str, c: &cluster::Cluster) -> String {
-    let data = c.dir.join("data").display().to_string();
-    let stop = pg_ctl(&["-D", &data, "-m", "immediate", "-w", "stop"]);
-    let opts = format!(
-        "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
-        c.port,
-        c.dir.display()
-    );
-    let log = c.dir.join("log").display().to_string();
-    let start = pg_ctl(&["-D", &data, "-o", &opts, "-l", &log, "-w", "start"]);
-    scenario
-        .lines()
-        .map(|l| {
-            if l.starts_with("run = ") {
-                format!("run = {}", toml_array(&stop))
-            } else if l.starts_with("undo = ") {
-                format!("undo = {}", toml_array(&start))
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// Without failover: one connect attempt, and a health check too slow to notice the
-/// primary is gone within the drill.
-const PG_NO_FAILOVER: (&str, &str) = (
-    "health_interval = \"500ms\"",
-    "health_interval = \"1h\"\nconnect_attempts = 1",
-);
+/// The SQL listener's defaults instead of its failover policy: no query timeout, 15 s to
+/// connect.
+const PG_DEFAULTS: (&str, &str) = ("connect_timeout = \"1s\"\nquery_timeout = \"1s\"\n", "");
 
 async fn pg_primary_gone(wrong: bool) -> Drill {
     postgres_up().await;
@@ -369,7 +316,7 @@ async fn pg_primary_gone(wrong: bool) -> Drill {
         &format!("127.0.0.1:{}/test", primary.port),
     );
     if wrong {
-        config = swap(&config, PG_NO_FAILOVER.0, PG_NO_FAILOVER.1);
+        config = swap(&config, PG_DEFAULTS.0, PG_DEFAULTS.1);
     }
     let gw = Gateway::start(&config).await;
     let addr = sql_addr(&gw, "pg");
@@ -385,9 +332,14 @@ async fn pg_primary_gone(wrong: bool) -> Drill {
     .await;
     let mut scenario = scenario_for("pg-primary-gone.toml", &gw);
     scenario = swap(&scenario, "127.0.0.1:6432", &addr.to_string());
-    scenario = pg_commands(&scenario, &primary);
+    // The commands freeze and thaw this primary's processes.
+    scenario = swap(
+        &scenario,
+        "/tmp/quartet-drill-pg",
+        &primary.dir.display().to_string(),
+    );
     let d = run_drill(gw.dir.path(), "pg-primary-gone.toml", &scenario).await;
-    // The primary is back: the undo command ran.
+    // The primary is back: the undo command thawed it.
     let back = tokio_postgres::connect(
         &format!(
             "host=127.0.0.1 port={} user=postgres dbname=test",
@@ -396,13 +348,13 @@ async fn pg_primary_gone(wrong: bool) -> Drill {
         tokio_postgres::NoTls,
     )
     .await;
-    assert!(back.is_ok(), "the primary was not started again");
+    assert!(back.is_ok(), "the primary was not thawed");
     drop(primary);
     d
 }
 
 #[tokio::test]
-async fn pg_primary_gone_passes_with_failover() {
+async fn pg_primary_gone_passes_with_its_failover_policy() {
     let _one = SERIAL.lock().await;
     let d = pg_primary_gone(false).await;
     assert_eq!(d.code, 0, "the drill should pass:\n{}", d.output);
@@ -410,14 +362,14 @@ async fn pg_primary_gone_passes_with_failover() {
 }
 
 #[tokio::test]
-async fn pg_primary_gone_fails_without_failover() {
+async fn pg_primary_gone_fails_with_the_sql_defaults() {
     let _one = SERIAL.lock().await;
     let d = pg_primary_gone(true).await;
     assert_eq!(d.code, 1, "the drill should fail:\n{}", d.output);
-    // Most statements of the window failed (90% expected).
-    assert!(!d.passed(2), "{}", d.output);
-    let ok = d.expect(2)["value"].as_f64().unwrap_or(1.0);
-    assert!(ok < 0.6, "{}", d.output);
+    // The statements on the frozen primary waited until it thawed (6 s; 3 s allowed).
+    assert!(!d.passed(4), "{}", d.output);
+    let held = d.expect(4)["value"].as_f64().unwrap_or(0.0);
+    assert!(held > 4.5, "{}", d.output);
 }
 
 // ---------------------------------------------------------------------------------------
