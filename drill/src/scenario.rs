@@ -1304,6 +1304,15 @@ fn plan_fault(i: usize, f: &FaultStepSpec) -> Result<FaultStep, Invalid> {
                 }),
                 connection: f.connection.clone(),
             };
+            // Each toxic first, so its key is located as `connection[i].key`.
+            for (i, t) in f.connection.iter().enumerate() {
+                t.validate().map_err(|e| {
+                    invalid(
+                        p.clone().key("connection").index(i).key(&e.key),
+                        e.message,
+                    )
+                })?;
+            }
             spec.validate()
                 .map_err(|e| invalid(p.clone().key(&e.key), e.message))?;
             FaultAction::Request(spec)

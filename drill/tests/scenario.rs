@@ -648,5 +648,8 @@ fn a_window_may_set_connection_toxics() {
     );
     // The toxic's own checks, named by key.
     let e = err(&with_window("connection = [{ kind = \"latency\" }]\n"));
-    assert!(e.contains("faults[0].connection[0]"), "{e}");
+    assert!(
+        e.contains("faults[0].connection[0].latency: is required for a latency toxic"),
+        "{e}"
+    );
 }
