@@ -7,11 +7,13 @@
 //! The files are read from `drills/` and only their addresses are rewritten (port 0 for
 //! Quartet's listeners, the test's own upstream, a topic of this run, a temporary
 //! directory). Each scenario runs twice: with the policy in its config (the drill passes,
-//! exit 0), and with a deliberately wrong policy (no timeout, or no failover retry): the
-//! same drill fails (exit 1), by a wide margin.
+//! exit 0), and with a deliberately wrong policy (no timeout; for SQL, the listener's
+//! defaults: no query timeout, 15 s to connect): the same drill fails (exit 1), by a wide
+//! margin (calls held 3-6 s where 2-3 s are allowed, breakers never open).
 //!
 //! The drills are timed load, so they run one at a time (a lock), and each is short
-//! (13-14 s). A missing service fails the test with what to start.
+//! (13-14 s; the eight take about 2 minutes). A missing service fails the test with what
+//! to start.
 
 use quartet_tests::*;
 use reqwest::StatusCode;
