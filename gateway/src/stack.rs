@@ -1,7 +1,7 @@
 //! THE one place where the order of the policy layers is decided.
 //!
 //! ```text
-//! observe -> rate limit -> concurrency limit -> fault injection -> total timeout
+//! observe -> rate limit -> concurrency limit -> total timeout -> fault injection
 //!   -> retry (budget, only safe retries) -> [balancer]
 //!      -> per endpoint: circuit breaker -> per-try timeout -> (in-flight count) -> adapter
 //! ```
@@ -95,12 +95,14 @@ where
         // Bulkhead: refuses at once when full (no queue), before any work or delay is
         // spent on the call. Built here, so one semaphore per stack.
         .layer(ConcurrencyLimitLayer::new(policy.concurrency))
-        // Faults sit inside the guards (an injected delay holds a concurrency slot, as a
-        // slow backend would) and outside the timeout (an injected delay longer than the
-        // timeout shows the client a 504, as a slow backend would).
-        .layer(FaultLayer::new(parts.fault.clone()))
-        // The total timeout bounds the call with all its retries and backoffs.
+        // The total timeout bounds the call with all its retries and backoffs, and an
+        // injected delay too: a delay longer than the timeout shows the client a 504, as
+        // a slow backend would.
         .layer(TimeoutLayer::new(policy.timeout, TimeoutKind::Total))
+        // Faults sit inside the guards (an injected delay holds a concurrency slot, as a
+        // slow backend would), inside the total timeout (above) and above the retry, so
+        // an injected abort is what the client sees and is never retried.
+        .layer(FaultLayer::new(parts.fault.clone()))
         // Retry sits above the balancer so another attempt can go to another endpoint,
         // and below the total timeout so retries never outlive the call.
         .layer(RetryLayer::new(

@@ -434,6 +434,25 @@ async fn a_fault_from_the_config_applies() {
     assert_eq!(up.hits.load(Ordering::SeqCst), 0);
 }
 
+#[tokio::test]
+async fn an_injected_delay_counts_against_the_total_timeout() {
+    // A delay stands for a slow backend: longer than the total timeout, the client gets
+    // 504 after the timeout, and the upstream is never called.
+    let up = Upstream::start().await;
+    let app = build_app(&format!(
+        "[policies.default]\ntimeout = \"150ms\"\nfault = {{ delay = \"30s\", delay_percent = 100.0 }}\n{}",
+        one_route(&up, "/a", "")
+    ));
+    let resp = app
+        .router
+        .clone()
+        .oneshot(Request::get("/a/x").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 504);
+    assert_eq!(up.hits.load(Ordering::SeqCst), 0);
+}
+
 // ---- admin API ----------------------------------------------------------------------
 
 #[tokio::test]

@@ -83,10 +83,10 @@ pub fn driver_stack(
         // busy with `concurrency` calls (refused at once, never queued).
         .option_layer(policy.rate_limit.as_ref().map(RateLimitLayer::new))
         .layer(ConcurrencyLimitLayer::new(policy.concurrency))
+        // The total time the caller waits, retries, backoff and injected delays included.
+        .layer(TimeoutLayer::new(policy.timeout, TimeoutKind::Total))
         // Injected faults stand for the device failing, so they sit inside the limits.
         .layer(FaultLayer::new(fault.clone()))
-        // The total time the caller waits, retries and backoff included.
-        .layer(TimeoutLayer::new(policy.timeout, TimeoutKind::Total))
         // Transient errors only; after a send, only for idempotent operations.
         .layer(RetryLayer::new(
             &policy.retry,
