@@ -479,20 +479,33 @@ impl Config {
         }
         for (i, s) in rpc.servers.iter().enumerate() {
             let path = KeyPath::root("rpc").key("servers").index(i);
-            match &s.upstream {
-                None => {
+            match (&s.upstream, &s.driver) {
+                (None, None) => {
                     return Err(invalid(
                         path,
-                        "needs an upstream: the [upstreams.NAME] its calls go to",
+                        "needs an upstream or a driver: the [upstreams.NAME] or the \
+                         [[native.drivers]] name its calls go to",
                     ))
                 }
-                Some(up) if !self.upstreams.contains_key(up) => {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        path.key("driver"),
+                        "names a driver and an upstream: give only one",
+                    ))
+                }
+                (Some(up), None) if !self.upstreams.contains_key(up) => {
                     return Err(invalid(
                         path.key("upstream"),
                         format!("no upstream named {up:?}"),
                     ))
                 }
-                Some(_) => {}
+                (None, Some(d)) if !self.native.drivers.iter().any(|n| &n.name == d) => {
+                    return Err(invalid(
+                        path.key("driver"),
+                        format!("no [[native.drivers]] entry named {d:?}"),
+                    ))
+                }
+                _ => {}
             }
         }
         let uses_rpc = !rpc.topics.is_empty() || !rpc.servers.is_empty();
