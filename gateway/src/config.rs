@@ -693,7 +693,13 @@ timeout = "250ms"
         assert_eq!(c.routes[0].prefix, "/demo");
         assert!(c.routes[0].strip_prefix);
         assert_eq!(c.amqp, Some(AmqpConfig::default()));
-        assert_eq!(c.rpc, RpcConfig::default());
+        // The volume driver over RPC: served on "cinder-volume", reachable at /rpc.
+        assert_eq!(c.rpc.topics.len(), 1);
+        assert_eq!(c.rpc.topics[0].topic, "cinder-volume");
+        assert_eq!(c.rpc.servers.len(), 1);
+        assert_eq!(c.rpc.servers[0].driver.as_deref(), Some("volumes"));
+        assert!(c.rpc.routes.is_empty());
+        assert!(c.identity.is_some(), "the embedded identity is on");
     }
 
     const RPC: &str = r#"
