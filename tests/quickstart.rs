@@ -101,11 +101,9 @@ fn the_readme_quick_start_runs_as_written() {
     let dir = quartet_tests::tempdir();
     let bin = quartet_bin();
     let bin_dir = bin.parent().expect("the binary's directory");
-    // The block as written, then the test's own clean-up: stop the background quartet.
-    let script = format!(
-        "set -euo pipefail\ntrap 'kill $(jobs -p) 2> /dev/null || true' EXIT\n{}\n",
-        quick_start_block()
-    );
+    // The block as written, stopping at the first failing step. The `quartet serve &` it
+    // starts is stopped with the script's process group below.
+    let script = format!("set -euo pipefail\n{}\n", quick_start_block());
     let path = std::env::var("PATH").unwrap_or_default();
     let mut cmd = Command::new("bash");
     cmd.arg("-c")
@@ -170,6 +168,11 @@ fn the_readme_quick_start_runs_as_written() {
         "the quick start failed ({status}):\n{stdout}\n--- stderr (last lines):\n{tail}"
     );
 
+    // The token came from the embedded identity and validates as admin's.
+    assert!(
+        stdout.contains(r#""token":"#) && stdout.contains(r#""name":"admin""#),
+        "the token step got a token of user admin:\n{stdout}"
+    );
     // The RPC call's answer is the driver's result.
     assert!(
         stdout.contains(r#"{"result":{"id":"v1""#),

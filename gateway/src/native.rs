@@ -13,8 +13,10 @@
 //! get 503 (synchronous calls serve).
 //! Jobs are not requests in flight: the shutdown grace period waits for HTTP requests, not
 //! for jobs. A job still queued or running when the process stops is abandoned (its
-//! process killed with the runtime) and marked failed ("interrupted by restart") when the
-//! store next opens, never lost and never run twice.
+//! process killed with the runtime) and marked failed (`interrupted`), never lost and never
+//! run twice: at once when the store opens again under the same `[native] instance` name,
+//! otherwise by any instance sharing the store once the owner's lease (`owner_lease`) ran
+//! out. An instance never fails the jobs of another live one (see `quartet_native::jobs`).
 //!
 //! # A driver that cannot start
 //!
