@@ -229,3 +229,106 @@ fn dir_has(dir: &Path, name: &str) -> bool {
         })
         .unwrap_or(false)
 }
+
+/// The pid of the process whose command line is exactly `argv`.
+fn pid_of(argv: &[&str]) -> Option<u32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| a.bytes().chain(std::iter::once(0)))
+        .collect();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid = e.file_name().to_str()?.parse::<u32>().ok()?;
+        (std::fs::read(e.path().join("cmdline")).ok()? == want).then_some(pid)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rpc_and_http_calls_share_the_drivers_one_stack() {
+    broker_up();
+    let dir = quartet_tests::tempdir();
+    let topic = unique("tools");
+    // One concurrency slot for the driver: a call over HTTP holding it leaves none for
+    // a call over RPC, because both pass the same stack.
+    let cfg = format!(
+        "{SERVER}\n[amqp]\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\n\
+         connection_name = \"{conn}\"\n\n\
+         [policies.one]\nconcurrency = 1\ntimeout = \"2m\"\nper_try_timeout = \"2m\"\n\
+         retry = {{ attempts = 1 }}\n\n\
+         [native]\ndatabase = \"sqlite://{db}\"\n\n\
+         [[native.drivers]]\nname = \"tools\"\nkind = \"exec\"\npolicy = \"one\"\n\
+         [native.drivers.commands.nap]\nexecutable = \"/usr/bin/sleep\"\n\
+         args = [\"[0-9]{{1,3}}\"]\n\n\
+         [[rpc.servers]]\ntopic = \"{topic}\"\ndriver = \"tools\"\n",
+        conn = unique("quartet-test"),
+        db = dir.path().join("quartet.db").display(),
+    );
+    let gw = Gateway::start_in(dir, &cfg).await;
+    servers_ready(&gw, &topic).await;
+
+    // 1. Free: the RPC call runs the operation and answers its result.
+    let out = oslo_calls(&topic, &[("nap", json!({"args": ["0"]}))]);
+    assert_eq!(out[0]["result"], "", "sleep prints nothing: {}", out[0]);
+
+    // 2. An HTTP call holds the one slot...
+    let url = gw.url("/native/tools/nap");
+    let held = tokio::spawn(async move {
+        quartet_tests::client()
+            .post(url)
+            .json(&json!({"args": ["96"]}))
+            .send()
+            .await
+    });
+    eventually("the HTTP call holds the slot", BOUND, || async {
+        let (_, body) = gw.admin_json("/readyz").await;
+        (body["channels"]["native"]["drivers"]["tools"]["in_flight"] == 1).then_some(())
+    })
+    .await;
+    assert!(pid_of(&["/usr/bin/sleep", "96"]).is_some());
+    // ...so the RPC call is refused at once by the same limit.
+    let out = oslo_calls(&topic, &[("nap", json!({"args": ["0"]}))]);
+    assert_eq!(out[0]["exception"], "RemoteError", "{}", out[0]);
+    assert_eq!(out[0]["exc_type"], "DriverUnavailable", "{}", out[0]);
+
+    // 3. The HTTP client goes away: its call is dropped and its process killed.
+    held.abort();
+    eventually("the held call's process is gone", BOUND, || async {
+        pid_of(&["/usr/bin/sleep", "96"]).is_none().then_some(())
+    })
+    .await;
+    let overloaded = quartet_tests::metric_sum(
+        &gw.metrics().await,
+        "quartet_requests_total",
+        &[("target", "tools"), ("outcome", "overloaded")],
+    );
+    assert!(overloaded >= 1.0, "counted on native:tools: {overloaded}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_that_could_not_start_answers_rpc_calls_with_driver_unavailable() {
+    broker_up();
+    let dir = quartet_tests::tempdir();
+    let topic = unique("cinder-volume");
+    let cfg = format!(
+        "{SERVER}\n[amqp]\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\n\
+         connection_name = \"{conn}\"\n\n\
+         [native]\ndatabase = \"sqlite://{db}\"\n\n\
+         [[native.drivers]]\nname = \"volumes\"\nkind = \"qemu-img\"\nroot = \"{root}\"\n\
+         qemu_img = \"/nonexistent/qemu-img\"\n\n\
+         [[rpc.servers]]\ntopic = \"{topic}\"\ndriver = \"volumes\"\n",
+        conn = unique("quartet-test"),
+        db = dir.path().join("quartet.db").display(),
+        root = dir.path().join("volumes").display(),
+    );
+    let gw = Gateway::start_in(dir, &cfg).await;
+    servers_ready(&gw, &topic).await;
+    assert!(
+        gw.log().text().contains("native driver not ready"),
+        "a clear log line says why"
+    );
+    let out = oslo_calls(
+        &topic,
+        &[("create_volume", json!({"id": "v1", "size_gb": 1}))],
+    );
+    assert_eq!(out[0]["exception"], "RemoteError", "{}", out[0]);
+    assert_eq!(out[0]["exc_type"], "DriverUnavailable", "{}", out[0]);
+}
