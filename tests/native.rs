@@ -51,11 +51,18 @@ impl Gateway {
     /// Writes `config` (after a `[server]` on port 0 and the jobs store in `dir`) into
     /// `dir`, starts Quartet there and waits for its jobs store to open.
     async fn start(dir: &Path, config: &str) -> Gateway {
-        let path = dir.join("quartet.toml");
-        let src = format!(
-            "{SERVER}\n[native]\ndatabase = \"sqlite://{}/quartet.db\"\n\n{config}",
+        // A stable instance name: a restart fails the jobs it left at once.
+        let native = format!(
+            "[native]\ndatabase = \"sqlite://{}/quartet.db\"\ninstance = \"native-test\"\n",
             dir.display()
         );
+        Gateway::start_with(dir, &native, config).await
+    }
+
+    /// Like [`Gateway::start`] with the `[native]` table given.
+    async fn start_with(dir: &Path, native: &str, config: &str) -> Gateway {
+        let path = dir.join("quartet.toml");
+        let src = format!("{SERVER}\n{native}\n{config}");
         std::fs::write(&path, src).expect("write config");
         let mut child = Command::new(quartet_bin())
             .arg("serve")
@@ -745,4 +752,160 @@ async fn the_cli_calls_a_driver_locally_through_its_stack() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no driver named nosuch"));
     // No jobs store is opened by a local call.
     assert!(!dir.path().join("quartet.db").exists());
+}
+
+/// A database of its own on the real PostgreSQL (127.0.0.1:5432), dropped at the end.
+struct PgDatabase {
+    name: String,
+}
+
+impl PgDatabase {
+    async fn create() -> PgDatabase {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let name = format!("quartet_jobs_{}_{nanos}", std::process::id());
+        let admin = pg_admin().await;
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .expect("create the test database");
+        PgDatabase { name }
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:5432/{}", self.name)
+    }
+
+    async fn drop_now(self) {
+        let admin = pg_admin().await;
+        admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .await
+            .expect("drop the test database");
+    }
+}
+
+async fn pg_admin() -> tokio_postgres::Client {
+    let (client, conn) = tokio_postgres::connect(
+        "host=127.0.0.1 port=5432 user=postgres dbname=test",
+        tokio_postgres::NoTls,
+    )
+    .await
+    .expect(
+        "PostgreSQL is not reachable on 127.0.0.1:5432 as postgres (trust): start it \
+         (`bash tests/run.sh` does)",
+    );
+    tokio::spawn(conn);
+    client
+}
+
+async fn job(gw: &Gateway, location: &str) -> Value {
+    let (s, v) = status_json(client().get(gw.url(location)).send().await.unwrap()).await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+#[tokio::test]
+async fn instances_sharing_a_postgresql_store_fail_only_the_jobs_of_instances_that_are_gone() {
+    let db = PgDatabase::create().await;
+    // No instance name: each process is an owner of its own; a short lease so the test
+    // sees a stopped instance's jobs taken over soon.
+    let native = format!(
+        "[native]\ndatabase = \"{}\"\nowner_lease = \"3s\"\n",
+        db.url()
+    );
+    let config = format!(
+        "[policies.long]\ntimeout = \"5m\"\nper_try_timeout = \"5m\"\n\
+         retry = {{ attempts = 1 }}\n\n{}",
+        nap_driver("long")
+    );
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut a = Gateway::start_with(dir_a.path(), &native, &config).await;
+    let mut b = Gateway::start_with(dir_b.path(), &native, &config).await;
+
+    // 1. A runs a long job.
+    let resp = client()
+        .post(a.url("/native/tools/nap"))
+        .header("Prefer", "respond-async")
+        .json(&json!({"args": ["97"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let location = resp.headers()["location"].to_str().unwrap().to_string();
+    eventually("A's job runs", Duration::from_secs(10), || async {
+        job(&a, &location).await["state"] == "running"
+    })
+    .await;
+
+    // 2. B restarts: opening the store does not touch A's job; B sees it running.
+    b.terminate().await;
+    drop(b);
+    let b = Gateway::start_with(dir_b.path(), &native, &config).await;
+    assert_eq!(job(&b, &location).await["state"], "running");
+    // B runs a job of its own to the end (its heartbeats go on meanwhile): A's is
+    // still running.
+    let resp = client()
+        .post(b.url("/native/tools/nap"))
+        .header("Prefer", "respond-async")
+        .json(&json!({"args": ["0"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let own = resp.headers()["location"].to_str().unwrap().to_string();
+    eventually("B's own job succeeds", Duration::from_secs(10), || async {
+        job(&b, &own).await["state"] == "succeeded"
+    })
+    .await;
+    assert_eq!(job(&b, &location).await["state"], "running");
+    assert!(
+        pid_of(&["/usr/bin/sleep", "97"]).is_some(),
+        "A's process runs"
+    );
+
+    // 3. A stops (its process is killed with it): once A's lease runs out, B marks A's
+    //    job failed, interrupted.
+    a.terminate().await;
+    drop(a);
+    let v = eventually_value(
+        "B marks the stopped instance's job failed",
+        Duration::from_secs(30),
+        || async {
+            let v = job(&b, &location).await;
+            (v["state"] == "failed").then_some(v)
+        },
+    )
+    .await;
+    assert_eq!(v["error"]["kind"], "interrupted", "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("instance running it stopped"),
+        "{v}"
+    );
+    assert!(pid_of(&["/usr/bin/sleep", "97"]).is_none());
+    drop(b);
+    db.drop_now().await;
+}
+
+async fn eventually_value<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "not reached: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -479,20 +479,33 @@ impl Config {
         }
         for (i, s) in rpc.servers.iter().enumerate() {
             let path = KeyPath::root("rpc").key("servers").index(i);
-            match &s.upstream {
-                None => {
+            match (&s.upstream, &s.driver) {
+                (None, None) => {
                     return Err(invalid(
                         path,
-                        "needs an upstream: the [upstreams.NAME] its calls go to",
+                        "needs an upstream or a driver: the [upstreams.NAME] or the \
+                         [[native.drivers]] name its calls go to",
                     ))
                 }
-                Some(up) if !self.upstreams.contains_key(up) => {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        path.key("driver"),
+                        "names a driver and an upstream: give only one",
+                    ))
+                }
+                (Some(up), None) if !self.upstreams.contains_key(up) => {
                     return Err(invalid(
                         path.key("upstream"),
                         format!("no upstream named {up:?}"),
                     ))
                 }
-                Some(_) => {}
+                (None, Some(d)) if !self.native.drivers.iter().any(|n| &n.name == d) => {
+                    return Err(invalid(
+                        path.key("driver"),
+                        format!("no [[native.drivers]] entry named {d:?}"),
+                    ))
+                }
+                _ => {}
             }
         }
         let uses_rpc = !rpc.topics.is_empty() || !rpc.servers.is_empty();
@@ -680,7 +693,13 @@ timeout = "250ms"
         assert_eq!(c.routes[0].prefix, "/demo");
         assert!(c.routes[0].strip_prefix);
         assert_eq!(c.amqp, Some(AmqpConfig::default()));
-        assert_eq!(c.rpc, RpcConfig::default());
+        // The volume driver over RPC: served on "cinder-volume", reachable at /rpc.
+        assert_eq!(c.rpc.topics.len(), 1);
+        assert_eq!(c.rpc.topics[0].topic, "cinder-volume");
+        assert_eq!(c.rpc.servers.len(), 1);
+        assert_eq!(c.rpc.servers[0].driver.as_deref(), Some("volumes"));
+        assert!(c.rpc.routes.is_empty());
+        assert!(c.identity.is_some(), "the embedded identity is on");
     }
 
     const RPC: &str = r#"

@@ -13,8 +13,10 @@
 //! get 503 (synchronous calls serve).
 //! Jobs are not requests in flight: the shutdown grace period waits for HTTP requests, not
 //! for jobs. A job still queued or running when the process stops is abandoned (its
-//! process killed with the runtime) and marked failed ("interrupted by restart") when the
-//! store next opens, never lost and never run twice.
+//! process killed with the runtime) and marked failed (`interrupted`), never lost and never
+//! run twice: at once when the store opens again under the same `[native] instance` name,
+//! otherwise by any instance sharing the store once the owner's lease (`owner_lease`) ran
+//! out. An instance never fails the jobs of another live one (see `quartet_native::jobs`).
 //!
 //! # A driver that cannot start
 //!
@@ -72,6 +74,13 @@ pub struct NativeConfig {
     /// How long finished jobs stay readable; older ones are deleted.
     #[serde(with = "humantime_serde")]
     pub job_retention: Duration,
+    /// The owner id of this instance's jobs: a stable name (a restart under it fails its
+    /// unfinished jobs at once); absent, a fresh id per process.
+    pub instance: Option<String>,
+    /// How long an instance may go without a heartbeat before the other instances sharing
+    /// the store take it for gone and fail its unfinished jobs.
+    #[serde(with = "humantime_serde")]
+    pub owner_lease: Duration,
 }
 
 impl Default for NativeConfig {
@@ -80,6 +89,20 @@ impl Default for NativeConfig {
             drivers: Vec::new(),
             database: DEFAULT_DATABASE.to_string(),
             job_retention: Duration::from_secs(24 * 3600),
+            instance: None,
+            owner_lease: quartet_native::jobs::DEFAULT_LEASE,
+        }
+    }
+}
+
+impl NativeConfig {
+    /// The owner id of this process's jobs: `instance`, or one fresh id per process (the
+    /// same across reloads).
+    pub fn owner(&self) -> String {
+        static PROCESS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        match &self.instance {
+            Some(name) => name.clone(),
+            None => PROCESS.get_or_init(quartet_native::jobs::new_owner).clone(),
         }
     }
 }
@@ -140,6 +163,23 @@ impl NativeConfig {
             return Err(Invalid {
                 path: root.clone().key("database"),
                 message: "must be a sqlite:, postgres: or mysql: URL".to_string(),
+            });
+        }
+        if let Some(name) = &self.instance {
+            let ok = !name.is_empty()
+                && name.len() <= 255
+                && !name.chars().any(|c| c.is_whitespace() || c.is_control());
+            if !ok {
+                return Err(Invalid {
+                    path: root.clone().key("instance"),
+                    message: "must be 1 to 255 characters without spaces".to_string(),
+                });
+            }
+        }
+        if self.owner_lease < Duration::from_secs(1) {
+            return Err(Invalid {
+                path: root.clone().key("owner_lease"),
+                message: "must be at least 1s".to_string(),
             });
         }
         if self.job_retention.is_zero() {
@@ -279,8 +319,7 @@ pub fn build(
     let drivers = build_drivers(config, shared, breakers, faults)?;
     let native = &config.native;
     // No driver, no store: a config without [native] opens no database.
-    let store =
-        (!drivers.is_empty()).then(|| shared.job_store(&native.database, native.job_retention));
+    let store = (!drivers.is_empty()).then(|| shared.job_store(native));
     Ok(Native { drivers, store })
 }
 
@@ -357,7 +396,7 @@ const CLEANUP_EVERY: Duration = Duration::from_secs(60);
 impl JobStore {
     /// Creates the store and starts opening it (retrying while the database is down), then
     /// deletes finished jobs older than the retention every minute. Needs a tokio runtime.
-    pub fn start(url: &str, retention: Duration) -> Arc<Self> {
+    pub fn start(url: &str, retention: Duration, owner: String, lease: Duration) -> Arc<Self> {
         let store = Arc::new(Self {
             url: url.to_string(),
             jobs: tokio::sync::watch::Sender::new(None),
@@ -370,7 +409,7 @@ impl JobStore {
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             let jobs = loop {
-                match Jobs::open(&url).await {
+                match Jobs::open_with(&url, &owner, lease).await {
                     Ok(jobs) => break jobs,
                     Err(e) => {
                         let Some(store) = weak.upgrade() else { return };
@@ -385,7 +424,7 @@ impl JobStore {
                 let Some(store) = weak.upgrade() else { return };
                 store.jobs.send_replace(Some(jobs.clone()));
                 store.set_last_error(None);
-                tracing::info!(url = %crate::config::redact_url(&url), "jobs store open");
+                tracing::info!(url = %crate::config::redact_url(&url), %owner, "jobs store open");
             }
             loop {
                 let Some(store) = weak.upgrade() else { return };
@@ -449,27 +488,147 @@ fn now_ms() -> i64 {
 /// The job stores by URL, kept in [`crate::stack::Shared`] across reloads.
 pub type JobStores = Arc<Mutex<HashMap<String, Arc<JobStore>>>>;
 
-impl Native {
-    /// The driver's service, or why it cannot be called.
-    fn service(&self, driver: &str, operation: &str) -> Result<NativeService, BoxError> {
-        let d = self.drivers.get(driver).ok_or_else(|| UnknownDriver {
-            name: driver.to_string(),
-        })?;
-        match &d.state {
-            DriverState::Ready {
-                instance, service, ..
-            } => {
+/// One driver as another channel calls it (the RPC reverse bridge): the same stack as
+/// `POST /native/{driver}/{operation}` (one limit, one breaker, one budget for both), or
+/// why the driver did not start. Cheap to clone.
+#[derive(Clone)]
+pub struct DriverHandle {
+    name: String,
+    state: HandleState,
+}
+
+#[derive(Clone)]
+enum HandleState {
+    Ready {
+        instance: DriverInstance,
+        service: NativeService,
+    },
+    NotReady(Arc<DriverNotReady>),
+}
+
+impl DriverHandle {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The driver's stack for `operation`, or why it cannot be called (an operation the
+    /// driver does not declare, a driver that did not start).
+    pub fn service(&self, operation: &str) -> Result<NativeService, BoxError> {
+        match &self.state {
+            HandleState::Ready { instance, service } => {
                 if instance.operation(operation).is_none() {
                     return Err(UnknownOperation {
-                        driver: driver.to_string(),
+                        driver: self.name.clone(),
                         operation: operation.to_string(),
                     }
                     .into());
                 }
                 Ok(service.clone())
             }
-            DriverState::NotReady(e) => Err(Box::new(NotReadyRef(e.clone()))),
+            HandleState::NotReady(e) => Err(Box::new(NotReadyRef(e.clone()))),
         }
+    }
+
+    /// Calls `operation` through the driver's stack.
+    pub async fn call(&self, operation: &str, args: Value) -> Result<Value, BoxError> {
+        let service = self.service(operation)?;
+        service.oneshot(NativeCall::new(operation, args)).await
+    }
+}
+
+/// The module of the exceptions a driver's failures become over RPC: not importable by an
+/// oslo.messaging client, so the client raises `oslo_messaging.RemoteError` with
+/// `exc_type` set to the class (see docs/native.md).
+pub const REMOTE_MODULE: &str = "quartet.native";
+
+/// A failed driver call as an oslo.messaging failure, for the reverse bridge. The class
+/// says what kind of failure it was, the message is what the HTTP edge would say (backend
+/// details stay in the log), and `kwargs` carry `status` (the HTTP status the same failure
+/// gets on `/native`), `kind`, `driver` and `operation`:
+///
+/// | failure | class | status |
+/// | --- | --- | --- |
+/// | an operation the driver does not declare | `NoSuchMethod` (`oslo_messaging.rpc.dispatcher`) | 404 |
+/// | invalid arguments | `InvalidInput` | 400 |
+/// | the driver's not found | `NotFound` | 404 |
+/// | the driver's conflict | `Conflict` | 409 |
+/// | permanent backend failure | `DriverError` | 500 |
+/// | transient backend failure, breaker open, limits, driver not ready | `DriverUnavailable` | 502, 503, 429 |
+/// | total or per-try timeout | `DriverTimeout` | 504 |
+pub fn remote_failure(
+    driver: &str,
+    operation: &str,
+    err: &(dyn std::error::Error + 'static),
+) -> quartet_amqp::RemoteFailure {
+    use quartet_amqp::RemoteFailure;
+    use quartet_native::ErrorKind;
+    let edge = crate::error::classify(err);
+    let status = edge.status.as_u16();
+    let unknown_op = {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+        let mut found = false;
+        while let Some(e) = cur {
+            found |= e.is::<UnknownOperation>();
+            cur = e.source();
+        }
+        found
+    };
+    let kind = quartet_native::error::find_driver_error(err).map(|d| d.kind());
+    let mut failure = if unknown_op {
+        RemoteFailure::no_such_method(operation)
+    } else {
+        let class = match (kind, status) {
+            (Some(ErrorKind::InvalidInput), _) => "InvalidInput",
+            (Some(ErrorKind::NotFound), _) => "NotFound",
+            (Some(ErrorKind::Conflict), _) => "Conflict",
+            (Some(ErrorKind::Permanent), _) => "DriverError",
+            (Some(ErrorKind::Transient), _) => "DriverUnavailable",
+            (None, 504) => "DriverTimeout",
+            (None, 400) => "InvalidInput",
+            (None, 429 | 502 | 503) => "DriverUnavailable",
+            (None, _) => "DriverError",
+        };
+        RemoteFailure::new(class, REMOTE_MODULE, edge.message.clone())
+    };
+    let kind = match kind {
+        Some(k) => k.as_str(),
+        None if unknown_op => "unknown_operation",
+        None => "unavailable",
+    };
+    failure.kwargs.insert("status".to_owned(), json!(status));
+    failure.kwargs.insert("kind".to_owned(), json!(kind));
+    failure.kwargs.insert("driver".to_owned(), json!(driver));
+    failure
+        .kwargs
+        .insert("operation".to_owned(), json!(operation));
+    failure
+}
+
+impl Native {
+    /// The driver named `driver`, as other channels call it.
+    pub fn handle(&self, driver: &str) -> Option<DriverHandle> {
+        let d = self.drivers.get(driver)?;
+        let state = match &d.state {
+            DriverState::Ready {
+                instance, service, ..
+            } => HandleState::Ready {
+                instance: instance.clone(),
+                service: service.clone(),
+            },
+            DriverState::NotReady(e) => HandleState::NotReady(e.clone()),
+        };
+        Some(DriverHandle {
+            name: d.name.clone(),
+            state,
+        })
+    }
+
+    /// The driver's service, or why it cannot be called.
+    fn service(&self, driver: &str, operation: &str) -> Result<NativeService, BoxError> {
+        let d = self.handle(driver).ok_or_else(|| UnknownDriver {
+            name: driver.to_string(),
+        })?;
+        d.service(operation)
     }
 
     /// Calls `operation` of `driver` through its stack.
@@ -847,6 +1006,121 @@ mod tests {
         assert!(e.contains("native.job_retention"), "{e}");
         let e = err("[native]\nretention = \"1h\"\n");
         assert!(e.contains("retention"), "{e}");
+    }
+
+    const BRIDGE: &str = "[amqp]\n\n[[native.drivers]]\nname = \"tools\"\nkind = \"exec\"\n\
+        [native.drivers.commands.ok]\nexecutable = \"/bin/true\"\n\n\
+        [[rpc.servers]]\ntopic = \"t\"\ndriver = \"tools\"\n";
+
+    #[test]
+    fn an_rpc_server_names_a_driver_or_an_upstream_not_both() {
+        let (c, _) = parse(BRIDGE, "q.toml", no_env).unwrap();
+        assert_eq!(c.rpc.servers[0].driver.as_deref(), Some("tools"));
+        let e = err(&BRIDGE.replace("driver = \"tools\"", "driver = \"nope\""));
+        assert!(e.contains("q.toml:11: rpc.servers[0].driver"), "{e}");
+        assert!(
+            e.contains("no [[native.drivers]] entry named \"nope\""),
+            "{e}"
+        );
+        let both = BRIDGE.replace("driver = ", "upstream = \"x\"\ndriver = ");
+        let e = err(&format!(
+            "[upstreams.x]\nendpoints = [\"http://127.0.0.1:1\"]\n{both}"
+        ));
+        assert!(
+            e.contains("rpc.servers[0].driver: names a driver and an upstream"),
+            "{e}"
+        );
+        let e = err(&BRIDGE.replace("driver = \"tools\"\n", ""));
+        assert!(e.contains("needs an upstream or a driver"), "{e}");
+    }
+
+    #[test]
+    fn instance_and_owner_lease_are_checked() {
+        let (c, _) = parse(
+            "[native]\ninstance = \"gw-1\"\nowner_lease = \"5s\"\n",
+            "q.toml",
+            no_env,
+        )
+        .unwrap();
+        assert_eq!(c.native.owner(), "gw-1");
+        assert_eq!(c.native.owner_lease, Duration::from_secs(5));
+        let (c, _) = parse("", "q.toml", no_env).unwrap();
+        assert!(c.native.owner().starts_with("process-"));
+        assert_eq!(c.native.owner(), c.native.owner(), "one id per process");
+        let e = err("[native]\ninstance = \"a b\"\n");
+        assert!(e.contains("native.instance"), "{e}");
+        let e = err("[native]\nowner_lease = \"10ms\"\n");
+        assert!(e.contains("native.owner_lease: must be at least 1s"), "{e}");
+    }
+
+    #[test]
+    fn driver_failures_become_oslo_failures_of_one_module() {
+        use quartet_native::DriverError;
+        let cases: Vec<(BoxError, &str, &str, u16)> = vec![
+            (
+                DriverError::invalid("id is bad").into(),
+                "InvalidInput",
+                "quartet.native",
+                400,
+            ),
+            (
+                DriverError::not_found("volume v9").into(),
+                "NotFound",
+                "quartet.native",
+                404,
+            ),
+            (
+                DriverError::conflict("has snapshots").into(),
+                "Conflict",
+                "quartet.native",
+                409,
+            ),
+            (
+                DriverError::permanent("exit 3: /secret", None).into(),
+                "DriverError",
+                "quartet.native",
+                500,
+            ),
+            (
+                DriverError::transient_sent("refused", None).into(),
+                "DriverUnavailable",
+                "quartet.native",
+                502,
+            ),
+            (
+                UnknownOperation {
+                    driver: "v".into(),
+                    operation: "op".into(),
+                }
+                .into(),
+                "NoSuchMethod",
+                "oslo_messaging.rpc.dispatcher",
+                404,
+            ),
+            (
+                quartet_policies::error::Elapsed {
+                    kind: quartet_policies::error::TimeoutKind::Total,
+                    after: Duration::from_secs(1),
+                }
+                .into(),
+                "DriverTimeout",
+                "quartet.native",
+                504,
+            ),
+        ];
+        for (e, class, module, status) in cases {
+            let f = remote_failure("v", "op", e.as_ref());
+            assert_eq!(
+                (f.class.as_str(), f.module.as_str()),
+                (class, module),
+                "{e}"
+            );
+            assert_eq!(f.kwargs["status"], status, "{e}");
+            assert_eq!(f.kwargs["driver"], "v");
+            assert_eq!(f.kwargs["operation"], "op");
+            // Backend details stay in the log, as at the HTTP edge.
+            assert!(!f.message.contains("/secret"), "{}", f.message);
+        }
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! - `POST /rpc/{topic}` and the `[[rpc.routes]]` (REST paths mapped to RPC methods) are
 //!   answered by [`intercept`], called first by the public router.
 //! - Per `[[rpc.servers]]` entry, an [`RpcServer`] whose handler sends each call to an
-//!   HTTP upstream through that upstream's REST stack ([`RpcTarget`]).
+//!   HTTP upstream through that upstream's REST stack, or to a native driver through the
+//!   driver's stack ([`RpcTarget`]).
 //!
 //! Errors go to the one edge function (`crate::error`), wrapped in [`RpcFailed`] so the
 //! edge knows the status the topic maps a remote exception to.
@@ -153,13 +154,15 @@ pub struct Topic {
     pub service: RpcService,
 }
 
-/// Where a `[[rpc.servers]]` entry sends its calls. The native-driver channel adds
-/// `Driver(name)` here (and its arm in [`Forward::handle`]).
+/// Where a `[[rpc.servers]]` entry sends its calls.
 #[derive(Clone)]
 pub enum RpcTarget {
     /// POST `{endpoint}/{method}` with the args as the JSON body, through the REST stack
     /// of `[upstreams.NAME]`.
     Upstream { name: String, service: RestService },
+    /// The operation `method` of a `[[native.drivers]]` instance with the args as its
+    /// arguments, through the driver's own stack (the one `/native` calls pass).
+    Driver(crate::native::DriverHandle),
 }
 
 /// One `[[rpc.servers]]` entry, running.
@@ -203,6 +206,7 @@ pub fn build(
     breakers: &quartet_policies::breaker::BreakerRegistry,
     faults: &quartet_policies::fault::FaultRegistry,
     rest: &crate::stack::Rest,
+    native: &crate::native::Native,
 ) -> Option<Rpc> {
     let Some(amqp) = &config.amqp else {
         shared.rpc.drop_client();
@@ -265,8 +269,13 @@ pub fn build(
 
     let mut servers = Vec::new();
     for spec in &config.rpc.servers {
-        // validate() guarantees the upstream; a server without one is skipped, not a panic.
-        let Some(target) = server_target(config, spec, rest, metrics) else {
+        // validate() guarantees the upstream or driver; a server without one is skipped,
+        // not a panic.
+        let target = match &spec.driver {
+            Some(driver) => native.handle(driver).map(RpcTarget::Driver),
+            None => server_target(config, spec, rest, metrics),
+        };
+        let Some(target) = target else {
             continue;
         };
         let handler = Forward {
@@ -349,8 +358,33 @@ impl quartet_amqp::RpcHandler for Forward {
                 RpcTarget::Upstream { name, service } => {
                     Box::pin(forward_to_upstream(name, service, call, self.max_body))
                 }
+                RpcTarget::Driver(driver) => Box::pin(forward_to_driver(driver, call)),
             };
         fut
+    }
+}
+
+/// One call to a driver: the method is the operation, the args its arguments. Failures
+/// become the classes of [`crate::native::remote_failure`].
+async fn forward_to_driver(
+    driver: crate::native::DriverHandle,
+    call: IncomingCall,
+) -> Result<Value, RemoteFailure> {
+    let operation = call.request.method;
+    let args = Value::Object(call.request.args);
+    match driver.call(&operation, args).await {
+        Ok(value) => Ok(value),
+        Err(err) => {
+            let failure = crate::native::remote_failure(driver.name(), &operation, err.as_ref());
+            tracing::info!(
+                driver = driver.name(),
+                %operation,
+                class = %failure.class,
+                error = %crate::error::Chain(err.as_ref()),
+                "rpc server: driver call failed"
+            );
+            Err(failure)
+        }
     }
 }
 

@@ -279,11 +279,13 @@ impl Shared {
     }
 
     /// The jobs store at `url`, started on first use and shared by later builds.
-    pub fn job_store(&self, url: &str, retention: Duration) -> Arc<crate::native::JobStore> {
+    /// Its owner id and lease are those of the config that opened it (a reload keeps them).
+    pub fn job_store(&self, native: &crate::native::NativeConfig) -> Arc<crate::native::JobStore> {
+        let (url, retention) = (native.database.as_str(), native.job_retention);
         let mut stores = self.job_stores.lock().unwrap_or_else(|e| e.into_inner());
-        let store = stores
-            .entry(url.to_string())
-            .or_insert_with(|| crate::native::JobStore::start(url, retention));
+        let store = stores.entry(url.to_string()).or_insert_with(|| {
+            crate::native::JobStore::start(url, retention, native.owner(), native.owner_lease)
+        });
         store.set_retention(retention);
         store.clone()
     }
@@ -360,7 +362,7 @@ impl Built {
         }
         let native = crate::native::build(&config, shared, &breakers, &faults)?;
         crate::sql::register(shared, &breakers, &faults);
-        let rpc = crate::rpc::build(&config, shared, &breakers, &faults, &rest);
+        let rpc = crate::rpc::build(&config, shared, &breakers, &faults, &rest, &native);
         Ok(Self {
             identity: shared.identity.clone(),
             config,

@@ -33,6 +33,7 @@ async fn main() -> Result<(), quartet_amqp::BoxError> {
         fanout: false,
         concurrency: 128,
         upstream: None,
+        driver: None,
     };
     let server = RpcServer::start(cfg.clone(), spec, |call: IncomingCall| async move {
         Ok::<Value, RemoteFailure>(Value::Object(call.request.args))

@@ -281,9 +281,13 @@ pub struct RpcServerSpec {
     /// Requests handled at once; more wait in the broker.
     #[serde(default = "default_server_concurrency")]
     pub concurrency: usize,
-    /// Where calls go: the name of an `[upstreams.NAME]` (or a driver, once there).
+    /// Where calls go: the name of an `[upstreams.NAME]`...
     #[serde(default)]
     pub upstream: Option<String>,
+    /// ...or of a `[[native.drivers]]` instance (the method is the driver's operation,
+    /// the args its arguments). Exactly one of the two; the gateway checks the names.
+    #[serde(default)]
+    pub driver: Option<String>,
 }
 
 fn default_exchange() -> String {

@@ -17,6 +17,7 @@ fn spec(topic: &str, server: &str) -> RpcServerSpec {
         fanout: true,
         concurrency: 16,
         upstream: None,
+        driver: None,
     }
 }
 

@@ -209,6 +209,7 @@ fn echo_server(topic: &str, name: &str) -> RpcServer {
         fanout: false,
         concurrency: 4,
         upstream: None,
+        driver: None,
     };
     RpcServer::start(config(name), spec, |call: IncomingCall| async move {
         match call.request.method.as_str() {

@@ -2,11 +2,29 @@
 //! default, PostgreSQL or MySQL by URL), so jobs survive a restart.
 //!
 //! A job is `queued` when stored, `running` once its call starts, then `succeeded` with the
-//! result or `failed` with the error's kind and message. When a store opens, the jobs a
-//! previous process of the same `owner` left `queued` or `running` are marked `failed`
-//! ("interrupted by restart"): their outcome is unknown, and saying so beats losing them or
-//! running a non-idempotent call twice. Several gateway instances sharing one database give
-//! themselves distinct owners, so one's start does not fail another's jobs.
+//! result or `failed` with the error's kind and message.
+//!
+//! # Owners: several instances on one database
+//!
+//! Every job belongs to the store that made it: its `owner`, one per process (a fresh id
+//! per start by default, or a stable instance name). A job is only ever run by its owner's
+//! process, so when that process is gone the job's outcome is unknown: it is marked
+//! `failed` with the kind `interrupted`, which beats losing it or running a non-idempotent
+//! call twice. A job is marked so in exactly two cases:
+//!
+//! 1. **its owner opens the store again** (a restart under the same stable name): the jobs
+//!    it left `queued` or `running` are marked at once ([`INTERRUPTED`]);
+//! 2. **its owner's lease ran out**: every open store writes a heartbeat into
+//!    `quartet_native_owners` every third of its lease, and every store, when it opens
+//!    and at each heartbeat, marks the unfinished jobs of owners whose last heartbeat is
+//!    older than the lease ([`OWNER_GONE`]). A process that crashed, was killed, or stopped
+//!    gets its jobs marked within about one lease of its last heartbeat.
+//!
+//! So one instance's start never touches the jobs another live instance is running on the
+//! same database. The lease compares the clocks of the instances: keep them in sync (NTP)
+//! well within the lease. An instance cut off from the database for longer than its lease
+//! loses its jobs to case 2; when such a job ends later, its outcome is not written over
+//! the `failed` state (a job never changes its mind once it is finished).
 //!
 //! Queries are checked at run time (no database at build time) and written in the SQL the
 //! three databases share; only the placeholders differ (`?` or `$1`).
@@ -23,7 +41,7 @@ use serde_json::Value;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 use uuid::Uuid;
@@ -43,8 +61,21 @@ pub const MIGRATION: &str = "CREATE TABLE IF NOT EXISTS quartet_native_jobs (
     updated_at BIGINT NOT NULL
 )";
 
-/// The error message of a job its process did not see to the end.
+/// The owners' heartbeats, the same text for SQLite, PostgreSQL and MySQL.
+pub const OWNERS_MIGRATION: &str = "CREATE TABLE IF NOT EXISTS quartet_native_owners (
+    owner VARCHAR(255) NOT NULL PRIMARY KEY,
+    heartbeat_at BIGINT NOT NULL
+)";
+
+/// The error message of a job its own owner found unfinished when it opened the store again.
 pub const INTERRUPTED: &str = "interrupted by restart";
+
+/// The error message of a job whose owner's lease ran out (the process stopped or crashed).
+pub const OWNER_GONE: &str = "interrupted: the instance running it stopped";
+
+/// The default lease of an owner: its jobs are taken for abandoned when it has not written
+/// a heartbeat for this long.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -169,6 +200,16 @@ pub struct Jobs {
     db: Db,
     owner: Arc<str>,
     tasks: Arc<Mutex<JoinSet<()>>>,
+    /// The heartbeat task, stopped with the store's last clone.
+    _heartbeat: Arc<AbortOnDrop>,
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl std::fmt::Debug for Jobs {
@@ -181,15 +222,23 @@ impl std::fmt::Debug for Jobs {
 }
 
 impl Jobs {
-    /// Opens the store at `url` as owner `"default"`; see [`Jobs::open_as`].
+    /// Opens the store at `url` under a fresh owner id (`process-<uuid>`) and the default
+    /// lease; see [`Jobs::open_with`].
     pub async fn open(url: &str) -> Result<Self, JobsError> {
-        Self::open_as(url, "default").await
+        Self::open_with(url, &new_owner(), DEFAULT_LEASE).await
+    }
+
+    /// [`Jobs::open_with`] with the default lease.
+    pub async fn open_as(url: &str, owner: &str) -> Result<Self, JobsError> {
+        Self::open_with(url, owner, DEFAULT_LEASE).await
     }
 
     /// Opens the store at `url` (`sqlite://path`, created when missing; `postgres://...`;
-    /// `mysql://...`), creates the table when missing, and marks `owner`'s unfinished jobs
-    /// failed.
-    pub async fn open_as(url: &str, owner: &str) -> Result<Self, JobsError> {
+    /// `mysql://...`) as `owner`, creates the tables when missing, marks `owner`'s own
+    /// unfinished jobs failed (a restart under a stable name) and those of owners whose
+    /// `lease` ran out, then keeps `owner`'s lease alive while the store is open (see the
+    /// module's documentation). `owner` must not be used by another live process.
+    pub async fn open_with(url: &str, owner: &str, lease: Duration) -> Result<Self, JobsError> {
         sqlx::any::install_default_drivers();
         let dialect = if url.starts_with("sqlite:") {
             Dialect::Sqlite
@@ -213,39 +262,47 @@ impl Jobs {
             .connect(&url)
             .await?;
         sqlx::query(MIGRATION).execute(&pool).await?;
-        let jobs = Self {
-            db: Db { pool, dialect },
-            owner: owner.into(),
-            tasks: Arc::new(Mutex::new(JoinSet::new())),
-        };
-        let interrupted = jobs.recover().await?;
+        sqlx::query(OWNERS_MIGRATION).execute(&pool).await?;
+        let db = Db { pool, dialect };
+        let owner: Arc<str> = owner.into();
+        let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX).max(1);
+        let interrupted = db.recover_own(&owner).await?;
         if interrupted > 0 {
             tracing::warn!(
                 interrupted,
-                owner,
-                "jobs left unfinished by a previous process marked failed"
+                owner = %owner,
+                "jobs left unfinished by this instance's previous process marked failed"
             );
         }
-        Ok(jobs)
+        db.heartbeat(&owner).await?;
+        db.recover_gone(&owner, lease_ms).await?;
+        let heartbeat = tokio::spawn({
+            let (db, owner) = (db.clone(), owner.clone());
+            let every = (lease / 3).max(Duration::from_millis(10));
+            async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    if let Err(e) = db.heartbeat(&owner).await {
+                        tracing::warn!(owner = %owner, error = %e, "jobs store: heartbeat not written");
+                        continue;
+                    }
+                    if let Err(e) = db.recover_gone(&owner, lease_ms).await {
+                        tracing::warn!(error = %e, "jobs store: cannot check other instances' jobs");
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            db,
+            owner,
+            tasks: Arc::new(Mutex::new(JoinSet::new())),
+            _heartbeat: Arc::new(AbortOnDrop(heartbeat)),
+        })
     }
 
-    /// Marks this owner's `queued` and `running` jobs failed; how many there were.
-    async fn recover(&self) -> Result<u64, JobsError> {
-        let sql = format!(
-            "UPDATE quartet_native_jobs SET state = 'failed', error_kind = 'interrupted', \
-             error_message = {}, updated_at = {} \
-             WHERE owner = {} AND state IN ('queued', 'running')",
-            self.ph(1),
-            self.ph(2),
-            self.ph(3)
-        );
-        let done = sqlx::query(&sql)
-            .bind(INTERRUPTED)
-            .bind(now_ms())
-            .bind(&*self.owner)
-            .execute(&self.db.pool)
-            .await?;
-        Ok(done.rows_affected())
+    /// The owner id jobs made by this store carry.
+    pub fn owner(&self) -> &str {
+        &self.owner
     }
 
     /// Stores a `queued` job; its id.
@@ -322,18 +379,21 @@ impl Jobs {
     }
 
     /// Deletes this owner's finished (`succeeded` or `failed`) jobs last updated before
-    /// `before` (milliseconds since the Unix epoch); how many. Unfinished jobs are kept.
-    /// The table grows by one row per job until this is called.
+    /// `before` (milliseconds since the Unix epoch), and those of owners that are gone (no
+    /// live lease: owners are one per process, so their jobs would be kept forever
+    /// otherwise); how many. Unfinished jobs are kept. The table grows by one row per job
+    /// until this is called.
     pub async fn forget_finished_before(&self, before: i64) -> Result<u64, JobsError> {
         let sql = format!(
-            "DELETE FROM quartet_native_jobs WHERE owner = {} AND updated_at < {} \
-             AND state IN ('succeeded', 'failed')",
+            "DELETE FROM quartet_native_jobs WHERE updated_at < {} \
+             AND state IN ('succeeded', 'failed') \
+             AND (owner = {} OR owner NOT IN (SELECT owner FROM quartet_native_owners))",
             self.ph(1),
             self.ph(2)
         );
         let done = sqlx::query(&sql)
-            .bind(&*self.owner)
             .bind(before)
+            .bind(&*self.owner)
             .execute(&self.db.pool)
             .await?;
         Ok(done.rows_affected())
@@ -375,9 +435,107 @@ impl Db {
         }
     }
 
+    /// Marks `owner`'s own `queued` and `running` jobs failed; how many there were.
+    async fn recover_own(&self, owner: &str) -> Result<u64, JobsError> {
+        let sql = format!(
+            "UPDATE quartet_native_jobs SET state = 'failed', error_kind = 'interrupted', \
+             error_message = {}, updated_at = {} \
+             WHERE owner = {} AND state IN ('queued', 'running')",
+            self.ph(1),
+            self.ph(2),
+            self.ph(3)
+        );
+        let done = sqlx::query(&sql)
+            .bind(INTERRUPTED)
+            .bind(now_ms())
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Writes `owner`'s heartbeat (insert or update, in the SQL the three share).
+    async fn heartbeat(&self, owner: &str) -> Result<(), JobsError> {
+        let now = now_ms();
+        let sql = format!(
+            "UPDATE quartet_native_owners SET heartbeat_at = {} WHERE owner = {}",
+            self.ph(1),
+            self.ph(2)
+        );
+        let done = sqlx::query(&sql)
+            .bind(now)
+            .bind(owner)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            let sql = format!(
+                "INSERT INTO quartet_native_owners (owner, heartbeat_at) VALUES ({}, {})",
+                self.ph(1),
+                self.ph(2)
+            );
+            let inserted = sqlx::query(&sql)
+                .bind(owner)
+                .bind(now)
+                .execute(&self.pool)
+                .await;
+            // MySQL counts an update to the same value as no row: the row is there.
+            if let Err(e) = inserted {
+                let duplicate = matches!(&e, sqlx::Error::Database(d) if d.is_unique_violation());
+                if !duplicate {
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks failed the unfinished jobs of every owner but `me` whose lease ran out (or
+    /// that has no heartbeat at all: jobs of a version without owners' leases), then
+    /// forgets those owners; how many jobs.
+    async fn recover_gone(&self, me: &str, lease_ms: i64) -> Result<u64, JobsError> {
+        let now = now_ms();
+        let cutoff = now.saturating_sub(lease_ms);
+        let sql = format!(
+            "UPDATE quartet_native_jobs SET state = 'failed', error_kind = 'interrupted', \
+             error_message = {}, updated_at = {} \
+             WHERE state IN ('queued', 'running') AND owner <> {} AND owner NOT IN \
+             (SELECT owner FROM quartet_native_owners WHERE heartbeat_at >= {})",
+            self.ph(1),
+            self.ph(2),
+            self.ph(3),
+            self.ph(4)
+        );
+        let done = sqlx::query(&sql)
+            .bind(OWNER_GONE)
+            .bind(now)
+            .bind(me)
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await?;
+        let n = done.rows_affected();
+        if n > 0 {
+            tracing::warn!(
+                interrupted = n,
+                "jobs of instances whose lease ran out marked failed"
+            );
+        }
+        let sql = format!(
+            "DELETE FROM quartet_native_owners WHERE heartbeat_at < {} AND owner <> {}",
+            self.ph(1),
+            self.ph(2)
+        );
+        sqlx::query(&sql)
+            .bind(cutoff)
+            .bind(me)
+            .execute(&self.pool)
+            .await?;
+        Ok(n)
+    }
+
     async fn start(&self, id: Uuid) -> Result<(), JobsError> {
         let sql = format!(
-            "UPDATE quartet_native_jobs SET state = 'running', updated_at = {} WHERE id = {}",
+            "UPDATE quartet_native_jobs SET state = 'running', updated_at = {} \
+             WHERE id = {} AND state = 'queued'",
             self.ph(1),
             self.ph(2)
         );
@@ -396,7 +554,8 @@ impl Db {
         };
         let sql = format!(
             "UPDATE quartet_native_jobs SET state = {}, result = {}, error_kind = {}, \
-             error_message = {}, updated_at = {} WHERE id = {}",
+             error_message = {}, updated_at = {} WHERE id = {} \
+             AND state IN ('queued', 'running')",
             self.ph(1),
             self.ph(2),
             self.ph(3),
@@ -466,6 +625,11 @@ fn text(row: &AnyRow, column: &str) -> Result<Option<String>, JobsError> {
         .map(String::from_utf8)
         .transpose()
         .map_err(|e| JobsError::Database(sqlx::Error::Decode(Box::new(e))))
+}
+
+/// A fresh owner id for one process.
+pub fn new_owner() -> String {
+    format!("process-{}", Uuid::new_v4())
 }
 
 fn now_ms() -> i64 {

@@ -11,7 +11,7 @@
 //!   service ([`DriverService`]);
 //! - [`classify`]: [`NativeClassify`] and [`NativeReplay`], how the policy stack reads
 //!   driver results and resends calls;
-//! - [`stack`]: [`driver_stack`], an instance behind the standard policy stack;
+//! - [`stack`]: [`NativeService`], an instance behind the policy stack the gateway builds;
 //! - [`drivers`]: the built-in `qemu-img`, `http` and `exec` drivers;
 //! - [`jobs`]: the SQL store of asynchronous calls, which survives a restart;
 //! - [`process`]: running a tool with no shell and no orphan.
@@ -36,4 +36,4 @@ pub use jobs::{Job, JobState, Jobs};
 pub use quartet_policies::BoxError;
 pub use registry::{DriverInstance, DriverService, Registry};
 pub use spec::DriverSpec;
-pub use stack::{driver_stack, DriverStack, NativeService};
+pub use stack::NativeService;

@@ -5,12 +5,11 @@ mod common;
 
 use common::{wait_until_async, TestDriver};
 use quartet_native::jobs::{JobState, Jobs, INTERRUPTED};
-use quartet_native::{driver_stack, DriverInstance, NativeCall};
-use quartet_policies::metrics::Metrics;
-use quartet_policies::spec::PolicySpec;
+use quartet_native::{DriverInstance, NativeCall, NativeService};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
+use tower::util::BoxCloneSyncService;
 
 async fn state_of(jobs: &Jobs, id: uuid::Uuid) -> JobState {
     jobs.get(id).await.expect("get").expect("stored").state
@@ -21,13 +20,15 @@ async fn state_of(jobs: &Jobs, id: uuid::Uuid) -> JobState {
 async fn restart_scenario(url: &str, owner: &str) {
     let driver = TestDriver::new();
     let instance = DriverInstance::new("device", None, Arc::new(driver.clone()));
-    let stack = driver_stack(&instance, &PolicySpec::default(), Metrics::new());
+    // The jobs store runs whatever service it is given (the gateway gives the driver's
+    // policy stack); the bare driver is enough here.
+    let service: NativeService = BoxCloneSyncService::new(instance.service());
 
     let jobs = Jobs::open_as(url, owner).await.expect("open");
     let done = jobs
         .submit(
             "device",
-            stack.service.clone(),
+            service.clone(),
             NativeCall::new("echo", json!({"id": "v1", "size_gb": 1})),
         )
         .await
@@ -35,7 +36,7 @@ async fn restart_scenario(url: &str, owner: &str) {
     let failed = jobs
         .submit(
             "device",
-            stack.service.clone(),
+            service.clone(),
             NativeCall::new("fail_invalid", json!({})),
         )
         .await
@@ -43,7 +44,7 @@ async fn restart_scenario(url: &str, owner: &str) {
     let held = jobs
         .submit(
             "device",
-            stack.service.clone(),
+            service.clone(),
             NativeCall::new("hold", json!({})),
         )
         .await
@@ -90,7 +91,7 @@ async fn restart_scenario(url: &str, owner: &str) {
     let again = jobs
         .submit(
             "device",
-            stack.service.clone(),
+            service.clone(),
             NativeCall::new("echo", json!({"n": 2})),
         )
         .await
@@ -104,7 +105,7 @@ async fn restart_scenario(url: &str, owner: &str) {
     let running = jobs
         .submit(
             "device",
-            stack.service.clone(),
+            service.clone(),
             NativeCall::new("hold", json!({})),
         )
         .await
@@ -114,7 +115,8 @@ async fn restart_scenario(url: &str, owner: &str) {
     })
     .await;
     let forgotten = jobs.forget_finished_before(i64::MAX).await.expect("forget");
-    assert_eq!(forgotten, 5);
+    // This owner's five, and perhaps those of owners gone from a shared database.
+    assert!(forgotten >= 5, "{forgotten}");
     assert_eq!(jobs.get(done).await.expect("get"), None);
     assert_eq!(state_of(&jobs, running).await, JobState::Running);
     driver.gate.add_permits(1);

@@ -1,24 +1,48 @@
-//! A driver instance behind the standard policy stack: the concurrency limit refuses at
-//! once, a timed-out call's process is killed, retries follow the rules, caller errors do
-//! not open the breaker.
+//! A driver instance behind the policy stack the gateway builds for it
+//! (`quartet::native::driver_service`, from `stack.rs`, the one place the order of layers
+//! is decided): the concurrency limit refuses at once, a timed-out call's process is
+//! killed, retries follow the rules, caller errors do not open the breaker, and an `http`
+//! driver's breaker opens on a failing backend and closes after it recovers.
 
+#[path = "../../adapters/native/tests/common/mod.rs"]
 mod common;
+#[path = "../../adapters/native/tests/vendor/mod.rs"]
+mod vendor;
 
 use common::{pid_exists, pid_of, wait_until, TestDriver};
 use futures_util::FutureExt;
 use quartet_native::spec::{ExecCommandSpec, ExecSpec};
 use quartet_native::{
-    driver_stack, DriverError, DriverInstance, ErrorKind, NativeCall, UnknownOperation,
+    DriverError, DriverInstance, ErrorKind, NativeCall, NativeService, UnknownOperation,
 };
-use quartet_policies::breaker::BreakerState;
-use quartet_policies::error::{Elapsed, Overloaded, TimeoutKind};
+use quartet_policies::breaker::{BreakerHandle, BreakerState};
+use quartet_policies::error::{BreakerOpen, Elapsed, Overloaded, TimeoutKind};
+use quartet_policies::fault::FaultHandle;
 use quartet_policies::metrics::Metrics;
 use quartet_policies::spec::{BreakerSpec, PolicySpec, RetrySpec};
+use quartet_policies::Target;
 use serde_json::json;
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::net::TcpListener;
 use tower::{Service, ServiceExt};
+use vendor::{http_driver, serve, start, Backend};
+
+/// The stack the gateway serves `instance` with, and its breaker.
+struct Stack {
+    service: NativeService,
+    breaker: BreakerHandle,
+}
+
+fn driver_stack(instance: &DriverInstance, policy: &PolicySpec, metrics: Arc<Metrics>) -> Stack {
+    let target = Target::new("native", instance.name());
+    let fault = FaultHandle::new(target, policy.fault.clone(), metrics.clone());
+    let (service, breaker, _in_flight) =
+        quartet::native::driver_service(instance, policy, &metrics, fault);
+    Stack { service, breaker }
+}
 
 fn policy() -> PolicySpec {
     PolicySpec {
@@ -263,4 +287,134 @@ async fn helpers_a_timed_out_tool_started_are_killed_too() {
         &["/bin/sleep", &secs],
     )
     .await;
+}
+
+#[tokio::test]
+async fn idempotent_operations_are_retried_others_are_not() {
+    let (addr, backend, _server) = start().await;
+    let d = http_driver(addr, r#"{ header = "X-Auth-Token", value = "secret" }"#);
+    let instance = DriverInstance::new("array", None, Arc::new(d));
+    let policy = PolicySpec {
+        retry: RetrySpec {
+            attempts: 3,
+            backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(5),
+            ..RetrySpec::default()
+        },
+        breaker: BreakerSpec {
+            consecutive_failures: 100,
+            failure_rate: 2.0,
+            ..BreakerSpec::default()
+        },
+        ..PolicySpec::default()
+    };
+    let stack = driver_stack(&instance, &policy, Metrics::new());
+    stack
+        .service
+        .clone()
+        .oneshot(NativeCall::new("flaky_get", json!({})))
+        .await
+        .expect_err("503");
+    assert_eq!(backend.hits(), 3, "GET: three attempts");
+    stack
+        .service
+        .clone()
+        .oneshot(NativeCall::new("flaky_post", json!({})))
+        .await
+        .expect_err("503");
+    assert_eq!(backend.hits(), 4, "POST: one attempt");
+}
+
+#[tokio::test]
+async fn the_breaker_opens_on_a_failing_backend_and_closes_after_it_recovers() {
+    let (addr, backend, server) = start().await;
+    backend.force.store(500, Ordering::SeqCst);
+    let d = http_driver(addr, r#"{ header = "X-Auth-Token", value = "secret" }"#);
+    let instance = DriverInstance::new("array", None, Arc::new(d));
+    let policy = PolicySpec {
+        retry: RetrySpec {
+            attempts: 1,
+            ..RetrySpec::default()
+        },
+        breaker: BreakerSpec {
+            consecutive_failures: 3,
+            failure_rate: 2.0,
+            open_for: Duration::from_millis(200),
+            half_open_probes: 1,
+            ..BreakerSpec::default()
+        },
+        ..PolicySpec::default()
+    };
+    let stack = driver_stack(&instance, &policy, Metrics::new());
+    let call = || NativeCall::new("get_volume", json!({"id": "v1"}));
+
+    // 1. The backend answers 500: three failures open the breaker.
+    for _ in 0..3 {
+        let err = stack
+            .service
+            .clone()
+            .oneshot(call())
+            .await
+            .expect_err("500");
+        let kind = quartet_native::error::find_driver_error(&*err).map(DriverError::kind);
+        assert_eq!(kind, Some(ErrorKind::Transient));
+    }
+    assert_eq!(backend.hits(), 3);
+    assert_eq!(stack.breaker.state(), BreakerState::Open);
+
+    // 2. Open: refused at once, on the first poll, nothing sent.
+    let mut svc = stack.service.clone();
+    svc.ready().await.expect("ready");
+    let refused = svc
+        .call(call())
+        .now_or_never()
+        .expect("answered without waiting")
+        .expect_err("refused");
+    assert!(refused.is::<BreakerOpen>(), "{refused}");
+    assert_eq!(backend.hits(), 3);
+
+    // 3. The backend stops: a probe after `open_for` cannot connect, and the breaker
+    //    opens again.
+    drop(server);
+    let mut probe_failed = false;
+    for _ in 0..250 {
+        match stack.service.clone().oneshot(call()).await {
+            Err(e) if e.is::<BreakerOpen>() => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => {
+                let d = quartet_native::error::find_driver_error(&*e).expect("driver error");
+                assert_eq!(d.kind(), ErrorKind::Transient);
+                probe_failed = true;
+                break;
+            }
+            Ok(v) => panic!("the backend is down, yet: {v}"),
+        }
+    }
+    assert!(probe_failed, "a probe reached the stopped backend");
+    assert_eq!(stack.breaker.state(), BreakerState::Open);
+
+    // 4. The backend comes back on the same address and answers: a probe succeeds and the
+    //    breaker closes.
+    let listener = TcpListener::bind(addr).await.expect("rebind");
+    let healthy = Backend::default();
+    let _server = serve(listener, healthy.clone());
+    let mut recovered = None;
+    for _ in 0..500 {
+        match stack.service.clone().oneshot(call()).await {
+            Ok(v) => {
+                recovered = Some(v);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    assert_eq!(recovered, Some(json!({"path": "/api/v1/volumes/v1"})));
+    assert_eq!(stack.breaker.state(), BreakerState::Closed);
+    stack
+        .service
+        .clone()
+        .oneshot(call())
+        .await
+        .expect("closed: calls pass");
 }
