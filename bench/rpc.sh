@@ -35,10 +35,12 @@ if ! "$PY" -c 'import oslo_messaging' 2>/dev/null; then
   exit 1
 fi
 
-echo "building quartet and the echo server (release)"
-cargo build --release -q -p quartet
-cargo build --release -q -p quartet-amqp --example rpc_echo_server
-TARGET=${CARGO_TARGET_DIR:-target}/release
+# PROFILE=debug for a quick check of the script itself (the numbers mean nothing then).
+PROFILE=${PROFILE:-release}
+echo "building quartet and the echo server ($PROFILE)"
+cargo build --profile "$([ "$PROFILE" = debug ] && echo dev || echo "$PROFILE")" -q -p quartet
+cargo build --profile "$([ "$PROFILE" = debug ] && echo dev || echo "$PROFILE")" -q -p quartet-amqp --example rpc_echo_server
+TARGET=${CARGO_TARGET_DIR:-target}/$PROFILE
 QUARTET=$TARGET/quartet
 ECHO=$TARGET/examples/rpc_echo_server
 
@@ -75,8 +77,10 @@ LUA
 
 "$ECHO" "$QTOPIC" "$AMQP_URL" >"$WORK/echo.log" 2>&1 & pids+=($!)
 RUST_LOG=warn "$QUARTET" serve --config "$WORK/quartet.toml" >"$WORK/quartet.log" 2>&1 & pids+=($!)
+# The oslo server stops when its stdin closes: hold it open on a FIFO of our own.
+mkfifo "$WORK/hold" && exec 3<>"$WORK/hold"
 "$PY" adapters/amqp/tests/peers/oslo_rpc_server.py --url "$RABBIT_URL" --topic "$OTOPIC" \
-  --server bench1 >"$WORK/oslo_server.log" 2>&1 < <(sleep infinity) & pids+=($!)
+  --server bench1 >"$WORK/oslo_server.log" 2>&1 <&3 & pids+=($!)
 
 wait_for() { # what, command...
   local what=$1; shift
@@ -118,7 +122,7 @@ done
 while read -r _ threads rps p50 p99 calls errs; do
   printf 'oslo    %3d thrds  %8.0f calls/s  p50 %7.3f ms  p99 %7.3f ms  errors %s\n' "$threads" "$rps" "$p50" "$p99" "$errs"
   RPS[o$threads]=$rps P50[o$threads]=$p50 P99[o$threads]=$p99
-done < <("$PY" bench/rpc_oslo.py --url "$RABBIT_URL" --topic "$OTOPIC" --duration "$DURATION" --threads 1,16)
+done < <("$PY" bench/rpc_oslo.py --url "$RABBIT_URL" --topic "$OTOPIC" --duration "$DURATION" --threads 1,16 2>"$WORK/oslo_client.log")
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 echo

@@ -9,7 +9,7 @@
 //! bridge (`[[rpc.servers]]`) on the same topic forwarding to an HTTP echo upstream, so
 //! the client and the server both lose the broker and both have to come back by themselves.
 
-use quartet_tests::{client, eventually, Gateway, Upstream, SERVER};
+use quartet_tests::{eventually, Gateway, Upstream, SERVER};
 use reqwest::StatusCode;
 use serde_json::json;
 use std::path::PathBuf;
@@ -189,7 +189,8 @@ async fn calls_under_load_survive_a_broker_stop_and_start() {
         .expect("http client");
     let mut callers = Vec::new();
     for n in 0..4 {
-        let (stop, outcomes, url, http) = (stop.clone(), outcomes.clone(), url.clone(), http.clone());
+        let (stop, outcomes, url, http) =
+            (stop.clone(), outcomes.clone(), url.clone(), http.clone());
         callers.push(tokio::spawn(async move {
             let mut i = 0u64;
             while !stop.load(Ordering::Relaxed) {

@@ -155,7 +155,12 @@ async fn a_reset_broker_connection_answers_503_and_heals_when_removed() {
     let (status, body, _) = call(&gw, &topic, 5.0).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
-    put_fault(&gw, "rpc:broker", json!({"connection": [{"kind": "reset"}]})).await;
+    put_fault(
+        &gw,
+        "rpc:broker",
+        json!({"connection": [{"kind": "reset"}]}),
+    )
+    .await;
     // The reset acts on the open connection (at the next byte, or within a second when
     // idle); calls fail with 503 and /readyz says the channel is not ready.
     eventually("calls fail with 503 under a reset", BOUND, || async {
@@ -198,7 +203,12 @@ async fn a_stalled_broker_connection_trips_the_call_timeout() {
     assert_eq!(status, StatusCode::OK, "{body}");
 
     // Nothing comes back from the broker (no confirm, no reply) until it is removed.
-    put_fault(&gw, "rpc:broker", json!({"connection": [{"kind": "stall"}]})).await;
+    put_fault(
+        &gw,
+        "rpc:broker",
+        json!({"connection": [{"kind": "stall"}]}),
+    )
+    .await;
     let (status, body, took) = call(&gw, &topic, 1.0).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
     // A correctness bound, not a timing assertion: the call did not hang past its
@@ -208,9 +218,13 @@ async fn a_stalled_broker_connection_trips_the_call_timeout() {
     assert!(injected(&metrics, "stall") >= 1.0, "{metrics}");
 
     clear_fault(&gw, "rpc:broker").await;
-    eventually("calls succeed again once the stall is removed", BOUND, || async {
-        let (status, _, _) = call(&gw, &topic, 2.0).await;
-        (status == StatusCode::OK).then_some(())
-    })
+    eventually(
+        "calls succeed again once the stall is removed",
+        BOUND,
+        || async {
+            let (status, _, _) = call(&gw, &topic, 2.0).await;
+            (status == StatusCode::OK).then_some(())
+        },
+    )
     .await;
 }

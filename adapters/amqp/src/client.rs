@@ -439,8 +439,15 @@ impl RpcClient {
                 // reported as failed.
                 let timeout = req.timeout.unwrap_or(self.inner.cfg.default_timeout);
                 let deadline = Instant::now() + timeout;
-                self.publish_until((deadline, timeout), &session, &exchange.name, &req, &body, None)
-                    .await?;
+                self.publish_until(
+                    (deadline, timeout),
+                    &session,
+                    &exchange.name,
+                    &req,
+                    &body,
+                    None,
+                )
+                .await?;
                 Ok(RpcResponse::Sent)
             }
             CallKind::Call => {
