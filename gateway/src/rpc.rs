@@ -91,6 +91,9 @@ pub fn find_rpc_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<
 struct Slot {
     client: Option<(AmqpConfig, RpcClient)>,
     servers: Vec<(String, Weak<RpcServer>)>,
+    /// `rpc:broker`: its connection toxics apply to every broker connection; one handle
+    /// for the instance's life, so open connections keep following it across reloads.
+    broker_fault: Option<FaultHandle>,
 }
 
 /// The RPC state that outlives one config: the instance's one client (reused by a reload
@@ -136,6 +139,17 @@ impl RpcShared {
             .collect();
     }
 
+    /// The broker connections' fault handle (target `rpc:broker`), made once.
+    fn broker_fault(&self, metrics: &Arc<Metrics>) -> FaultHandle {
+        self.lock()
+            .broker_fault
+            .get_or_insert_with(|| {
+                let target = Target::new("rpc", quartet_amqp::BROKER_TARGET);
+                FaultHandle::new(target, None, metrics.clone())
+            })
+            .clone()
+    }
+
     /// Forgets the client when the config has no `[amqp]` any more.
     fn drop_client(&self) {
         self.lock().client = None;
@@ -174,6 +188,8 @@ pub struct Server {
 /// The RPC channel as built from one config.
 pub struct Rpc {
     pub client: RpcClient,
+    /// `rpc:broker`: connection toxics on every broker connection.
+    pub broker_fault: FaultHandle,
     /// The broker's `host:port`: the "endpoint" of every topic's breaker.
     pub broker: String,
     pub topics: BTreeMap<String, Topic>,
@@ -213,6 +229,16 @@ pub fn build(
         return None;
     };
     let metrics = &shared.metrics;
+    // The broker connections' toxics: set at run time (kept across reloads) or none.
+    let broker_fault = shared.rpc.broker_fault(metrics);
+    let wanted = shared.runtime_fault(broker_fault.target());
+    if broker_fault.get() != wanted {
+        broker_fault.set(wanted);
+    }
+    faults.register(broker_fault.clone());
+    let mut amqp = amqp.clone();
+    amqp.faults = quartet_amqp::ConnectionFaults::new(broker_fault.clone());
+    let amqp = &amqp;
     let client = shared.rpc.client_for(amqp);
     let broker = broker_name(&amqp.url);
     let mut topics = BTreeMap::new();
@@ -292,6 +318,7 @@ pub fn build(
 
     Some(Rpc {
         client,
+        broker_fault,
         broker,
         topics,
         routes: config.rpc.routes.clone(),
@@ -880,6 +907,7 @@ pub fn readiness(built: &Built) -> Option<(bool, Value)> {
     let mut body = json!({
         "state": state,
         "client": status_json(&status),
+        "broker": {"endpoint": rpc.broker, "fault": rpc.broker_fault.get()},
         "targets": targets,
         "servers": servers,
     });

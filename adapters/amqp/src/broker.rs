@@ -6,8 +6,9 @@ use crate::config::AmqpConfig;
 use crate::error::ConnectError;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, Connection, ConnectionProperties, ErrorKind, ExchangeKind};
+use lapin::{Channel, Connect, Connection, ConnectionProperties, ErrorKind, ExchangeKind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -96,7 +97,21 @@ pub(crate) async fn connect(cfg: &AmqpConfig, name: &str) -> Result<Connection, 
         .with_connection_name(LongString::from(name))
         .with_client_property("product".into(), "quartet".into())
         .with_client_property("product_version".into(), env!("CARGO_PKG_VERSION").into());
-    match tokio::time::timeout(cfg.connect_timeout, Connection::connect_uri(uri, props)).await {
+    // With a fault handle, the socket goes through the target's toxics (`rpc:broker`).
+    let connect = async {
+        match cfg.faults.handle() {
+            Some(fault) => {
+                uri.connect_with_config(
+                    props,
+                    OwnedTLSConfig::default(),
+                    crate::toxic::runtime(fault.clone()),
+                )
+                .await
+            }
+            None => Connection::connect_uri(uri, props).await,
+        }
+    };
+    match tokio::time::timeout(cfg.connect_timeout, connect).await {
         Ok(Ok(conn)) => Ok(conn),
         Ok(Err(e)) => Err(ConnectError::Broker(e)),
         Err(_) => Err(ConnectError::Timeout(cfg.connect_timeout)),

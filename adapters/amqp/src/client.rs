@@ -434,8 +434,20 @@ impl RpcClient {
             CallKind::Cast => {
                 bump(&self.inner.counters.casts);
                 let body = encode(&req, None)?;
-                self.publish(&session, &exchange.name, &req, &body, None)
-                    .await?;
+                // A broker that takes the bytes but never confirms (a stalled
+                // connection) must not hold the cast past its timeout: unconfirmed is
+                // reported as failed.
+                let timeout = req.timeout.unwrap_or(self.inner.cfg.default_timeout);
+                let deadline = Instant::now() + timeout;
+                self.publish_until(
+                    (deadline, timeout),
+                    &session,
+                    &exchange.name,
+                    &req,
+                    &body,
+                    None,
+                )
+                .await?;
                 Ok(RpcResponse::Sent)
             }
             CallKind::Call => {
@@ -450,8 +462,24 @@ impl RpcClient {
                 let body = encode(&req, Some(header))?;
                 let mut waiter = self.register(&session, msg_id)?;
                 let deadline = Instant::now() + timeout;
-                self.publish(&session, &exchange.name, &req, &body, Some(timeout))
-                    .await?;
+                // The confirm's wait counts against the call's timeout too.
+                self.publish_until(
+                    (deadline, timeout),
+                    &session,
+                    &exchange.name,
+                    &req,
+                    &body,
+                    Some(timeout),
+                )
+                .await
+                .map_err(|e| match e {
+                    RpcError::Timeout { after, monitor, .. } => RpcError::Timeout {
+                        msg_id: waiter.msg_id.clone(),
+                        after,
+                        monitor,
+                    },
+                    e => e,
+                })?;
                 waiter
                     .wait(deadline, timeout, req.call_monitor_timeout)
                     .await
@@ -539,6 +567,29 @@ impl RpcClient {
             *ch = fresh;
         }
         Ok(ch.clone())
+    }
+
+    /// [`Self::publish`], failing with [`RpcError::Timeout`] when the broker has not
+    /// confirmed by `deadline` (the message may have left: it is not retried unless the
+    /// target is idempotent).
+    async fn publish_until(
+        &self,
+        (deadline, timeout): (Instant, Duration),
+        session: &Session,
+        exchange: &str,
+        req: &RpcRequest,
+        body: &[u8],
+        expiration: Option<Duration>,
+    ) -> Result<(), RpcError> {
+        let publish = self.publish(session, exchange, req, body, expiration);
+        match tokio::time::timeout_at(deadline, publish).await {
+            Ok(res) => res,
+            Err(_) => Err(RpcError::Timeout {
+                msg_id: String::new(),
+                after: timeout,
+                monitor: false,
+            }),
+        }
     }
 
     async fn publish(

@@ -52,6 +52,11 @@ pub struct AmqpConfig {
     /// `rpc_response_timeout`). It is also the call message's `expiration`.
     #[serde(with = "humantime_serde")]
     pub default_timeout: Duration,
+    /// Not in the config file: the fault handle (target `rpc:broker`) whose connection
+    /// toxics apply to every broker connection opened with this config. The gateway sets
+    /// it; none by default.
+    #[serde(skip)]
+    pub faults: crate::toxic::ConnectionFaults,
 }
 
 impl Default for AmqpConfig {
@@ -65,6 +70,7 @@ impl Default for AmqpConfig {
             transient_queues_ttl: Duration::from_secs(1800),
             durable_queues: false,
             default_timeout: Duration::from_secs(60),
+            faults: Default::default(),
         }
     }
 }
@@ -80,6 +86,7 @@ impl std::fmt::Debug for AmqpConfig {
             .field("transient_queues_ttl", &self.transient_queues_ttl)
             .field("durable_queues", &self.durable_queues)
             .field("default_timeout", &self.default_timeout)
+            .field("faults", &self.faults)
             .finish()
     }
 }

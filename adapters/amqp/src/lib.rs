@@ -11,6 +11,8 @@
 //!   format (heartbeats included).
 //! - [`classify`]: [`RpcClassify`] for the policy stack.
 //! - [`config`]: the `[amqp]` and `[rpc]` config tables.
+//! - [`toxic`]: connection-level faults (toxics) on the broker connections, target
+//!   `rpc:broker`.
 //!
 //! Plain tower services and lapin; no axum, no config file.
 
@@ -21,6 +23,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod server;
+pub mod toxic;
 
 pub use broker::{State, Status};
 pub use classify::{RpcClassify, RpcReplay};
@@ -30,3 +33,4 @@ pub use config::{AmqpConfig, RpcConfig, RpcRoute, RpcServerSpec, RpcTopic};
 pub use error::{ConnectError, RpcError};
 pub use quartet_policies::BoxError;
 pub use server::{IncomingCall, RpcHandler, RpcServer, ServerStats};
+pub use toxic::{ConnectionFaults, BROKER_TARGET};
