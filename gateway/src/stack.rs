@@ -345,6 +345,9 @@ pub struct Built {
     pub faults: FaultRegistry,
     pub metrics: Arc<Metrics>,
     pub identity: Option<Arc<crate::identity::Runtime>>,
+    /// The token checks and access rules of `/rpc` and `/native` (REST routes carry theirs
+    /// in their service).
+    pub guards: crate::identity::Guards,
 }
 
 impl Built {
@@ -359,7 +362,10 @@ impl Built {
         let native = crate::native::build(&config, shared, &breakers, &faults)?;
         crate::sql::register(shared, &breakers, &faults);
         let rpc = crate::rpc::build(&config, shared, &breakers, &faults, &rest);
+        crate::identity::register(shared, &breakers, &faults);
+        let guards = crate::identity::Guards::build(&config, shared, &native)?;
         Ok(Self {
+            guards,
             identity: shared.identity.clone(),
             config,
             rest,
