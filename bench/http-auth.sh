@@ -81,7 +81,7 @@ QUARTET_ADMIN_PASSWORD=bench-pass RUST_LOG=warn "$QUARTET" serve --config "$WORK
 
 wait_port() {
   for _ in $(seq 1 200); do
-    if curl -sS -o /dev/null "http://127.0.0.1:$1/"; then return 0; fi
+    if curl -s -o /dev/null "http://127.0.0.1:$1/"; then return 0; fi
     sleep 0.1
   done
   echo "port $1 did not answer" >&2; cat "$WORK/quartet.log" >&2; exit 1
