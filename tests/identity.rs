@@ -670,6 +670,15 @@ async fn keystone_mode_validates_remotely_and_answers_503_when_keystone_is_down(
     assert_eq!(seen(&body, "x-user-name"), Some("admin"));
     let (status, _, _) = get(&q.url("/echo/x"), &[("X-Auth-Token", "garbage")]).await;
     assert_eq!(status, 401);
+    // The remote Keystone's breaker is in the admin API's registry.
+    let (status, _, breakers) = get(&format!("http://{}/admin/breakers", q.admin), &[]).await;
+    assert_eq!(status, 200, "{breakers}");
+    assert!(
+        breakers.as_array().is_some_and(|list| list
+            .iter()
+            .any(|b| b["channel"] == "identity" && b["target"] == "keystone")),
+        "GET /admin/breakers lists identity:keystone: {breakers}"
+    );
     // No /v3 in keystone mode: the path is nobody's.
     let (status, _, _) = get(&q.url("/v3"), &[]).await;
     assert_eq!(status, 404);

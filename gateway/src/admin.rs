@@ -63,7 +63,10 @@ impl<E: Into<BoxError>> From<E> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> axum::response::Response {
         let mut resp = error::into_response(self.0.as_ref(), None);
-        if resp.status() == StatusCode::UNAUTHORIZED {
+        // The identity check's 401 carries its own (`Keystone uri=...`).
+        if resp.status() == StatusCode::UNAUTHORIZED
+            && !resp.headers().contains_key(header::WWW_AUTHENTICATE)
+        {
             resp.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }

@@ -129,6 +129,10 @@ pub struct RouteConfig {
     /// An oslo.policy expression, or `rule:NAME` of `identity.policy_file`.
     #[serde(default)]
     pub access: Option<String>,
+    /// Path templates (`/compute/v2.1/{project_id}/servers/{id}`) whose `{name}` segments
+    /// fill the access rule's target, matched against the path as the client sent it.
+    #[serde(default)]
+    pub path_params: Vec<String>,
 }
 
 fn default_policy_name() -> String {

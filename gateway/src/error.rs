@@ -190,6 +190,9 @@ pub fn classify(err: &(dyn StdError + 'static)) -> Edge {
         if e.is::<NoRoute>() {
             return edge(StatusCode::NOT_FOUND, "no route for this path");
         }
+        if let Some(r) = e.downcast_ref::<crate::identity::Refused>() {
+            return refused_edge(r);
+        }
         if e.is::<Unauthorized>() {
             return edge(StatusCode::UNAUTHORIZED, "admin token missing or wrong");
         }
@@ -232,6 +235,26 @@ pub fn classify(err: &(dyn StdError + 'static)) -> Edge {
         edge(StatusCode::BAD_GATEWAY, "upstream request failed")
     } else {
         edge(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    }
+}
+
+/// The guard's refusals (`crate::identity::Refused`), with keystonemiddleware's and
+/// Keystone's messages.
+fn refused_edge(r: &crate::identity::Refused) -> Edge {
+    use crate::identity::Refused;
+    match r {
+        Refused::Unauthorized { .. } => edge(
+            StatusCode::UNAUTHORIZED,
+            "The request you have made requires authentication.",
+        ),
+        Refused::Forbidden { rule } => edge(
+            StatusCode::FORBIDDEN,
+            &format!("You are not authorized to perform the requested action: {rule}."),
+        ),
+        Refused::Unavailable => edge(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "The Keystone service is temporarily unavailable.",
+        ),
     }
 }
 
@@ -314,6 +337,18 @@ impl std::fmt::Display for Chain<'_> {
     }
 }
 
+/// The guard's refusal in `err`'s chain, if any.
+fn find_refused<'a>(err: &'a (dyn StdError + 'static)) -> Option<&'a crate::identity::Refused> {
+    let mut cur: Option<&(dyn StdError + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(r) = e.downcast_ref::<crate::identity::Refused>() {
+            return Some(r);
+        }
+        cur = e.source();
+    }
+    None
+}
+
 /// THE edge function: logs the error once and turns it into the client's response.
 pub fn into_response(err: &(dyn StdError + 'static), request_id: Option<&str>) -> Response<Body> {
     let edge = classify(err);
@@ -327,6 +362,10 @@ pub fn into_response(err: &(dyn StdError + 'static), request_id: Option<&str>) -
     if let Some(secs) = edge.retry_after {
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if let Some(www) = find_refused(err).and_then(crate::identity::Refused::www_authenticate) {
+        resp.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, www.clone());
     }
     if let Some(rid) = request_id.and_then(|r| HeaderValue::from_str(r).ok()) {
         resp.headers_mut()

@@ -1,34 +1,34 @@
 //! The identity channel, wired: `[identity]` validation and its environment override, the
 //! running identity (store opened and migrated, bootstrapped when empty, revocations
-//! polled), the per-route token check and access rule, `/v3` on the public listener, and
-//! the admin API's identity check. The libraries are `quartet_policies::{auth, access}`
-//! and `quartet_identity`; this module only assembles them.
+//! polled), the guard of every handler on the public listener ([`guard`]: REST routes,
+//! `/rpc`, `/native`), `/v3` on the public listener, and the admin API's identity check.
+//! The libraries are `quartet_policies::{auth, access}` and `quartet_identity`; this
+//! module only assembles them.
 //!
-//! Where a route's guard sits: in front of the route's policy stack (see `stack.rs`), so a
+//! Where a guard sits: in front of its handler's policy stack (see `stack.rs`), so a
 //! request without a valid token, or one its access rule denies, never reaches the
-//! upstream and never counts as an upstream failure (breaker, retry budget, metrics).
+//! backend and never counts as a backend failure (breaker, retry budget, metrics).
 //!
-//! Responses: the guard answers 401, 503 and 403 itself, with keystonemiddleware's bodies
-//! (`quartet_policies::auth::headers::{UNAUTHORIZED_BODY, UNAVAILABLE_BODY}`) and
-//! Keystone's 403 body, the same shape as the edge in `error.rs` writes. They are
-//! decisions, not errors, so they do not go through the edge.
+//! Responses: a refusal is a [`Refused`] error, answered by the one edge in `error.rs`:
+//! keystonemiddleware's 401 (with `WWW-Authenticate: Keystone uri="..."`) and 503
+//! messages, Keystone's 403 naming the rule, all in Keystone's `{"error": {...}}` body.
 
 pub mod cli;
+pub mod guard;
+
+pub use guard::{Guard, Guards, Refused};
 
 use crate::config::{invalid, Config, Invalid, KeyPath};
 use crate::stack::{RestService, Shared};
 use axum::body::Body;
 use bytes::Bytes;
-use http::header::{HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::header::WWW_AUTHENTICATE;
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use quartet_http::ProxyBody;
 use quartet_identity::{Identity, IdentityApi, IdentityConfig, Mode};
-use quartet_policies::access::{AuthorizeLayer, Rule, Rules, Target};
-use quartet_policies::auth::{
-    headers, AuthMode, Decision, Endpoint, RequireTokenConfig, RequireTokenLayer, Service,
-    TokenCache, Validator,
-};
+use quartet_policies::access::{Rule, Rules};
+use quartet_policies::auth::{headers, AuthMode, Endpoint, Service, TokenCache, Validator};
 use quartet_policies::BoxError;
 use std::sync::Arc;
 use tower::ServiceExt;
@@ -58,11 +58,7 @@ pub fn apply_env(
 
 /// The auth mode of a route: its own, else `required` with `[identity]`, else `none`.
 pub fn route_mode(config: &Config, route: &crate::config::RouteConfig) -> AuthMode {
-    route.auth.unwrap_or(if config.identity.is_some() {
-        AuthMode::Required
-    } else {
-        AuthMode::None
-    })
+    guard::effective_mode(config, route.auth)
 }
 
 /// Loads `identity.policy_file` (no file: no named rules).
@@ -78,7 +74,9 @@ fn parse_access(text: &str) -> Result<Rule, String> {
     Rule::parse(text).map_err(|e| e.to_string())
 }
 
-/// The `[identity]` section and the routes' `auth` and `access` keys.
+/// The `[identity]` section and the `auth`/`access` keys of every guarded handler: REST
+/// routes (and their `path_params`), `[[rpc.topics]]`, `[[rpc.routes]]`,
+/// `[[native.drivers]]` (`caller_auth`, `access.OPERATION`).
 pub fn validate(config: &Config) -> Result<(), Invalid> {
     let rules = match &config.identity {
         Some(identity) => {
@@ -92,35 +90,80 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
         }
         None => None,
     };
+    let rules = rules.as_ref();
     for (i, route) in config.routes.iter().enumerate() {
         let path = KeyPath::root("routes").index(i);
-        let mode = route_mode(config, route);
-        if rules.is_none() && mode != AuthMode::None {
-            return Err(invalid(
-                path.key("auth"),
-                "needs an [identity] section (no token can be checked without one)",
-            ));
+        check_protection(
+            rules,
+            &path,
+            "auth",
+            route_mode(config, route),
+            route.access.as_deref(),
+            "access",
+        )?;
+        guard::PathParams::parse(&route.path_params)
+            .map_err(|m| invalid(path.key("path_params"), m))?;
+    }
+    for (i, t) in config.rpc.topics.iter().enumerate() {
+        let path = KeyPath::root("rpc").key("topics").index(i);
+        let mode = guard::effective_mode(config, t.auth);
+        check_protection(rules, &path, "auth", mode, t.access.as_deref(), "access")?;
+    }
+    for (i, r) in config.rpc.routes.iter().enumerate() {
+        let path = KeyPath::root("rpc").key("routes").index(i);
+        let (mode, access) = guard::rpc_route_protection(config, r);
+        let mode = guard::effective_mode(config, mode);
+        check_protection(rules, &path, "auth", mode, access, "access")?;
+    }
+    for (i, d) in config.native.drivers.iter().enumerate() {
+        let path = KeyPath::root("native").key("drivers").index(i);
+        let mode = guard::effective_mode(config, d.caller_auth);
+        check_protection(rules, &path, "caller_auth", mode, None, "access")?;
+        for (op, rule) in &d.access {
+            let key = format!("access.{op}");
+            check_protection(rules, &path, "caller_auth", mode, Some(rule), &key)?;
         }
-        let Some(access) = &route.access else {
-            continue;
-        };
-        let Some(rules) = &rules else {
-            return Err(invalid(path.key("access"), "needs an [identity] section"));
-        };
-        if mode == AuthMode::None {
+    }
+    Ok(())
+}
+
+/// One guarded handler's `auth` (named `auth_key`) and `access` (named `access_key`):
+/// both need `[identity]` (`rules` is `None` without it), an access rule needs a token
+/// check, parses, and names only rules the policy file has.
+fn check_protection(
+    rules: Option<&Rules>,
+    path: &KeyPath,
+    auth_key: &str,
+    mode: AuthMode,
+    access: Option<&str>,
+    access_key: &str,
+) -> Result<(), Invalid> {
+    let access_path = || path.clone().dotted(access_key);
+    if rules.is_none() && mode != AuthMode::None {
+        return Err(invalid(
+            path.clone().key(auth_key),
+            "needs an [identity] section (no token can be checked without one)",
+        ));
+    }
+    let Some(access) = access else {
+        return Ok(());
+    };
+    let Some(rules) = rules else {
+        return Err(invalid(access_path(), "needs an [identity] section"));
+    };
+    if mode == AuthMode::None {
+        return Err(invalid(
+            access_path(),
+            format!("needs {auth_key} = \"required\" or \"delay\" (access rules read the token)"),
+        ));
+    }
+    parse_access(access).map_err(|m| invalid(access_path(), m))?;
+    if let Some(name) = access.trim().strip_prefix("rule:") {
+        if rules.get(name.trim()).is_none() {
             return Err(invalid(
-                path.key("access"),
-                "needs auth = \"required\" or \"delay\" (access rules read the token)",
+                access_path(),
+                format!("no rule named {:?} in identity.policy_file", name.trim()),
             ));
-        }
-        parse_access(access).map_err(|m| invalid(path.clone().key("access"), m))?;
-        if let Some(name) = access.trim().strip_prefix("rule:") {
-            if rules.get(name.trim()).is_none() {
-                return Err(invalid(
-                    path.key("access"),
-                    format!("no rule named {:?} in identity.policy_file", name.trim()),
-                ));
-            }
         }
     }
     Ok(())
@@ -149,7 +192,30 @@ pub struct Runtime {
     /// The one token cache of the app: every route and the admin API share it.
     pub cache: Arc<TokenCache>,
     pub validator: Arc<dyn Validator>,
+    /// The remote Keystone's breaker and fault handle (target `identity:keystone`),
+    /// listed on the admin API with every other target's.
+    pub remote_handles: Option<(
+        quartet_policies::breaker::BreakerHandle,
+        quartet_policies::fault::FaultHandle,
+    )>,
     poller: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Registers the remote Keystone's breaker and fault handle in one build's registries, so
+/// `GET /admin/breakers` shows `identity:keystone` and the admin API can set it.
+pub fn register(
+    shared: &Shared,
+    breakers: &quartet_policies::breaker::BreakerRegistry,
+    faults: &quartet_policies::fault::FaultRegistry,
+) {
+    if let Some((breaker, fault)) = shared
+        .identity
+        .as_ref()
+        .and_then(|rt| rt.remote_handles.as_ref())
+    {
+        breakers.register(breaker.clone());
+        faults.register(fault.clone());
+    }
 }
 
 impl Drop for Runtime {
@@ -233,6 +299,7 @@ pub async fn start(shared: &mut Shared, config: &Config) -> Result<(), StartErro
                 validator: identity.clone(),
                 embedded: Some(identity),
                 cache,
+                remote_handles: None,
                 poller: Some(poller),
             }
         }
@@ -246,7 +313,7 @@ pub async fn start(shared: &mut Shared, config: &Config) -> Result<(), StartErro
                     },
                 )));
             };
-            let client = remote_client(&remote.url, shared)?;
+            let (client, handles) = remote_client(&remote.url, shared)?;
             let keys = remote.jws_public_key_repository.clone();
             let keystone = quartet_identity::RemoteKeystone::new(client, remote);
             let validator: Arc<dyn Validator> = match keys {
@@ -263,6 +330,7 @@ pub async fn start(shared: &mut Shared, config: &Config) -> Result<(), StartErro
                 api: None,
                 cache,
                 validator,
+                remote_handles: Some(handles),
                 poller: None,
             }
         }
@@ -308,7 +376,12 @@ type BytesService = tower::util::BoxCloneSyncService<Request<Bytes>, Response<By
 
 /// The HTTP client of the remote Keystone, behind the default policy stack (target
 /// `identity:keystone`: timeouts, retry of safe calls, a breaker).
-fn remote_client(url: &str, shared: &Shared) -> Result<BytesService, StartError> {
+type RemoteHandles = (
+    quartet_policies::breaker::BreakerHandle,
+    quartet_policies::fault::FaultHandle,
+);
+
+fn remote_client(url: &str, shared: &Shared) -> Result<(BytesService, RemoteHandles), StartError> {
     use quartet_http::classify::{HttpClassify, HttpReplay};
     use quartet_http::endpoint::EndpointService;
     use quartet_policies::breaker::BreakerHandle;
@@ -341,14 +414,16 @@ fn remote_client(url: &str, shared: &Shared) -> Result<BytesService, StartError>
         shared.metrics.clone(),
     );
     let inner = crate::stack::endpoint_stack(
-        breaker,
+        breaker.clone(),
         policy.per_try_timeout,
         HttpClassify,
         Arc::default(),
         endpoint,
     );
+    let fault = FaultHandle::new(target.clone(), None, shared.metrics.clone());
+    let handles = (breaker.clone(), fault.clone());
     let parts = crate::stack::TargetParts {
-        fault: FaultHandle::new(target.clone(), None, shared.metrics.clone()),
+        fault,
         budget: Arc::new(Budget::new(&policy.retry)),
         target,
     };
@@ -382,146 +457,70 @@ fn remote_client(url: &str, shared: &Shared) -> Result<BytesService, StartError>
                 })
             },
         );
-    Ok(tower::util::BoxCloneSyncService::new(svc))
+    Ok((tower::util::BoxCloneSyncService::new(svc), handles))
 }
 
-/// A route's guard as built: RequireToken, then the access rule.
-#[derive(Clone)]
-pub struct Guard {
-    require: Option<RequireTokenLayer>,
-    authorize: Option<(AuthorizeLayer, Arc<str>)>,
-    public_url: Option<String>,
-}
-
-/// Wraps a route's stack in its guard. Without `[identity]` the route is unchanged; with
-/// `[identity]` but no running identity (it was added by a reload), the route answers 503
-/// until a restart (fail closed).
+/// Wraps a route's stack in its guard ([`guard::Guard`]: RequireToken, then the route's
+/// access rule against the route's `path_params`). Without `[identity]` the route is
+/// unchanged; with `[identity]` but no running identity (it was added by a reload), the
+/// route answers 503 until a restart (fail closed).
 pub fn guard(
     config: &Config,
     shared: &Shared,
     index: usize,
     service: RestService,
 ) -> Result<RestService, crate::stack::BuildError> {
-    let Some(cfg) = &config.identity else {
+    let Some(builder) = guard::GuardBuilder::new(config, shared)? else {
         return Ok(service);
     };
     let Some(route) = config.routes.get(index) else {
         return Ok(service);
     };
-    let build_err = |key: &str, message: String| crate::stack::BuildError::Identity {
-        key: KeyPath::root("routes").index(index).key(key),
-        message,
-    };
-    let mode = route_mode(config, route);
-    let require = shared.identity.as_ref().map(|rt| {
-        let www = rt
-            .config
-            .public_url
-            .clone()
-            .unwrap_or_else(|| format!("{}/v3", public_origin(config)));
-        RequireTokenLayer::new(
-            RequireTokenConfig::new(mode, www),
-            rt.cache.clone(),
-            rt.validator.clone(),
-        )
-    });
-    if require.is_none() {
-        tracing::warn!(route = %route.prefix, "[identity] is not running (added by a reload?): the route answers 503 until a restart");
-    }
-    let authorize = match &route.access {
-        None => None,
-        Some(text) => {
-            let rules = load_rules(cfg).map_err(|m| build_err("access", m))?;
-            let rule = parse_access(text).map_err(|m| build_err("access", m))?;
-            let name: Arc<str> = text
-                .trim()
-                .strip_prefix("rule:")
-                .map(str::trim)
-                .unwrap_or(text.trim())
-                .into();
-            // The target: no path parameters are named for REST routes, so it is empty
-            // and a `%(...)s` lookup fails closed (denied).
-            let target: quartet_policies::access::TargetFn = Arc::new(|_| Target::new());
-            Some((
-                AuthorizeLayer::new(name.clone(), rule, Arc::new(rules), target),
-                name,
-            ))
+    let key = KeyPath::root("routes").index(index);
+    let checks = builder.guard(
+        Some(route_mode(config, route)),
+        route.access.as_deref(),
+        &key,
+    )?;
+    let params = guard::PathParams::parse(&route.path_params).map_err(|message| {
+        crate::stack::BuildError::Identity {
+            key: key.clone().key("path_params"),
+            message,
         }
-    };
-    let guard = Guard {
-        require,
-        authorize,
-        public_url: cfg.public_url.clone(),
-    };
+    })?;
+    let params = Arc::new(params);
     let svc = tower::service_fn(
         move |req: Request<ProxyBody>| -> futures_util::future::BoxFuture<
             'static,
             Result<Response<ProxyBody>, BoxError>,
         > {
-            let guard = guard.clone();
+            let checks = checks.clone();
+            let params = params.clone();
             let inner = service.clone();
-            Box::pin(async move { guard.call(req, inner).await })
+            Box::pin(async move {
+                let (mut parts, body) = req.into_parts();
+                checks.authenticate(&mut parts).await?;
+                if checks.has_access_rule() {
+                    // The path as the client sent it (before `strip_prefix`).
+                    let target = match parts.extensions.get::<axum::extract::OriginalUri>() {
+                        Some(original) => params.target(original.0.path()),
+                        None => params.target(parts.uri.path()),
+                    };
+                    checks.authorize(&parts, &target)?;
+                }
+                let www = checks.www_authenticate(&parts);
+                let mut resp = send(inner, Request::from_parts(parts, body)).await?;
+                // As keystonemiddleware does: a 401 of the service tells where tokens are.
+                if resp.status() == StatusCode::UNAUTHORIZED {
+                    if let Some(value) = www {
+                        resp.headers_mut().append(WWW_AUTHENTICATE, value);
+                    }
+                }
+                Ok(resp)
+            })
         },
     );
     Ok(tower::util::BoxCloneSyncService::new(svc))
-}
-
-impl Guard {
-    async fn call(
-        &self,
-        req: Request<ProxyBody>,
-        inner: RestService,
-    ) -> Result<Response<ProxyBody>, BoxError> {
-        let www = self.www_authenticate(&req);
-        let Some(require) = &self.require else {
-            return Ok(reject(StatusCode::SERVICE_UNAVAILABLE, None, ""));
-        };
-        let (mut parts, body) = req.into_parts();
-        let (decision, identity) = require.decide(&mut parts.headers).await;
-        match decision {
-            Decision::Forward => {}
-            Decision::Unauthorized => {
-                return Ok(reject(StatusCode::UNAUTHORIZED, www.as_ref(), ""))
-            }
-            Decision::Unavailable => return Ok(reject(StatusCode::SERVICE_UNAVAILABLE, None, "")),
-        }
-        parts.extensions.insert(identity);
-        if let Some((authorize, name)) = &self.authorize {
-            if let Err(status) = authorize.decide(&parts) {
-                return Ok(reject(status, www.as_ref(), name));
-            }
-        }
-        let mut resp = send(inner, Request::from_parts(parts, body)).await?;
-        if resp.status() == StatusCode::UNAUTHORIZED {
-            if let Some(value) = www {
-                resp.headers_mut().append(WWW_AUTHENTICATE, value);
-            }
-        }
-        Ok(resp)
-    }
-
-    /// `Keystone uri="<public /v3 url>"`: `identity.public_url`, else the request's host.
-    fn www_authenticate<B>(&self, req: &Request<B>) -> Option<HeaderValue> {
-        if let Some(url) = &self.public_url {
-            return headers::www_authenticate(url);
-        }
-        let host = req
-            .uri()
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                req.headers()
-                    .get(http::header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(String::from)
-            })?;
-        let tls = req
-            .extensions()
-            .get::<crate::routes::ConnInfo>()
-            .is_some_and(|c| c.tls);
-        let scheme = if tls { "https" } else { "http" };
-        headers::www_authenticate(&format!("{scheme}://{host}/v3"))
-    }
 }
 
 /// Calls a stack; a plain function so the future's type is named once (see
@@ -531,36 +530,6 @@ fn send(
     req: Request<ProxyBody>,
 ) -> futures_util::future::BoxFuture<'static, Result<Response<ProxyBody>, BoxError>> {
     Box::pin(service.oneshot(req))
-}
-
-/// keystonemiddleware's 401 and 503 answers, Keystone's 403.
-fn reject(status: StatusCode, www: Option<&HeaderValue>, name: &str) -> Response<ProxyBody> {
-    let body: Bytes = match status {
-        StatusCode::UNAUTHORIZED => Bytes::from_static(headers::UNAUTHORIZED_BODY.as_bytes()),
-        StatusCode::SERVICE_UNAVAILABLE => {
-            Bytes::from_static(headers::UNAVAILABLE_BODY.as_bytes())
-        }
-        _ => Bytes::from(
-            serde_json::json!({"error": {
-                "code": 403,
-                "title": "Forbidden",
-                "message": format!("You are not authorized to perform the requested action: {name}."),
-            }})
-            .to_string(),
-        ),
-    };
-    let mut resp = Response::new(quartet_http::body::full(body));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        CONTENT_TYPE,
-        HeaderValue::from_static(headers::ERROR_CONTENT_TYPE),
-    );
-    if status == StatusCode::UNAUTHORIZED {
-        if let Some(value) = www {
-            resp.headers_mut().insert(WWW_AUTHENTICATE, value.clone());
-        }
-    }
-    resp
 }
 
 /// Whether the embedded `/v3` answers this request: identity is embedded, the path is
@@ -626,7 +595,9 @@ pub async fn serve_v3(
 }
 
 /// The admin API's identity check for a request that changes state: a valid
-/// `X-Auth-Token` with the admin role (401 without a valid token, 403 without the role).
+/// `X-Auth-Token` with the admin role. Refusals are the guard's ([`Refused`]): 401 with
+/// keystonemiddleware's message and `WWW-Authenticate: Keystone uri="..."`, 403 naming
+/// `admin_required` (Keystone's rule name), 503 when the backend cannot answer.
 pub async fn admin_check(
     built: &crate::stack::Built,
     method: &http::Method,
@@ -639,14 +610,25 @@ pub async fn admin_check(
     {
         return Ok(());
     }
+    let unauthorized = || Refused::Unauthorized {
+        www_authenticate: headers::www_authenticate(
+            &rt.config
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("{}/v3", public_origin(&built.config))),
+        ),
+    };
     let Some(token) = headers::user_token(headers) else {
-        return Err(crate::error::Unauthorized.into());
+        return Err(unauthorized().into());
     };
     match rt.cache.get_or_validate(token, rt.validator.clone()).await {
         Ok(info) if info.has_role("admin") => Ok(()),
-        Ok(_) => Err(crate::error::Forbidden.into()),
-        Err(e) if e.is_unavailable() => Err(crate::error::IdentityUnavailable.into()),
-        Err(_) => Err(crate::error::Unauthorized.into()),
+        Ok(_) => Err(Refused::Forbidden {
+            rule: "admin_required".into(),
+        }
+        .into()),
+        Err(e) if e.is_unavailable() => Err(Refused::Unavailable.into()),
+        Err(_) => Err(unauthorized().into()),
     }
 }
 

@@ -25,14 +25,16 @@
 //! is listed on `/readyz` with `ready: false` and the reason, and its calls get 503. Every
 //! other driver error found while building refuses the config.
 //!
-//! # Access rules
+//! # Token checks and access rules
 //!
-//! Per-operation access rules are not wired yet: they go through the same route
-//! protection as REST routes (`RequireToken`, `Authorize`) once the identity wiring lands;
-//! [`router`] is where those layers wrap the native routes.
+//! With `[identity]`, both routes pass the one guard (`crate::identity::guard`): the
+//! driver's `caller_auth` token check, then the operation's `access` rule against the
+//! call's arguments (see docs/identity.md). A refused call never reaches the driver's
+//! stack.
 
 use crate::config::{Invalid, KeyPath, Seg};
 use crate::error::BadRequest;
+use crate::identity::guard;
 use crate::stack::{endpoint_stack, policy_stack, TargetParts};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -631,6 +633,16 @@ impl Native {
         d.service(operation)
     }
 
+    /// Whether `driver` has `operation` (`true` for a driver that could not start: its
+    /// operations are not known).
+    pub fn has_operation(&self, driver: &str, operation: &str) -> bool {
+        match self.drivers.get(driver).map(|d| &d.state) {
+            Some(DriverState::Ready { instance, .. }) => instance.operation(operation).is_some(),
+            Some(DriverState::NotReady(_)) => true,
+            None => false,
+        }
+    }
+
     /// Calls `operation` of `driver` through its stack.
     pub async fn call(
         &self,
@@ -705,8 +717,7 @@ impl std::error::Error for NotReadyRef {
 
 /// The native routes, merged into the public router.
 pub fn router() -> Router<Arc<crate::stack::Built>> {
-    // Access rules per operation hook in here: the identity wiring's route protection
-    // wraps these two routes as it wraps REST routes.
+    // Both handlers pass the identity guard first (`crate::identity::guard`).
     Router::new()
         .route("/native/jobs/{id}", get(get_job))
         .route("/native/{driver}/{operation}", post(call))
@@ -767,19 +778,27 @@ fn parse_args(body: &Bytes) -> Result<Value, NativeError> {
 async fn call(
     State(built): State<Arc<crate::stack::Built>>,
     Path((driver, operation)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Body,
+    req: http::Request<Body>,
 ) -> Result<Response<Body>, NativeError> {
+    let (mut parts, body) = req.into_parts();
     let native = &built.native;
     let service = native.service(&driver, &operation)?;
+    // The token is checked before the body is read; the operation's access rule after
+    // (its target is the arguments, `driver` and `operation`).
+    let guard = built.guards.native(&driver, &operation);
+    guard::authenticate(guard, &mut parts).await?;
+    let headers = &parts.headers;
     // The server's body limit applies here as on REST routes (413 above it).
     let limit = usize::try_from(built.config.server.max_body_bytes).unwrap_or(usize::MAX);
     let body = http_body_util::BodyExt::collect(http_body_util::Limited::new(body, limit))
         .await?
         .to_bytes();
     let args = parse_args(&body)?;
+    guard::authorize(guard, &parts, || {
+        guard::call_target(&args, &[("driver", &driver), ("operation", &operation)])
+    })?;
     let call = NativeCall::new(operation.as_str(), args);
-    if prefers_async(&headers) {
+    if prefers_async(headers) {
         let store = native.store.as_ref().ok_or(JobsUnavailable)?;
         let jobs = store.open_within(STORE_WAIT).await.ok_or(JobsUnavailable)?;
         let id = jobs.submit(&driver, service, call).await?;
@@ -803,7 +822,9 @@ async fn call(
 async fn get_job(
     State(built): State<Arc<crate::stack::Built>>,
     Path(id): Path<String>,
+    req: http::Request<Body>,
 ) -> Result<Response<Body>, NativeError> {
+    let (mut parts, _) = req.into_parts();
     let unknown = || UnknownJob { id: id.clone() };
     let uuid = uuid::Uuid::parse_str(&id).map_err(|_| unknown())?;
     let jobs = built
@@ -815,6 +836,18 @@ async fn get_job(
         .await
         .ok_or(JobsUnavailable)?;
     let job = jobs.get(uuid).await?.ok_or_else(unknown)?;
+    // A job is read under its call's guard: the driver's token check and the operation's
+    // access rule, against the job's arguments (its id is random: a 404 tells nothing).
+    let guard = built.guards.native(&job.driver, &job.operation);
+    guard::authenticate(guard, &mut parts).await?;
+    guard::authorize(guard, &parts, || {
+        let mut target = guard::call_target(
+            &job.args,
+            &[("driver", &job.driver), ("operation", &job.operation)],
+        );
+        target.insert("job_id", Value::String(id.clone()));
+        target
+    })?;
     let mut body = json!({
         "id": job.id,
         "driver": job.driver,

@@ -18,6 +18,7 @@
 
 use crate::config::{Config, DEFAULT_POLICY};
 use crate::error::{BadRequest, BodyTooLarge};
+use crate::identity::guard;
 use crate::stack::{endpoint_stack, policy_stack, Built, RestService, Shared, TargetParts};
 use axum::body::Body;
 use bytes::Bytes;
@@ -580,7 +581,7 @@ pub async fn intercept(
             }
         }
     }
-    let found = rpc.routes.iter().find_map(|r| {
+    let found = rpc.routes.iter().enumerate().find_map(|(i, r)| {
         (r.method == req.method().as_str())
             .then(|| r.match_path(&path))
             .flatten()
@@ -589,7 +590,7 @@ pub async fn intercept(
                     .into_iter()
                     .map(|(k, v)| (k.to_owned(), percent_decode(v)))
                     .collect();
-                (r, params)
+                ((i, r), params)
             })
     });
     match found {
@@ -689,13 +690,23 @@ async fn post_rpc(
             topic: topic.to_owned(),
         }));
     };
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    // The token is checked before the body is read; the access rule after (its target
+    // is the call's args, topic and method).
+    let guard = built.guards.rpc_topic(topic);
+    guard::authenticate(guard, &mut parts).await?;
     let bytes = read_body(built, body).await?;
     let body: CallBody =
         serde_json::from_slice(&bytes).map_err(|e| bad(format!("invalid body: {e}")))?;
     if body.method.is_empty() {
         return Err(bad("invalid body: method must not be empty"));
     }
+    guard::authorize(guard, &parts, || {
+        guard::call_target(
+            &Value::Object(body.args.clone()),
+            &[("topic", topic), ("method", &body.method)],
+        )
+    })?;
     if body.fanout && body.server.is_some() {
         return Err(bad(
             "invalid body: a fanout goes to every server: no server",
@@ -734,7 +745,7 @@ async fn post_rpc(
 async fn route_rpc(
     built: &Built,
     rpc: &Rpc,
-    route: &RpcRoute,
+    (index, route): (usize, &RpcRoute),
     params: Vec<(String, String)>,
     req: Request<Body>,
     request_id: &str,
@@ -744,7 +755,9 @@ async fn route_rpc(
             topic: route.topic.clone(),
         }));
     };
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
+    let guard = built.guards.rpc_route(index);
+    guard::authenticate(guard, &mut parts).await?;
     let mut args = Map::new();
     if route.body_args {
         let bytes = read_body(built, body).await?;
@@ -781,6 +794,17 @@ async fn route_rpc(
     } else {
         CallKind::Call
     };
+    guard::authorize(guard, &parts, || {
+        let mut extra: Vec<(&str, &str)> = params
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        extra.extend([
+            ("topic", route.topic.as_str()),
+            ("method", route.rpc_method.as_str()),
+        ]);
+        guard::call_target(&Value::Object(args.clone()), &extra)
+    })?;
     let mut r = RpcRequest::for_topic(&t.spec, kind, route.rpc_method.clone());
     r.args = args;
     r.context = context(&parts, &t.spec, request_id);

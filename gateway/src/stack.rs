@@ -349,6 +349,9 @@ pub struct Built {
     pub faults: FaultRegistry,
     pub metrics: Arc<Metrics>,
     pub identity: Option<Arc<crate::identity::Runtime>>,
+    /// The token checks and access rules of `/rpc` and `/native` (REST routes carry theirs
+    /// in their service).
+    pub guards: crate::identity::Guards,
 }
 
 impl Built {
@@ -363,7 +366,10 @@ impl Built {
         let native = crate::native::build(&config, shared, &breakers, &faults)?;
         crate::sql::register(shared, &breakers, &faults);
         let rpc = crate::rpc::build(&config, shared, &breakers, &faults, &rest, &native);
+        crate::identity::register(shared, &breakers, &faults);
+        let guards = crate::identity::Guards::build(&config, shared, &native)?;
         Ok(Self {
+            guards,
             identity: shared.identity.clone(),
             config,
             rest,

@@ -165,6 +165,12 @@ pub struct RpcRoute {
     /// Send as a cast (answer 202) instead of a call.
     #[serde(default)]
     pub cast: bool,
+    /// `required`, `delay` or `none`; absent: the topic's.
+    #[serde(default)]
+    pub auth: Option<AuthMode>,
+    /// oslo.policy rule checked at the edge; absent: the topic's.
+    #[serde(default)]
+    pub access: Option<String>,
 }
 
 fn default_route_method() -> String {
@@ -210,14 +216,7 @@ pub enum Segment<'a> {
 }
 
 /// How a target is protected at the HTTP edge (the same words as a route's `auth`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AuthMode {
-    #[default]
-    Required,
-    Delay,
-    None,
-}
+pub use quartet_policies::auth::AuthMode;
 
 /// One `[[rpc.topics]]` entry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -230,8 +229,9 @@ pub struct RpcTopic {
     /// Name of a `[policies.NAME]` table.
     #[serde(default = "default_policy")]
     pub policy: String,
+    /// `required`, `delay` or `none`; absent: `required` with `[identity]`, else `none`.
     #[serde(default)]
-    pub auth: AuthMode,
+    pub auth: Option<AuthMode>,
     /// oslo.policy rule checked at the edge.
     #[serde(default)]
     pub access: Option<String>,
@@ -503,7 +503,10 @@ mod tests {
         doc.rpc.validate().unwrap();
         assert_eq!(doc.amqp.heartbeat, Duration::from_secs(20));
         let t = &doc.rpc.topics[0];
-        assert_eq!((t.exchange.as_str(), t.auth), ("nova", AuthMode::Required));
+        assert_eq!(
+            (t.exchange.as_str(), t.auth),
+            ("nova", Some(AuthMode::Required))
+        );
         assert!(!t.mandatory);
     }
 

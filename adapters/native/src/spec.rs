@@ -46,6 +46,15 @@ pub struct DriverSpec {
     /// The `[policies.NAME]` its calls pass; absent means `default`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub policy: Option<String>,
+    /// How callers of `/native/{name}/...` are checked: `required`, `delay` or `none`
+    /// (absent: `required` with `[identity]`, else `none`). Not `auth`: the `http` kind's
+    /// `auth` is the credentials Quartet sends to the vendor's API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub caller_auth: Option<quartet_policies::auth::AuthMode>,
+    /// oslo.policy rules per operation (`create_volume = "role:admin"`); `"*"` is the rule
+    /// of every operation not listed.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub access: BTreeMap<String, String>,
     /// `kind` and the kind's own settings.
     #[serde(flatten)]
     pub settings: DriverSettings,
@@ -78,6 +87,10 @@ struct RawDriverSpec {
     name: String,
     #[serde(default)]
     policy: Option<String>,
+    #[serde(default)]
+    caller_auth: Option<quartet_policies::auth::AuthMode>,
+    #[serde(default)]
+    access: BTreeMap<String, String>,
     #[serde(flatten)]
     rest: serde_json::Map<String, Value>,
 }
@@ -104,6 +117,8 @@ impl TryFrom<RawDriverSpec> for DriverSpec {
         Ok(DriverSpec {
             name: raw.name,
             policy: raw.policy,
+            caller_auth: raw.caller_auth,
+            access: raw.access,
             settings,
         })
     }

@@ -161,14 +161,14 @@ fn catalog_lists_each_route_on_the_public_listener() {
 }
 
 #[test]
-fn the_commented_identity_section_of_the_default_config_parses() {
+fn the_identity_section_of_the_default_config_parses_with_its_commented_keys() {
     let section: String = crate::config::DEFAULT_CONFIG
-        .split("# [identity]\n")
+        .split("\n[identity]\n")
         .nth(1)
         .expect("an [identity] section in the default config")
         .lines()
         .take_while(|l| !l.trim().is_empty())
-        .filter_map(|l| l.strip_prefix("# "))
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
         .filter(|l| !l.starts_with("policy_file"))
         .map(|l| format!("{l}\n"))
         .collect();
@@ -210,4 +210,89 @@ async fn v3_is_served_unless_a_route_claims_it() {
     let (ready, body) = super::readiness(&built).await.unwrap();
     assert!(ready, "{body}");
     assert_eq!(body["store"], "reachable");
+}
+
+const RPC: &str = r#"
+[amqp]
+url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+
+[[rpc.topics]]
+topic = "compute"
+access = "role:admin"
+
+[[rpc.routes]]
+path = "/servers/{id}"
+topic = "compute"
+rpc_method = "get"
+"#;
+
+#[test]
+fn rpc_topics_and_routes_default_to_required_and_routes_inherit_the_topics_rule() {
+    // Without [identity]: the topic's access rule cannot be checked.
+    assert_eq!(
+        err(RPC),
+        "q.toml:7: rpc.topics[0].access: needs an [identity] section"
+    );
+    let src = format!("{RPC}\n[identity]\n");
+    let (c, _) = parse(&src, "q.toml", no_env).unwrap();
+    assert_eq!(
+        super::guard::effective_mode(&c, c.rpc.topics[0].auth),
+        AuthMode::Required
+    );
+    let (mode, access) = super::guard::rpc_route_protection(&c, &c.rpc.routes[0]);
+    assert_eq!((mode, access), (None, Some("role:admin")));
+    let src = src.replace(
+        "rpc_method = \"get\"",
+        "rpc_method = \"get\"\nauth = \"none\"",
+    );
+    assert!(
+        err(&src).starts_with("q.toml:9: rpc.routes[0].access: needs auth = \"required\""),
+        "{}",
+        err(&src)
+    );
+    let src = format!(
+        "{}\n[identity]\n",
+        RPC.replace("access = \"role:admin\"", "auth = \"delay\"")
+    );
+    assert!(
+        err(&src.replace("[identity]\n", ""))
+            .starts_with("q.toml:7: rpc.topics[0].auth: needs an [identity]"),
+        "{}",
+        err(&src.replace("[identity]\n", ""))
+    );
+}
+
+#[test]
+fn driver_caller_auth_and_access_are_validated() {
+    let driver = "[[native.drivers]]\nname = \"v\"\nkind = \"qemu-img\"\nroot = \"/tmp/v\"\n";
+    let src = format!("{driver}caller_auth = \"required\"\n");
+    assert!(
+        err(&src).starts_with("q.toml:5: native.drivers[0].caller_auth: needs an [identity]"),
+        "{}",
+        err(&src)
+    );
+    let src = format!(
+        "{driver}[native.drivers.access]\ncreate_volume = \"role:admin or (\"\n\n[identity]\n"
+    );
+    assert!(
+        err(&src).starts_with("q.toml:6: native.drivers[0].access.create_volume: "),
+        "{}",
+        err(&src)
+    );
+    let src = format!("{driver}caller_auth = \"none\"\n[native.drivers.access]\n\"*\" = \"role:admin\"\n\n[identity]\n");
+    assert!(
+        err(&src).contains("native.drivers[0].access.\"*\": needs caller_auth = \"required\""),
+        "{}",
+        err(&src)
+    );
+}
+
+#[test]
+fn route_path_params_are_validated() {
+    let src = format!("{ROUTES}path_params = [\"compute/{{id}}\"]\n[identity]\n");
+    assert!(
+        err(&src).starts_with("q.toml:8: routes[0].path_params: "),
+        "{}",
+        err(&src)
+    );
 }

@@ -52,6 +52,17 @@ impl AuthorizeLayer {
 
     /// The decision alone: `Ok(())`, or the status to answer (401 or 403).
     pub fn decide(&self, parts: &http::request::Parts) -> Result<(), StatusCode> {
+        let target = (self.target)(parts);
+        self.decide_for(parts, &target)
+    }
+
+    /// The decision against a target the caller built (an RPC call's or a driver call's
+    /// arguments, read after the token was checked), instead of the layer's [`TargetFn`].
+    pub fn decide_for(
+        &self,
+        parts: &http::request::Parts,
+        target: &Target,
+    ) -> Result<(), StatusCode> {
         let Some(user) = parts
             .extensions
             .get::<Identity>()
@@ -73,8 +84,7 @@ impl AuthorizeLayer {
             let roles: Vec<serde_json::Value> = service.role_names().map(|r| r.into()).collect();
             creds.insert("service_roles", serde_json::Value::Array(roles));
         }
-        let target = (self.target)(parts);
-        if self.rule.evaluate_with(&creds, &target, &self.rules) {
+        if self.rule.evaluate_with(&creds, target, &self.rules) {
             Ok(())
         } else {
             Err(StatusCode::FORBIDDEN)
