@@ -139,6 +139,24 @@ fn status(valid: bool) -> HeaderValue {
 /// and the deprecated aliases. Attributes that do not apply to the token's scope are
 /// left unset (removed).
 pub fn set_user_headers(headers: &mut HeaderMap, token: &TokenInfo) {
+    let prepared = token.forward_headers.user.get_or_init(|| {
+        let mut user = HeaderMap::new();
+        build_user_headers(&mut user, token);
+        user
+    });
+    apply(headers, prepared);
+}
+
+/// Puts `prepared` (headers built on an empty map: only inserts) into `headers`, where
+/// [`remove_auth_headers`] has removed every name it holds: the same as building them
+/// there.
+fn apply(headers: &mut HeaderMap, prepared: &HeaderMap) {
+    for (name, value) in prepared {
+        headers.insert(name.clone(), value.clone());
+    }
+}
+
+fn build_user_headers(headers: &mut HeaderMap, token: &TokenInfo) {
     set_auth_headers(headers, token, "x-");
     set(
         headers,
@@ -174,11 +192,18 @@ pub fn set_service_catalog_header(headers: &mut HeaderMap, token: &TokenInfo) {
         headers.remove(X_SERVICE_CATALOG);
         return;
     }
-    set(
-        headers,
-        X_SERVICE_CATALOG,
-        Some(&v2_catalog_json(&token.catalog)),
-    );
+    let value = token
+        .forward_headers
+        .catalog
+        .get_or_init(|| HeaderValue::from_bytes(v2_catalog_json(&token.catalog).as_bytes()).ok());
+    match value {
+        Some(v) => {
+            headers.insert(X_SERVICE_CATALOG, v.clone());
+        }
+        None => {
+            headers.remove(X_SERVICE_CATALOG);
+        }
+    }
 }
 
 fn set_auth_headers(headers: &mut HeaderMap, token: &TokenInfo, prefix: &str) {
