@@ -139,21 +139,46 @@ fn status(valid: bool) -> HeaderValue {
 /// and the deprecated aliases. Attributes that do not apply to the token's scope are
 /// left unset (removed).
 pub fn set_user_headers(headers: &mut HeaderMap, token: &TokenInfo) {
-    let prepared = token.forward_headers.user.get_or_init(|| {
-        let mut user = HeaderMap::new();
-        build_user_headers(&mut user, token);
-        user
-    });
-    apply(headers, prepared);
+    build_user_headers(headers, token);
 }
 
-/// Puts `prepared` (headers built on an empty map: only inserts) into `headers`, where
-/// [`remove_auth_headers`] has removed every name it holds: the same as building them
-/// there.
-fn apply(headers: &mut HeaderMap, prepared: &HeaderMap) {
+/// [`set_user_headers`] for a token that no longer changes (a validated token, shared in
+/// an `Arc` by the cache): the headers are built on first use and kept with the token.
+pub fn set_user_headers_cached(headers: &mut HeaderMap, token: &TokenInfo) {
+    let prepared = token.forward_headers.user.get_or_init(|| {
+        let mut built = HeaderMap::new();
+        build_user_headers(&mut built, token);
+        user_header_names()
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .map(|name| {
+                let value = built.get(&name).cloned();
+                (name, value)
+            })
+            .collect()
+    });
     for (name, value) in prepared {
-        headers.insert(name.clone(), value.clone());
+        match value {
+            Some(v) => {
+                headers.insert(name.clone(), v.clone());
+            }
+            None => {
+                headers.remove(name);
+            }
+        }
     }
+}
+
+/// Every header [`build_user_headers`] sets or removes.
+fn user_header_names() -> impl Iterator<Item = String> {
+    ["x-roles", OPENSTACK_SYSTEM_SCOPE, X_IS_ADMIN_PROJECT]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(TEMPLATE.iter().map(|suffix| format!("x-{suffix}")))
+        .chain(
+            DEPRECATED_ALIASES
+                .iter()
+                .map(|(alias, _)| (*alias).to_owned()),
+        )
 }
 
 fn build_user_headers(headers: &mut HeaderMap, token: &TokenInfo) {
@@ -192,10 +217,22 @@ pub fn set_service_catalog_header(headers: &mut HeaderMap, token: &TokenInfo) {
         headers.remove(X_SERVICE_CATALOG);
         return;
     }
-    let value = token
-        .forward_headers
-        .catalog
-        .get_or_init(|| HeaderValue::from_bytes(v2_catalog_json(&token.catalog).as_bytes()).ok());
+    set(
+        headers,
+        X_SERVICE_CATALOG,
+        Some(&v2_catalog_json(&token.catalog)),
+    );
+}
+
+/// [`set_service_catalog_header`] for a token that no longer changes: the JSON is built
+/// on first use and kept with the token.
+pub fn set_service_catalog_header_cached(headers: &mut HeaderMap, token: &TokenInfo) {
+    let value = token.forward_headers.catalog.get_or_init(|| {
+        if token.catalog.is_empty() {
+            return None;
+        }
+        HeaderValue::from_bytes(v2_catalog_json(&token.catalog).as_bytes()).ok()
+    });
     match value {
         Some(v) => {
             headers.insert(X_SERVICE_CATALOG, v.clone());

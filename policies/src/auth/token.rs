@@ -95,7 +95,7 @@ pub struct TokenInfo {
 /// part of a token's equality, and not copied by `clone` (a copy may be changed).
 #[derive(Debug, Default)]
 pub struct ForwardHeaders {
-    pub(crate) user: std::sync::OnceLock<http::HeaderMap>,
+    pub(crate) user: std::sync::OnceLock<Vec<(http::HeaderName, Option<http::HeaderValue>)>>,
     pub(crate) catalog: std::sync::OnceLock<Option<http::HeaderValue>>,
 }
 
