@@ -15,14 +15,37 @@ pub struct ObserveLayer<C> {
     target: Target,
     metrics: Arc<Metrics>,
     classify: C,
+    /// The target's metric handles, resolved once: a label lookup per call costs a hash
+    /// of the labels and a lock in the registry.
+    handles: Arc<Handles>,
+}
+
+struct Handles {
+    in_flight: prometheus::IntGauge,
+    duration: prometheus::Histogram,
+    success: prometheus::IntCounter,
+    failure: prometheus::IntCounter,
 }
 
 impl<C> ObserveLayer<C> {
     pub fn new(target: Target, metrics: Arc<Metrics>, classify: C) -> Self {
+        let labels = [target.channel, &*target.name];
+        let outcome = |o: &str| {
+            metrics
+                .requests
+                .with_label_values(&[labels[0], labels[1], o])
+        };
+        let handles = Arc::new(Handles {
+            in_flight: metrics.in_flight.with_label_values(&labels),
+            duration: metrics.duration.with_label_values(&labels),
+            success: outcome("success"),
+            failure: outcome("failure"),
+        });
         Self {
             target,
             metrics,
             classify,
+            handles,
         }
     }
 }
@@ -104,29 +127,25 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let ObserveLayer {
-            target,
-            metrics,
-            classify,
-        } = self.layer.clone();
-        let labels = [target.channel, &*target.name];
-        let gauge = metrics.in_flight.with_label_values(&labels);
+        let layer = self.layer.clone();
+        let gauge = layer.handles.in_flight.clone();
         gauge.inc();
         let in_flight = InFlight { gauge };
         let start = Instant::now();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let result = fut.await;
-            let labels = [target.channel, &*target.name];
-            metrics
-                .duration
-                .with_label_values(&labels)
-                .observe(start.elapsed().as_secs_f64());
-            let outcome = outcome(&classify, &result);
-            metrics
-                .requests
-                .with_label_values(&[labels[0], labels[1], outcome])
-                .inc();
+            let handles = &layer.handles;
+            handles.duration.observe(start.elapsed().as_secs_f64());
+            match outcome(&layer.classify, &result) {
+                "success" => handles.success.inc(),
+                "failure" => handles.failure.inc(),
+                other => layer
+                    .metrics
+                    .requests
+                    .with_label_values(&[layer.target.channel, &*layer.target.name, other])
+                    .inc(),
+            }
             drop(in_flight);
             result
         })

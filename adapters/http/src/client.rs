@@ -10,12 +10,16 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 #[derive(Clone)]
 pub struct HttpClient {
     pub(crate) inner: Client<HttpsConnector<HttpConnector>, ProxyBody>,
     /// `spec.http2`: every connection speaks HTTP/2, so requests go out as HTTP/2.
     pub(crate) http2_only: bool,
+    /// `connect_timeout`, `pool_idle_timeout`, `pool_max_idle_per_host`, for the pools of
+    /// `http://` HTTP/1.1 endpoints (see [`crate::pool`]).
+    pub(crate) pool_settings: (Duration, Duration, usize),
 }
 
 impl HttpClient {
@@ -70,6 +74,11 @@ impl HttpClient {
         Ok(Self {
             inner,
             http2_only: spec.http2,
+            pool_settings: (
+                spec.connect_timeout,
+                spec.pool_idle_timeout,
+                spec.pool_max_idle_per_host,
+            ),
         })
     }
 
@@ -87,6 +96,21 @@ impl HttpClient {
         } else {
             http::Version::HTTP_11
         }
+    }
+
+    /// The HTTP/1.1 pool of one `http://` endpoint (`host:port`), with this upstream's
+    /// settings; `None` when requests must go through hyper-util's client (HTTP/2).
+    pub(crate) fn h1_pool(&self, uri: &http::Uri) -> Option<crate::pool::H1Pool> {
+        if self.http2_only || uri.scheme_str() != Some("http") {
+            return None;
+        }
+        let (connect, idle, max_idle) = self.pool_settings;
+        Some(crate::pool::H1Pool::new(
+            crate::endpoint::authority_of(uri),
+            connect,
+            idle,
+            max_idle,
+        ))
     }
 
     /// Sends a request as it is (absolute URI). Used by the endpoint service and the

@@ -4,6 +4,7 @@
 use crate::body::ProxyBody;
 use crate::client::HttpClient;
 use crate::error::{BuildError, ConnectError, UpstreamError};
+use crate::pool::{H1Pool, SendError};
 use crate::BoxError;
 use futures_util::future::BoxFuture;
 use http_body_util::BodyExt;
@@ -18,6 +19,12 @@ pub struct EndpointService {
     /// The base path without its trailing slash (`""` for none).
     base_path: Arc<str>,
     authority: Arc<str>,
+    /// `Host` for a request that has none: the authority, without the scheme's default
+    /// port (as hyper-util's client writes it).
+    host: http::HeaderValue,
+    /// Quartet's own HTTP/1.1 pool for a plain `http://` endpoint ([`crate::pool`]);
+    /// `None`: hyper-util's client (https, HTTP/2).
+    h1: Option<H1Pool>,
 }
 
 impl EndpointService {
@@ -27,11 +34,28 @@ impl EndpointService {
         let base = parse_endpoint(url)?;
         let base_path = base.path().trim_end_matches('/').into();
         let authority = authority_of(&base).into();
+        let host = base.host().unwrap_or_default();
+        let default_port = if base.scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        };
+        let host = match base.port_u16() {
+            Some(port) if port != default_port => format!("{host}:{port}"),
+            _ => host.to_string(),
+        };
+        let host = http::HeaderValue::from_str(&host).map_err(|e| BuildError {
+            key: "endpoints".into(),
+            message: format!("{url:?}: the host is not a valid Host header: {e}"),
+        })?;
+        let h1 = client.h1_pool(&base);
         Ok(Self {
             base,
             client,
             base_path,
             authority,
+            host,
+            h1,
         })
     }
 
@@ -143,19 +167,7 @@ impl Service<http::Request<ProxyBody>> for EndpointService {
     /// 101 among them).
     fn call(&mut self, req: http::Request<ProxyBody>) -> Self::Future {
         let (mut parts, body) = req.into_parts();
-        let endpoint = self.authority.to_string();
-        let uri = match rewrite_uri(&self.base, &self.base_path, &parts.uri) {
-            Ok(uri) => uri,
-            Err(e) => {
-                return Box::pin(async move {
-                    Err(UpstreamError {
-                        endpoint,
-                        source: e.into(),
-                    }
-                    .into())
-                })
-            }
-        };
+        let endpoint = self.authority.clone();
         if self.client.is_http2_only() {
             // RFC 9113 8.3.1: a `Host` that differs from `:authority` (here the endpoint's)
             // makes the request malformed; the client's host is in `X-Forwarded-Host`.
@@ -167,6 +179,50 @@ impl Service<http::Request<ProxyBody>> for EndpointService {
                 }
             }
         }
+        if let Some(pool) = &self.h1 {
+            // Our own pool speaks to the connection directly: origin-form URI, and the
+            // endpoint's `Host` when the request still has none.
+            let pq = parts
+                .uri
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/");
+            let uri = if self.base_path.is_empty() && pq.starts_with('/') {
+                match parts.uri.path_and_query() {
+                    Some(p) => Ok(http::Uri::from(p.clone())),
+                    None => Ok(http::Uri::from_static("/")),
+                }
+            } else {
+                join_path(&self.base_path, pq).parse::<http::Uri>()
+            };
+            let uri = match uri {
+                Ok(uri) => uri,
+                Err(e) => return Box::pin(std::future::ready(Err(upstream_err(&endpoint, e)))),
+            };
+            parts.uri = uri;
+            parts.version = http::Version::HTTP_11;
+            parts
+                .headers
+                .entry(http::header::HOST)
+                .or_insert_with(|| self.host.clone());
+            let pool = pool.clone();
+            let req = http::Request::from_parts(parts, body);
+            return Box::pin(async move {
+                match pool.send(req).await {
+                    Ok(resp) => Ok(resp),
+                    Err(SendError::Connect(source)) => Err(ConnectError {
+                        endpoint: endpoint.to_string(),
+                        source,
+                    }
+                    .into()),
+                    Err(SendError::Sent(source)) => Err(upstream_err(&endpoint, source)),
+                }
+            });
+        }
+        let uri = match rewrite_uri(&self.base, &self.base_path, &parts.uri) {
+            Ok(uri) => uri,
+            Err(e) => return Box::pin(std::future::ready(Err(upstream_err(&endpoint, e)))),
+        };
         parts.uri = uri;
         parts.version = self.client.request_version();
         let fut = self.client.send(http::Request::from_parts(parts, body));
@@ -174,18 +230,22 @@ impl Service<http::Request<ProxyBody>> for EndpointService {
             match fut.await {
                 Ok(resp) => Ok(resp.map(|b| b.map_err(BoxError::from).boxed_unsync())),
                 Err(e) if e.is_connect() => Err(ConnectError {
-                    endpoint,
+                    endpoint: endpoint.to_string(),
                     source: e.into(),
                 }
                 .into()),
-                Err(e) => Err(UpstreamError {
-                    endpoint,
-                    source: e.into(),
-                }
-                .into()),
+                Err(e) => Err(upstream_err(&endpoint, e)),
             }
         })
     }
+}
+
+fn upstream_err(endpoint: &str, source: impl Into<BoxError>) -> BoxError {
+    UpstreamError {
+        endpoint: endpoint.to_string(),
+        source: source.into(),
+    }
+    .into()
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ pub mod client;
 pub mod endpoint;
 pub mod error;
 pub mod health;
+pub mod pool;
 pub mod proxy;
 pub mod spec;
 

@@ -57,7 +57,20 @@ pub fn request_id(headers: &http::HeaderMap) -> String {
         .and_then(|v| v.to_str().ok())
         .filter(|v| is_valid_request_id(v))
         .map(str::to_owned)
-        .unwrap_or_else(|| format!("req-{}", uuid::Uuid::new_v4()))
+        .unwrap_or_else(new_request_id)
+}
+
+/// A new `req-<uuid4>`. The random bits come from the thread's RNG (`rand`), not from
+/// `Uuid::new_v4`, which asks the kernel (a `getrandom` system call) for each id.
+fn new_request_id() -> String {
+    let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
+    let mut out = String::with_capacity(40);
+    out.push_str("req-");
+    out.push_str(
+        id.hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer()),
+    );
+    out
 }
 
 /// `req-` followed by a UUID in lowercase hyphenated form.

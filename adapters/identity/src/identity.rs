@@ -373,6 +373,7 @@ impl Identity {
             issued_at: time::from_epoch_secs(claims.iat),
             expires_at: time::from_epoch_secs(claims.exp),
             is_admin_project: true,
+            forward_headers: Default::default(),
         })
     }
 

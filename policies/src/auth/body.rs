@@ -100,6 +100,7 @@ impl TokenInfo {
             issued_at,
             expires_at,
             is_admin_project: token["is_admin_project"].as_bool().unwrap_or(true),
+            forward_headers: Default::default(),
         })
     }
 

@@ -139,6 +139,49 @@ fn status(valid: bool) -> HeaderValue {
 /// and the deprecated aliases. Attributes that do not apply to the token's scope are
 /// left unset (removed).
 pub fn set_user_headers(headers: &mut HeaderMap, token: &TokenInfo) {
+    build_user_headers(headers, token);
+}
+
+/// [`set_user_headers`] for a token that no longer changes (a validated token, shared in
+/// an `Arc` by the cache): the headers are built on first use and kept with the token.
+pub fn set_user_headers_cached(headers: &mut HeaderMap, token: &TokenInfo) {
+    let prepared = token.forward_headers.user.get_or_init(|| {
+        let mut built = HeaderMap::new();
+        build_user_headers(&mut built, token);
+        user_header_names()
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+            .map(|name| {
+                let value = built.get(&name).cloned();
+                (name, value)
+            })
+            .collect()
+    });
+    for (name, value) in prepared {
+        match value {
+            Some(v) => {
+                headers.insert(name.clone(), v.clone());
+            }
+            None => {
+                headers.remove(name);
+            }
+        }
+    }
+}
+
+/// Every header [`build_user_headers`] sets or removes.
+fn user_header_names() -> impl Iterator<Item = String> {
+    ["x-roles", OPENSTACK_SYSTEM_SCOPE, X_IS_ADMIN_PROJECT]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(TEMPLATE.iter().map(|suffix| format!("x-{suffix}")))
+        .chain(
+            DEPRECATED_ALIASES
+                .iter()
+                .map(|(alias, _)| (*alias).to_owned()),
+        )
+}
+
+fn build_user_headers(headers: &mut HeaderMap, token: &TokenInfo) {
     set_auth_headers(headers, token, "x-");
     set(
         headers,
@@ -179,6 +222,25 @@ pub fn set_service_catalog_header(headers: &mut HeaderMap, token: &TokenInfo) {
         X_SERVICE_CATALOG,
         Some(&v2_catalog_json(&token.catalog)),
     );
+}
+
+/// [`set_service_catalog_header`] for a token that no longer changes: the JSON is built
+/// on first use and kept with the token.
+pub fn set_service_catalog_header_cached(headers: &mut HeaderMap, token: &TokenInfo) {
+    let value = token.forward_headers.catalog.get_or_init(|| {
+        if token.catalog.is_empty() {
+            return None;
+        }
+        HeaderValue::from_bytes(v2_catalog_json(&token.catalog).as_bytes()).ok()
+    });
+    match value {
+        Some(v) => {
+            headers.insert(X_SERVICE_CATALOG, v.clone());
+        }
+        None => {
+            headers.remove(X_SERVICE_CATALOG);
+        }
+    }
 }
 
 fn set_auth_headers(headers: &mut HeaderMap, token: &TokenInfo, prefix: &str) {

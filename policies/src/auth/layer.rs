@@ -283,9 +283,10 @@ async fn decide(shared: &Shared, headers: &mut HeaderMap) -> (Decision, Identity
         return (Decision::Unauthorized, Identity::default());
     }
     if let Some(user) = &identity.user {
-        headers::set_user_headers(headers, user);
+        // `user` is the cache's shared, unchanging token: its headers are built once.
+        headers::set_user_headers_cached(headers, user);
         if config.include_service_catalog {
-            headers::set_service_catalog_header(headers, user);
+            headers::set_service_catalog_header_cached(headers, user);
         }
     }
     if let Some(service) = &identity.service {

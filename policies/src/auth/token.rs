@@ -85,6 +85,32 @@ pub struct TokenInfo {
     pub expires_at: SystemTime,
     /// `is_admin_project` of the token body; keystoneauth reads an absent one as true.
     pub is_admin_project: bool,
+    /// The headers RequireToken sets for this token, built on first use and kept with the
+    /// token (in the token cache), so a cache hit does not rebuild them.
+    pub forward_headers: ForwardHeaders,
+}
+
+/// The request headers derived from a token, computed once per token: the user headers
+/// (`X-Roles`, the ten identity headers, the aliases...) and `X-Service-Catalog`. Never
+/// part of a token's equality, and not copied by `clone` (a copy may be changed).
+#[derive(Debug, Default)]
+pub struct ForwardHeaders {
+    pub(crate) user: std::sync::OnceLock<Vec<(http::HeaderName, Option<http::HeaderValue>)>>,
+    pub(crate) catalog: std::sync::OnceLock<Option<http::HeaderValue>>,
+}
+
+impl PartialEq for ForwardHeaders {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for ForwardHeaders {}
+
+impl Clone for ForwardHeaders {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
 }
 
 impl TokenInfo {

@@ -1,0 +1,266 @@
+//! Quartet's own pool of HTTP/1.1 connections to one plain `http://` endpoint, on hyper's
+//! low-level `client::conn::http1`.
+//!
+//! Why not hyper-util's pooled client for these: per request it checks a connection out of
+//! a keyed pool behind a future racing a lazy connect, and when the response body is not
+//! finished yet it spawns a task whose only job is to wait until the connection can be
+//! put back. That is an extra task, its wake-ups and several allocations per request,
+//! which showed in `bench/cpu.sh` as CPU per request. Here a connection goes back to the
+//! pool from the response body itself, the moment its last frame is read.
+//!
+//! How one request is sent:
+//!
+//! 1. Take the most recently used idle connection (LIFO keeps few connections warm);
+//!    connections the upstream closed, or idle longer than `pool_idle_timeout`, are
+//!    dropped on the way.
+//! 2. None idle: connect (`connect_timeout`, `TCP_NODELAY`), handshake, and spawn the
+//!    connection's task (with upgrades, so a `101` can become a tunnel).
+//! 3. Send. A reused connection that turns out closed before the request went out gives
+//!    the request back: try again from 1 (nothing was sent, as hyper-util's client does).
+//! 4. The response body returns the connection to the pool at its end (at once when the
+//!    response has no body); a body dropped before its end, an error, or a `101` keep the
+//!    connection out of the pool (hyper closes it, or the upgrade takes it over). When the
+//!    connection is not ready yet at the body's end (rare), a small task waits for it.
+//! 5. At most `pool_max_idle_per_host` connections are kept idle; more are closed.
+//!
+//! HTTPS and HTTP/2 endpoints keep hyper-util's client (TLS, ALPN, h2 multiplexing).
+
+use crate::body::ProxyBody;
+use crate::BoxError;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+/// Why a request could not be sent.
+#[derive(Debug)]
+pub enum SendError {
+    /// Nothing was sent: the connection could not be made (or closed before sending).
+    Connect(BoxError),
+    /// The request may have reached the upstream.
+    Sent(BoxError),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("connect timed out after {0:?}")]
+pub struct ConnectTimeout(pub Duration);
+
+/// The pool of one endpoint; clones share it.
+#[derive(Clone)]
+pub struct H1Pool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// `host:port` to connect to.
+    addr: String,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+    max_idle: usize,
+    idle: Mutex<Vec<Idle>>,
+}
+
+struct Idle {
+    sender: SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+impl H1Pool {
+    pub fn new(
+        addr: String,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+        max_idle: usize,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                addr,
+                connect_timeout,
+                idle_timeout,
+                max_idle,
+                idle: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    /// Connections idle in the pool now.
+    pub fn idle_count(&self) -> usize {
+        self.inner.lock().len()
+    }
+
+    /// Sends `req` (origin-form URI, `Host` set) on a pooled or new connection.
+    pub async fn send(
+        &self,
+        mut req: http::Request<ProxyBody>,
+    ) -> Result<http::Response<ProxyBody>, SendError> {
+        loop {
+            let (mut sender, reused) = match self.inner.checkout() {
+                Some(sender) => (sender, true),
+                None => (
+                    self.inner.connect().await.map_err(SendError::Connect)?,
+                    false,
+                ),
+            };
+            match sender.try_send_request(req).await {
+                Ok(resp) => return Ok(self.finish(resp, sender)),
+                Err(mut err) => match err.take_message() {
+                    // Not sent: the idle connection was closed under us; take another.
+                    Some(back) if reused => req = back,
+                    Some(_) => return Err(SendError::Connect(err.into_error().into())),
+                    None => return Err(SendError::Sent(err.into_error().into())),
+                },
+            }
+        }
+    }
+
+    /// Step 4: the response, its body returning the connection to the pool at its end.
+    fn finish(
+        &self,
+        resp: http::Response<Incoming>,
+        sender: SendRequest<ProxyBody>,
+    ) -> http::Response<ProxyBody> {
+        if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+            return resp.map(|b| b.map_err(BoxError::from).boxed_unsync());
+        }
+        if resp.body().is_end_stream() {
+            self.inner.clone().checkin(sender);
+            return resp.map(|b| b.map_err(BoxError::from).boxed_unsync());
+        }
+        let pool = self.inner.clone();
+        resp.map(|body| {
+            PooledBody {
+                body,
+                back: Some((sender, pool)),
+            }
+            .boxed_unsync()
+        })
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Step 1.
+    fn checkout(&self) -> Option<SendRequest<ProxyBody>> {
+        let mut idle = self.lock();
+        while let Some(Idle { sender, since }) = idle.pop() {
+            if sender.is_ready() && since.elapsed() < self.idle_timeout {
+                return Some(sender);
+            }
+            // Closed by the upstream, or idle too long: dropping it closes it.
+        }
+        None
+    }
+
+    /// Steps 4 and 5.
+    fn checkin(self: Arc<Self>, mut sender: SendRequest<ProxyBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        if !sender.is_ready() {
+            tokio::spawn(async move {
+                if sender.ready().await.is_ok() {
+                    self.put(sender);
+                }
+            });
+            return;
+        }
+        self.put(sender);
+    }
+
+    fn put(&self, sender: SendRequest<ProxyBody>) {
+        let now = Instant::now();
+        let mut idle = self.lock();
+        // The oldest sit at the front: drop those idle too long (or closed).
+        let stale = idle
+            .iter()
+            .take_while(|i| {
+                now.duration_since(i.since) >= self.idle_timeout || i.sender.is_closed()
+            })
+            .count();
+        if stale > 0 {
+            idle.drain(..stale);
+        }
+        if idle.len() < self.max_idle {
+            idle.push(Idle { sender, since: now });
+        }
+    }
+
+    /// Step 2.
+    async fn connect(&self) -> Result<SendRequest<ProxyBody>, BoxError> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*self.addr))
+            .await
+            .map_err(|_| ConnectTimeout(self.connect_timeout))??;
+        stream.set_nodelay(true)?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(async move {
+            if let Err(err) = conn.with_upgrades().await {
+                tracing::debug!(error = %err, "upstream connection closed with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// A response body that puts its connection back in the pool once its last frame is read.
+struct PooledBody {
+    body: Incoming,
+    back: Option<(SendRequest<ProxyBody>, Arc<Inner>)>,
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        if let Some((sender, pool)) = self.back.take() {
+            pool.checkin(sender);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.body).poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.release();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                if this.body.is_end_stream() {
+                    this.release();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(err))) => {
+                // The connection is not reusable after a broken body.
+                this.back = None;
+                Poll::Ready(Some(Err(err.into())))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

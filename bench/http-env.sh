@@ -1,0 +1,156 @@
+# Sourced by bench/http.sh and bench/cpu.sh: starts the REST benchmark's processes on
+# loopback and defines the ways to compare. Not meant to be run on its own.
+#
+# Ways (name -> port): direct (nginx serving a 44-byte JSON body), nginx (nginx as a
+# reverse proxy, upstream keepalive), haproxy, quartet (the default policy on a `/` route),
+# quartet-auth (the same route with `auth = "required"`: the embedded identity, one token
+# validated once and then served from the token cache).
+#
+# After sourcing: WAYS (names), PORT[name], PIDS[name] (the processes whose CPU is the
+# way's cost; empty for direct, whose cost is the upstream alone), UP_PIDS (the upstream
+# nginx's), TOKEN_OF[name] (the X-Auth-Token to send, for quartet-auth), WORK (temp dir).
+
+BASE_PORT=${BASE_PORT:-18080}
+UP=$((BASE_PORT + 1)) NGX=$((BASE_PORT + 2)) HAP=$((BASE_PORT + 3)) QRT=$((BASE_PORT + 4))
+QADM=$((BASE_PORT + 5)) QAUTH=$((BASE_PORT + 6)) QAUTH_ADM=$((BASE_PORT + 7))
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need wrk || ! need nginx || ! need haproxy; then
+  echo "installing wrk, nginx, haproxy (apt-get)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk nginx-light haproxy >/dev/null
+fi
+
+if [ -z "${QUARTET:-}" ]; then
+  echo "building quartet (release)"
+  cargo build --release -q -p quartet
+  QUARTET=${CARGO_TARGET_DIR:-target}/release/quartet
+fi
+
+WORK=$(mktemp -d)
+bg_pids=()
+cleanup() {
+  for p in "${bg_pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  nginx -p "$WORK/up" -c "$WORK/up/nginx.conf" -s stop 2>/dev/null || true
+  nginx -p "$WORK/px" -c "$WORK/px/nginx.conf" -s stop 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+mkdir -p "$WORK/up/logs" "$WORK/px/logs"
+cat > "$WORK/up/nginx.conf" <<NGINX
+worker_processes 1;
+pid $WORK/up/nginx.pid;
+error_log $WORK/up/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:$UP;
+    location / { default_type application/json; return 200 '{"version":{"id":"v3.14","status":"stable"}}'; }
+  }
+}
+NGINX
+cat > "$WORK/px/nginx.conf" <<NGINX
+worker_processes 2;
+pid $WORK/px/nginx.pid;
+error_log $WORK/px/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  upstream up { server 127.0.0.1:$UP; keepalive 128; }
+  server {
+    listen 127.0.0.1:$NGX;
+    location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+NGINX
+cat > "$WORK/haproxy.cfg" <<HAP
+global
+  nbthread 2
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+frontend fe
+  bind 127.0.0.1:$HAP
+  default_backend be
+backend be
+  http-reuse always
+  server up 127.0.0.1:$UP
+HAP
+cat > "$WORK/quartet.toml" <<TOML
+[server]
+listen = "127.0.0.1:$QRT"
+admin_listen = "127.0.0.1:$QADM"
+
+[upstreams.up]
+endpoints = ["http://127.0.0.1:$UP"]
+
+[[routes]]
+prefix = "/"
+upstream = "up"
+TOML
+cat > "$WORK/quartet-auth.toml" <<TOML
+[server]
+listen = "127.0.0.1:$QAUTH"
+admin_listen = "127.0.0.1:$QAUTH_ADM"
+
+[identity]
+mode = "embedded"
+database = "sqlite://$WORK/identity.db"
+key_repository = "$WORK/jws-keys"
+
+[upstreams.up]
+endpoints = ["http://127.0.0.1:$UP"]
+
+[[routes]]
+prefix = "/"
+upstream = "up"
+auth = "required"
+TOML
+
+nginx -p "$WORK/up" -c "$WORK/up/nginx.conf"
+nginx -p "$WORK/px" -c "$WORK/px/nginx.conf"
+haproxy -f "$WORK/haproxy.cfg" -q & bg_pids+=($!)
+HAP_PID=$!
+RUST_LOG=warn "$QUARTET" serve --config "$WORK/quartet.toml" >"$WORK/quartet.log" 2>&1 & bg_pids+=($!)
+QRT_PID=$!
+QUARTET_ADMIN_PASSWORD=bench-secret RUST_LOG=warn "$QUARTET" serve --config "$WORK/quartet-auth.toml" >"$WORK/quartet-auth.log" 2>&1 & bg_pids+=($!)
+QAUTH_PID=$!
+
+wait_port() {
+  for _ in $(seq 1 200); do
+    if curl -s -o /dev/null "http://127.0.0.1:$1/"; then return 0; fi
+    sleep 0.1
+  done
+  echo "port $1 did not answer" >&2; cat "$WORK"/quartet*.log >&2; exit 1
+}
+for p in $UP $NGX $HAP $QRT $QAUTH; do wait_port "$p"; done
+
+# A project-scoped admin token from the embedded identity, validated once by the first
+# request and then answered from the token cache.
+TOKEN=$(curl -fsS -D - -o /dev/null -H 'Content-Type: application/json' \
+  "http://127.0.0.1:$QAUTH/v3/auth/tokens" -d '{"auth":{"identity":{"methods":["password"],
+   "password":{"user":{"name":"admin","domain":{"id":"default"},"password":"bench-secret"}}},
+   "scope":{"project":{"name":"admin","domain":{"id":"default"}}}}}' |
+  awk 'tolower($1)=="x-subject-token:" {print $2}' | tr -d '\r')
+if [ -z "$TOKEN" ]; then echo "no token from the embedded identity" >&2; cat "$WORK/quartet-auth.log" >&2; exit 1; fi
+code=$(curl -sS -o /dev/null -w '%{http_code}' -H "X-Auth-Token: $TOKEN" "http://127.0.0.1:$QAUTH/")
+if [ "$code" != 200 ]; then echo "quartet-auth answered $code with the token" >&2; exit 1; fi
+code=$(curl -sS -o /dev/null -w '%{http_code}' "http://127.0.0.1:$QAUTH/")
+if [ "$code" != 401 ]; then echo "quartet-auth answered $code without a token (want 401)" >&2; exit 1; fi
+
+children() { awk -v p="$1" '$4==p {print $1}' /proc/[0-9]*/stat 2>/dev/null; }
+UP_PIDS=$(children "$(cat "$WORK/up/nginx.pid")")
+NGX_PIDS=$(children "$(cat "$WORK/px/nginx.pid")")
+
+WAYS=(direct nginx haproxy quartet quartet-auth)
+if [ -n "${ONLY:-}" ]; then read -r -a WAYS <<<"$ONLY"; fi
+declare -A PORT=([direct]=$UP [nginx]=$NGX [haproxy]=$HAP [quartet]=$QRT [quartet-auth]=$QAUTH)
+declare -A PIDS=([direct]="" [nginx]="$NGX_PIDS" [haproxy]="$HAP_PID" [quartet]="$QRT_PID" [quartet-auth]="$QAUTH_PID")
+declare -A TOKEN_OF=([direct]="" [nginx]="" [haproxy]="" [quartet]="" [quartet-auth]="$TOKEN")
