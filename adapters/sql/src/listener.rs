@@ -59,6 +59,8 @@ impl Default for SqlContext {
 pub enum SqlError {
     #[error("invalid sql listener config")]
     Config(#[from] ConfigError),
+    #[error("tls of the listener or of a backend")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -150,6 +152,8 @@ pub(crate) struct Shared {
     pub spec: ListenerSpec,
     pub users: HashMap<String, UserSecret>,
     pub backends: Arc<Backends>,
+    /// Set when the listener has `tls`: `SSLRequest` is answered `S`.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     cancels: Mutex<HashMap<(i32, i32), Arc<CancelSlot>>>,
     statements: Mutex<HashMap<Bytes, Arc<str>>>,
@@ -451,6 +455,44 @@ async fn accept_loop<F, Fut>(
     background.shutdown().await;
 }
 
+/// The listener's request-level fault, applied to each client login (PostgreSQL: once
+/// its startup packet is read; MySQL: when it connects): a delay holds the login, an
+/// abort refuses it (after the delay, if both are drawn), as a server that is starting
+/// up would. `true`: refuse this login.
+pub(crate) async fn login_fault(fault: &FaultHandle, metrics: &Metrics) -> bool {
+    let Some(spec) = fault.current() else {
+        return false;
+    };
+    let target = fault.target();
+    let count = |kind: &str| {
+        metrics
+            .faults_injected
+            .with_label_values(&[target.channel, &*target.name, kind])
+            .inc()
+    };
+    if let Some(delay) = spec.delay.filter(|_| chance(spec.delay_percent)) {
+        count("delay");
+        tokio::time::sleep(delay).await;
+    }
+    if chance(spec.abort_percent) {
+        count("abort");
+        return true;
+    }
+    false
+}
+
+/// True with probability `percent / 100` (NaN or below 0: never; 100 or above: always).
+fn chance(percent: f64) -> bool {
+    let p = percent / 100.0;
+    if p.is_nan() || p <= 0.0 {
+        false
+    } else if p >= 1.0 {
+        true
+    } else {
+        rand::random::<f64>() < p
+    }
+}
+
 /// A PostgreSQL listener, bound and not yet serving.
 pub struct PgListener {
     listener: TcpListener,
@@ -469,6 +511,12 @@ impl PgListener {
             }
             .into());
         }
+        let tls = match &spec.tls {
+            Some(t) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+                &t.cert, &t.key,
+            )?)),
+            None => None,
+        };
         let (listener, local) = bind_socket(&spec).await?;
         let target = listener_target(&spec, local);
         let fault = FaultHandle::new(
@@ -483,7 +531,7 @@ impl PgListener {
                 message: "each must be a postgres://user@host:port/database url",
             })?;
             let handle = breaker_for(&ctx, &target, &url.display());
-            list.push(Backend::with_faults(url, i, handle, Some(fault.clone())));
+            list.push(Backend::with_faults(url, i, handle, Some(fault.clone()))?);
         }
         let backends = Arc::new(Backends {
             list,
@@ -528,6 +576,7 @@ impl PgListener {
             spec,
             users,
             backends,
+            tls,
             pools: Mutex::new(HashMap::new()),
             cancels: Mutex::new(HashMap::new()),
             statements: Mutex::new(HashMap::new()),
@@ -608,6 +657,7 @@ pub struct MysqlListener {
     handle: SqlHandle,
     health_interval: Duration,
     metrics: Option<ListenerMetrics>,
+    policy_metrics: Arc<Metrics>,
 }
 
 impl MysqlListener {
@@ -639,6 +689,7 @@ impl MysqlListener {
         let backends = Arc::new(MysqlBackends::new(list, &spec));
         Ok(Self {
             listener,
+            policy_metrics: ctx.metrics.clone(),
             metrics: ctx.sql_metrics.clone().map(|metrics| ListenerMetrics {
                 listener: local.to_string(),
                 metrics,
@@ -680,6 +731,8 @@ impl MysqlListener {
                 self.health_interval,
             ));
         }
+        let fault = self.handle.fault.clone();
+        let policy_metrics = self.policy_metrics.clone();
         // ER_CON_COUNT_ERROR, as a MySQL server says it.
         let refusal = mysql::err_packet(1040, "08004", "Too many connections");
         accept_loop(
@@ -688,7 +741,14 @@ impl MysqlListener {
             background,
             refusal,
             self.metrics,
-            move |stream| mysql::handle(backends.clone(), stream),
+            move |stream| {
+                mysql::handle(
+                    backends.clone(),
+                    stream,
+                    fault.clone(),
+                    policy_metrics.clone(),
+                )
+            },
             shutdown,
             grace,
         )
