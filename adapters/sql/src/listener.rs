@@ -813,3 +813,31 @@ pub async fn serve(
     SqlListener::bind(spec, ctx).await?.run(shutdown).await;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The task of an idle client is as big as the largest state of its future: the
+    /// rare, deep paths (login, connecting) are boxed so that thousands of idle clients
+    /// stay small.
+    #[tokio::test]
+    async fn a_client_task_is_small() {
+        let mut spec = ListenerSpec::new(
+            "127.0.0.1:0".parse().unwrap(),
+            vec!["postgres://postgres@127.0.0.1:1/test".into()],
+        );
+        spec.auth = crate::config::AuthMethod::Trust;
+        let l = PgListener::bind(spec, SqlContext::default()).await.unwrap();
+        let HandleKind::Postgres(shared) = l.handle.kind.clone() else {
+            unreachable!()
+        };
+        let stream = tokio::net::TcpStream::connect(l.local_addr())
+            .await
+            .unwrap();
+        let fut = client::handle(shared, stream);
+        let size = std::mem::size_of_val(&fut);
+        eprintln!("client task future: {size} bytes, {:?}", client::sizes());
+        assert!(size <= 1024, "a client's future takes {size} bytes");
+    }
+}

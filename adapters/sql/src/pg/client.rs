@@ -143,6 +143,22 @@ struct Login {
 
 /// Entry point for one accepted connection.
 pub(crate) async fn handle(shared: Arc<Shared>, stream: TcpStream) {
+    // What an idle client's task holds is the session and the proxy loop: every rare
+    // and deep path (logging in, connecting, reporting an error, cleaning up) runs
+    // boxed, so thousands of idle clients stay small.
+    let Some(mut session) = Box::pin(open(shared.clone(), stream)).await else {
+        return;
+    };
+    if let Err(e) = session.run().await {
+        tracing::debug!(error = %e, "client session ended");
+        Box::pin(session.fatal(&e)).await;
+    }
+    Box::pin(session.close()).await;
+}
+
+/// Startup, authentication and the end of startup (with a first server connection).
+/// `None`: the client is done (a cancel request, gone, or told why it cannot go on).
+async fn open(shared: Arc<Shared>, stream: TcpStream) -> Option<Session> {
     let _ = stream.set_nodelay(true);
     let mut stream = ClientStream::Plain(stream);
     let mut buf = BytesMut::with_capacity(8192);
@@ -152,9 +168,9 @@ pub(crate) async fn handle(shared: Arc<Shared>, stream: TcpStream) {
             Ok(r) => r,
             Err(_) => Err(ClientError::LoginTimeout),
         };
-    let session = match result {
+    let (login, pool) = match result {
         Ok(Some(s)) => s,
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(e) => {
             tracing::debug!(error = %e, "client login failed");
             shared.stats.error(e.sqlstate());
@@ -165,21 +181,17 @@ pub(crate) async fn handle(shared: Arc<Shared>, stream: TcpStream) {
                     &e.client_message(),
                 ))
                 .await;
-            return;
+            return None;
         }
     };
-    let (login, pool) = session;
     let buf = if buf.is_empty() { BytesMut::new() } else { buf };
-    let mut session = Session::new(shared.clone(), pool, stream, buf);
-    let key = session.key;
+    let mut session = Session::new(shared, pool, stream, buf);
     if let Err(e) = session.start(&login).await {
         session.fatal(&e).await;
-    } else if let Err(e) = session.run().await {
-        tracing::debug!(error = %e, "client session ended");
-        session.fatal(&e).await;
+        session.close().await;
+        return None;
     }
-    session.finish().await;
-    shared.cancels().remove(&key);
+    Some(session)
 }
 
 /// Reads more bytes from the client; `Ok(false)` at end of stream.
@@ -424,6 +436,9 @@ struct Session {
     cancel_sent: bool,
     last_client: Instant,
     forget_prepared: bool,
+    /// The query or idle-in-transaction timer, made the first time one is needed and
+    /// moved after (boxed: most sessions never need one).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Extended-protocol messages were sent after the last `Sync`.
     unsynced: bool,
     out: Vec<Bytes>,
@@ -450,13 +465,15 @@ impl Session {
             cancel_sent: false,
             last_client: Instant::now(),
             forget_prepared: false,
+            timer: None,
             unsynced: false,
             out: Vec::new(),
         }
     }
 
     async fn checkout(&mut self) -> Result<(), ClientError> {
-        let lease = self.pool.get().await.map_err(|e| {
+        // Boxed: connecting is deep and rare; an idle client's task stays small.
+        let lease = Box::pin(self.pool.get()).await.map_err(|e| {
             tracing::debug!(error = %e, "no server connection for client");
             ClientError::Checkout {
                 code: e.sqlstate(),
@@ -517,9 +534,17 @@ impl Session {
     async fn run(&mut self) -> Result<(), ClientError> {
         loop {
             let deadline = self.deadline();
-            let timer = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
+            if let Some(d) = deadline {
+                match self.timer.as_mut() {
+                    Some(t) if t.deadline() == d => {}
+                    Some(t) => t.as_mut().reset(d),
+                    None => self.timer = Some(Box::pin(tokio::time::sleep_until(d))),
+                }
+            }
+            let armed = self.timer.as_mut().filter(|_| deadline.is_some());
+            let timer = async move {
+                match armed {
+                    Some(t) => t.as_mut().await,
                     None => std::future::pending().await,
                 }
             };
@@ -891,6 +916,13 @@ impl Session {
         let _ = self.client.send(&frame).await;
     }
 
+    /// The end of a session: its cancel key is forgotten and its server connection
+    /// cleaned up.
+    async fn close(mut self) {
+        self.finish().await;
+        self.shared.cancels().remove(&self.key);
+    }
+
     /// The client is gone: the server connection goes back to the pool when it can be
     /// made clean, or is closed.
     async fn finish(&mut self) {
@@ -988,4 +1020,22 @@ async fn write_chunks<S: tokio::io::AsyncWrite + Unpin>(
         stream.write_all(c).await?;
     }
     stream.flush().await
+}
+
+#[cfg(test)]
+pub(crate) fn sizes() -> Vec<(&'static str, usize)> {
+    fn ret<A, R>(_: fn(A) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+    type S = &'static mut Session;
+    vec![
+        ("session", std::mem::size_of::<Session>()),
+        ("run", ret::<S, _>(Session::run)),
+        ("forward_client", ret::<S, _>(Session::forward_client)),
+        ("forward_server", ret::<S, _>(Session::forward_server)),
+        ("on_timer", ret::<S, _>(Session::on_timer)),
+        ("answer_prepare", ret::<S, _>(Session::answer_prepare)),
+        ("checkout", ret::<S, _>(Session::checkout)),
+        ("sleep", std::mem::size_of::<tokio::time::Sleep>()),
+    ]
 }
