@@ -548,10 +548,10 @@ impl PgListener {
             .collect();
         let clients = Arc::new(Semaphore::new(spec.max_clients));
         let max_clients = spec.max_clients;
-        let listener_metrics = ctx.sql_metrics.clone().map(|metrics| ListenerMetrics {
-            listener: local.to_string(),
-            metrics,
-        });
+        let listener_metrics = ctx
+            .sql_metrics
+            .clone()
+            .map(|metrics| ListenerMetrics::new(local.to_string(), metrics));
         backends_metrics(&backends, listener_metrics.clone());
         let auth_pools = backends
             .list
@@ -629,8 +629,16 @@ impl PgListener {
             loop {
                 tick.tick().await;
                 let pools: Vec<Arc<Pool>> = maint.pools().values().cloned().collect();
+                let (mut active, mut idle, mut waiting) = (0, 0, 0);
                 for p in pools {
                     p.maintain().await;
+                    let st = p.state();
+                    active += st.servers_active;
+                    idle += st.servers_idle;
+                    waiting += st.clients_waiting;
+                }
+                if let Some(m) = &maint.metrics {
+                    m.pools(active, idle, waiting);
                 }
             }
         });
@@ -690,10 +698,10 @@ impl MysqlListener {
         Ok(Self {
             listener,
             policy_metrics: ctx.metrics.clone(),
-            metrics: ctx.sql_metrics.clone().map(|metrics| ListenerMetrics {
-                listener: local.to_string(),
-                metrics,
-            }),
+            metrics: ctx
+                .sql_metrics
+                .clone()
+                .map(|metrics| ListenerMetrics::new(local.to_string(), metrics)),
             health_interval: spec.health_interval,
             handle: SqlHandle {
                 kind: HandleKind::Mysql(backends),
