@@ -399,6 +399,7 @@ async fn accept_loop<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut tasks = JoinSet::new();
+    let clients_gauge = metrics.map(|m| m.clients());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -415,14 +416,14 @@ async fn accept_loop<F, Fut>(
                 match clients.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let fut = serve_client(stream);
-                        let metrics = metrics.clone();
+                        let gauge = clients_gauge.clone();
                         tasks.spawn(async move {
-                            if let Some(m) = &metrics {
-                                m.clients(1);
+                            if let Some(g) = &gauge {
+                                g.inc();
                             }
                             fut.await;
-                            if let Some(m) = &metrics {
-                                m.clients(-1);
+                            if let Some(g) = &gauge {
+                                g.dec();
                             }
                             drop(permit);
                         });

@@ -119,8 +119,9 @@ impl ListenerMetrics {
             metrics,
         }
     }
-    pub fn clients(&self, delta: i64) {
-        self.clients.add(delta);
+    /// The `quartet_sql_clients` gauge of this listener.
+    pub fn clients(&self) -> IntGauge {
+        self.clients.clone()
     }
     pub fn connect(&self, ok: bool) {
         let outcome = if ok { "success" } else { "failure" };

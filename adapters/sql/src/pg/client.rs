@@ -161,7 +161,8 @@ pub(crate) async fn handle(shared: Arc<Shared>, stream: TcpStream) {
 async fn open(shared: Arc<Shared>, stream: TcpStream) -> Option<Session> {
     let _ = stream.set_nodelay(true);
     let mut stream = ClientStream::Plain(stream);
-    let mut buf = BytesMut::with_capacity(8192);
+    // Startup and password messages are small: a small buffer, grown when needed.
+    let mut buf = BytesMut::with_capacity(1024);
     let login_timeout = shared.spec.client_login_timeout;
     let result =
         match tokio::time::timeout(login_timeout, login(&shared, &mut stream, &mut buf)).await {
@@ -196,8 +197,8 @@ async fn open(shared: Arc<Shared>, stream: TcpStream) -> Option<Session> {
 
 /// Reads more bytes from the client; `Ok(false)` at end of stream.
 async fn fill(stream: &mut ClientStream, buf: &mut BytesMut) -> std::io::Result<bool> {
-    if buf.capacity() - buf.len() < 4096 {
-        buf.reserve(8192);
+    if buf.capacity() - buf.len() < 512 {
+        buf.reserve(buf.capacity().max(1024));
     }
     Ok(stream.read_buf(buf).await? > 0)
 }
