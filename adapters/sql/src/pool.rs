@@ -52,13 +52,18 @@ impl CheckoutError {
     }
 }
 
+/// Idle server connections, boxed: each was boxed once when connected and moves between
+/// the pool and the clients' leases as a pointer (a lease in a session stays small).
+#[allow(clippy::vec_box)]
+type Idle = Vec<Box<ServerConn>>;
+
 pub struct Pool {
     pub key: PoolKey,
     login: Login,
     limits: PoolLimits,
     backends: Arc<Backends>,
     permits: Arc<Semaphore>,
-    idle: Mutex<Vec<Box<ServerConn>>>,
+    idle: Mutex<Idle>,
     waiting: AtomicUsize,
     max_wait_us: AtomicUsize,
     metrics: Option<ListenerMetrics>,
@@ -105,7 +110,7 @@ impl Pool {
         }
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Box<ServerConn>>> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Idle> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
