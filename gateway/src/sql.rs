@@ -97,6 +97,16 @@ pub fn validate(sql: &SqlSpec, policies: &BTreeMap<String, PolicySpec>) -> Resul
             path: path.clone().dotted(e.key),
             message: e.message.to_string(),
         })?;
+        if let Some(tls) = &l.tls {
+            for (key, file) in [("cert", &tls.cert), ("key", &tls.key)] {
+                if !file.is_file() {
+                    return Err(Invalid {
+                        path: path.clone().key("tls").key(key),
+                        message: format!("no such file: {}", file.display()),
+                    });
+                }
+            }
+        }
         if let Some(p) = &l.policy {
             if !policies.contains_key(p) {
                 return Err(Invalid {
@@ -138,7 +148,7 @@ pub struct SqlBindError {
 impl SqlBindError {
     /// Whether the config is to blame (as opposed to the address being taken).
     pub fn is_config(&self) -> bool {
-        matches!(self.source, SqlError::Config(_))
+        matches!(self.source, SqlError::Config(_) | SqlError::Tls(_))
     }
 }
 

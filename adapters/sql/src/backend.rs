@@ -8,6 +8,7 @@
 
 use crate::config::Role;
 use crate::pg::server::{ConnectError, Login, ServerConn};
+use crate::tls::{ServerTls, SslMode, TlsError};
 use futures_util::future::BoxFuture;
 use quartet_policies::breaker::{BreakerHandle, BreakerState, CircuitBreaker, CircuitBreakerLayer};
 use quartet_policies::classify::{classify_policy_error, Class, Classify};
@@ -15,6 +16,7 @@ use quartet_policies::fault::FaultHandle;
 use quartet_policies::retry::Backoff;
 use quartet_policies::BoxError;
 use serde::Serialize;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -28,6 +30,11 @@ pub struct BackendUrl {
     pub user: Option<String>,
     pub password: Option<String>,
     pub database: Option<String>,
+    /// `?sslmode=`: TLS toward this server (see [`crate::tls`]); `disable` when absent.
+    pub sslmode: SslMode,
+    /// `?sslrootcert=PATH`: the root certificates `verify-ca` and `verify-full` check
+    /// the server's chain against.
+    pub sslrootcert: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -50,7 +57,23 @@ impl BackendUrl {
             .iter()
             .find_map(|s| url.strip_prefix(s))
             .ok_or(UrlError)?;
-        let rest = rest.split('?').next().unwrap_or(rest);
+        let (rest, query) = match rest.split_once('?') {
+            Some((r, q)) => (r, Some(q)),
+            None => (rest, None),
+        };
+        let mut sslmode = SslMode::Disable;
+        let mut sslrootcert = None;
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            match pair.split_once('=') {
+                Some(("sslmode", v)) => sslmode = SslMode::parse(v).ok_or(UrlError)?,
+                Some(("sslrootcert", v)) if !v.is_empty() => sslrootcert = Some(PathBuf::from(v)),
+                // Other libpq parameters mean nothing to Quartet's server connections.
+                _ => {}
+            }
+        }
+        if sslmode.verifies() && sslrootcert.is_none() {
+            return Err(UrlError);
+        }
         let (authority, database) = match rest.split_once('/') {
             Some((a, d)) => (a, (!d.is_empty()).then(|| d.to_string())),
             None => (rest, None),
@@ -82,6 +105,8 @@ impl BackendUrl {
             user: user.filter(|u| !u.is_empty()),
             password,
             database,
+            sslmode,
+            sslrootcert,
         })
     }
 
@@ -131,25 +156,28 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn new(url: BackendUrl, index: usize, handle: BreakerHandle) -> Self {
+    /// A backend without faults; TLS toward it as its URL's `sslmode` says.
+    pub fn new(url: BackendUrl, index: usize, handle: BreakerHandle) -> Result<Self, TlsError> {
         Self::with_faults(url, index, handle, None)
     }
 
     /// A backend whose server connections carry the connection-level faults (toxics)
-    /// of `fault`.
+    /// of `fault`, and TLS as its URL's `sslmode` says (the root certificate of
+    /// `verify-ca`/`verify-full` is read now).
     pub fn with_faults(
         url: BackendUrl,
         index: usize,
         handle: BreakerHandle,
         fault: Option<FaultHandle>,
-    ) -> Self {
+    ) -> Result<Self, TlsError> {
         let endpoint = url.display();
         let service = ConnectService {
+            tls: ServerTls::for_url(&url)?.map(Arc::new),
             url: Arc::new(url.clone()),
             index,
             fault,
         };
-        Self {
+        Ok(Self {
             breaker: CircuitBreakerLayer::new(handle.clone(), ConnectClassify).layer(service),
             url,
             endpoint,
@@ -158,7 +186,7 @@ impl Backend {
                 role: BackendRole::Unknown,
                 healthy: None,
             }),
-        }
+        })
     }
 
     pub(crate) fn health(&self) -> Health {
@@ -196,6 +224,7 @@ pub struct ConnectService {
     index: usize,
     /// The listener's fault handle: its toxics apply to the server connections.
     fault: Option<FaultHandle>,
+    tls: Option<Arc<ServerTls>>,
 }
 
 /// What [`ConnectService`] is asked for.
@@ -218,15 +247,24 @@ impl Service<ConnectRequest> for ConnectService {
         let url = self.url.clone();
         let index = self.index;
         let fault = self.fault.clone();
+        let tls = self.tls.clone();
         let mut login = req.login;
         if let Some(user) = &url.user {
             login.user = user.clone();
             login.password = url.password.clone();
         }
         Box::pin(async move {
-            ServerConn::connect_with_faults(&url.host, url.port, &login, req.timeout, index, fault)
-                .await
-                .map_err(BoxError::from)
+            ServerConn::connect_with(
+                &url.host,
+                url.port,
+                &login,
+                req.timeout,
+                index,
+                fault,
+                tls.as_deref(),
+            )
+            .await
+            .map_err(BoxError::from)
         })
     }
 }
@@ -289,6 +327,13 @@ impl BackendError {
     pub fn client_message(&self) -> String {
         match self {
             BackendError::Refused(ConnectError::Server { fields }) => fields.message.clone(),
+            BackendError::Refused(ConnectError::Tls { .. }) => {
+                "tls with the server failed (its certificate was not accepted, or the handshake broke)"
+                    .to_string()
+            }
+            BackendError::Refused(ConnectError::TlsRefused { .. }) => {
+                "the server does not accept tls and the backend url requires it".to_string()
+            }
             other => other.to_string(),
         }
     }
@@ -484,7 +529,7 @@ mod tests {
                     BreakerSpec::default(),
                     metrics.clone(),
                 );
-                Backend::new(url, i, handle)
+                Backend::new(url, i, handle).unwrap()
             })
             .collect();
         Backends {

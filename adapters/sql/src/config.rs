@@ -61,6 +61,14 @@ pub struct UserSpec {
     pub password: String,
 }
 
+/// `tls = { cert, key }` of a listener: PEM files of the certificate chain and its key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSpec {
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
+}
+
 /// One `[[sql.listeners]]` entry.
 ///
 /// Server connections log in with the user and password of the backend URL (the
@@ -141,6 +149,10 @@ pub struct ListenerSpec {
     /// The named policy whose breaker applies to this listener's backends.
     #[serde(default)]
     pub policy: Option<String>,
+    /// TLS for clients: `SSLRequest` is answered `S` and the handshake follows (absent:
+    /// `N`). PostgreSQL listeners only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
 }
 
 fn d_protocol() -> Protocol {
@@ -221,6 +233,7 @@ impl ListenerSpec {
             client_login_timeout: d_client_login_timeout(),
             health_interval: d_health_interval(),
             policy: None,
+            tls: None,
         }
     }
 
@@ -235,6 +248,12 @@ impl ListenerSpec {
         }
         if self.pool_mode != PoolMode::Session {
             return err("pool_mode", "mysql listeners support \"session\" only");
+        }
+        if self.tls.is_some() {
+            return err(
+                "tls",
+                "mysql listeners pass TLS through to the backend; leave tls out",
+            );
         }
         if !self.users.is_empty() || self.auth_query.is_some() {
             return err(
@@ -285,7 +304,7 @@ impl ListenerSpec {
             if crate::backend::BackendUrl::parse(b).is_err() {
                 return err(
                     "backends",
-                    "each must be a postgres://user@host:port/database url",
+                    "each must be a postgres://user@host:port/database url (sslmode one of disable, allow, prefer, require, verify-ca, verify-full; verify-ca and verify-full need sslrootcert)",
                 );
             }
         }

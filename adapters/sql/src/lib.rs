@@ -9,6 +9,7 @@
 //!   through a circuit breaker per backend with retries;
 //! - [`listener`]: one `[[sql.listeners]]` entry bound and served ([`PgListener`], [`serve`]);
 //! - [`mysql`]: MariaDB/MySQL connections proxied to the current writer;
+//! - [`tls`]: TLS toward clients (`tls = { cert, key }`) and servers (`sslmode`);
 //! - [`metrics`]: the channel's Prometheus metrics;
 //! - [`config`]: the config types and their validation.
 
@@ -19,8 +20,9 @@ pub mod metrics;
 pub mod mysql;
 pub mod pg;
 pub mod pool;
+pub mod tls;
 
-pub use config::{AuthMethod, ListenerSpec, PoolMode, Role, SqlSpec, UserSpec};
+pub use config::{AuthMethod, ListenerSpec, PoolMode, Role, SqlSpec, TlsSpec, UserSpec};
 pub use listener::{
     serve, ListenerState, MysqlListener, PgListener, SqlContext, SqlError, SqlHandle, SqlListener,
 };

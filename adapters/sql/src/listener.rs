@@ -59,6 +59,8 @@ impl Default for SqlContext {
 pub enum SqlError {
     #[error("invalid sql listener config")]
     Config(#[from] ConfigError),
+    #[error("tls of the listener or of a backend")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -150,6 +152,8 @@ pub(crate) struct Shared {
     pub spec: ListenerSpec,
     pub users: HashMap<String, UserSecret>,
     pub backends: Arc<Backends>,
+    /// Set when the listener has `tls`: `SSLRequest` is answered `S`.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     cancels: Mutex<HashMap<(i32, i32), Arc<CancelSlot>>>,
     statements: Mutex<HashMap<Bytes, Arc<str>>>,
@@ -395,6 +399,7 @@ async fn accept_loop<F, Fut>(
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut tasks = JoinSet::new();
+    let clients_gauge = metrics.map(|m| m.clients());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -411,14 +416,14 @@ async fn accept_loop<F, Fut>(
                 match clients.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let fut = serve_client(stream);
-                        let metrics = metrics.clone();
+                        let gauge = clients_gauge.clone();
                         tasks.spawn(async move {
-                            if let Some(m) = &metrics {
-                                m.clients(1);
+                            if let Some(g) = &gauge {
+                                g.inc();
                             }
                             fut.await;
-                            if let Some(m) = &metrics {
-                                m.clients(-1);
+                            if let Some(g) = &gauge {
+                                g.dec();
                             }
                             drop(permit);
                         });
@@ -451,6 +456,44 @@ async fn accept_loop<F, Fut>(
     background.shutdown().await;
 }
 
+/// The listener's request-level fault, applied to each client login (PostgreSQL: once
+/// its startup packet is read; MySQL: when it connects): a delay holds the login, an
+/// abort refuses it (after the delay, if both are drawn), as a server that is starting
+/// up would. `true`: refuse this login.
+pub(crate) async fn login_fault(fault: &FaultHandle, metrics: &Metrics) -> bool {
+    let Some(spec) = fault.current() else {
+        return false;
+    };
+    let target = fault.target();
+    let count = |kind: &str| {
+        metrics
+            .faults_injected
+            .with_label_values(&[target.channel, &*target.name, kind])
+            .inc()
+    };
+    if let Some(delay) = spec.delay.filter(|_| chance(spec.delay_percent)) {
+        count("delay");
+        tokio::time::sleep(delay).await;
+    }
+    if chance(spec.abort_percent) {
+        count("abort");
+        return true;
+    }
+    false
+}
+
+/// True with probability `percent / 100` (NaN or below 0: never; 100 or above: always).
+fn chance(percent: f64) -> bool {
+    let p = percent / 100.0;
+    if p.is_nan() || p <= 0.0 {
+        false
+    } else if p >= 1.0 {
+        true
+    } else {
+        rand::random::<f64>() < p
+    }
+}
+
 /// A PostgreSQL listener, bound and not yet serving.
 pub struct PgListener {
     listener: TcpListener,
@@ -469,6 +512,12 @@ impl PgListener {
             }
             .into());
         }
+        let tls = match &spec.tls {
+            Some(t) => Some(tokio_rustls::TlsAcceptor::from(crate::tls::server_config(
+                &t.cert, &t.key,
+            )?)),
+            None => None,
+        };
         let (listener, local) = bind_socket(&spec).await?;
         let target = listener_target(&spec, local);
         let fault = FaultHandle::new(
@@ -483,7 +532,7 @@ impl PgListener {
                 message: "each must be a postgres://user@host:port/database url",
             })?;
             let handle = breaker_for(&ctx, &target, &url.display());
-            list.push(Backend::with_faults(url, i, handle, Some(fault.clone())));
+            list.push(Backend::with_faults(url, i, handle, Some(fault.clone()))?);
         }
         let backends = Arc::new(Backends {
             list,
@@ -500,10 +549,10 @@ impl PgListener {
             .collect();
         let clients = Arc::new(Semaphore::new(spec.max_clients));
         let max_clients = spec.max_clients;
-        let listener_metrics = ctx.sql_metrics.clone().map(|metrics| ListenerMetrics {
-            listener: local.to_string(),
-            metrics,
-        });
+        let listener_metrics = ctx
+            .sql_metrics
+            .clone()
+            .map(|metrics| ListenerMetrics::new(local.to_string(), metrics));
         backends_metrics(&backends, listener_metrics.clone());
         let auth_pools = backends
             .list
@@ -528,6 +577,7 @@ impl PgListener {
             spec,
             users,
             backends,
+            tls,
             pools: Mutex::new(HashMap::new()),
             cancels: Mutex::new(HashMap::new()),
             statements: Mutex::new(HashMap::new()),
@@ -580,8 +630,16 @@ impl PgListener {
             loop {
                 tick.tick().await;
                 let pools: Vec<Arc<Pool>> = maint.pools().values().cloned().collect();
+                let (mut active, mut idle, mut waiting) = (0, 0, 0);
                 for p in pools {
                     p.maintain().await;
+                    let st = p.state();
+                    active += st.servers_active;
+                    idle += st.servers_idle;
+                    waiting += st.clients_waiting;
+                }
+                if let Some(m) = &maint.metrics {
+                    m.pools(active, idle, waiting);
                 }
             }
         });
@@ -608,6 +666,7 @@ pub struct MysqlListener {
     handle: SqlHandle,
     health_interval: Duration,
     metrics: Option<ListenerMetrics>,
+    policy_metrics: Arc<Metrics>,
 }
 
 impl MysqlListener {
@@ -639,10 +698,11 @@ impl MysqlListener {
         let backends = Arc::new(MysqlBackends::new(list, &spec));
         Ok(Self {
             listener,
-            metrics: ctx.sql_metrics.clone().map(|metrics| ListenerMetrics {
-                listener: local.to_string(),
-                metrics,
-            }),
+            policy_metrics: ctx.metrics.clone(),
+            metrics: ctx
+                .sql_metrics
+                .clone()
+                .map(|metrics| ListenerMetrics::new(local.to_string(), metrics)),
             health_interval: spec.health_interval,
             handle: SqlHandle {
                 kind: HandleKind::Mysql(backends),
@@ -680,6 +740,8 @@ impl MysqlListener {
                 self.health_interval,
             ));
         }
+        let fault = self.handle.fault.clone();
+        let policy_metrics = self.policy_metrics.clone();
         // ER_CON_COUNT_ERROR, as a MySQL server says it.
         let refusal = mysql::err_packet(1040, "08004", "Too many connections");
         accept_loop(
@@ -688,7 +750,14 @@ impl MysqlListener {
             background,
             refusal,
             self.metrics,
-            move |stream| mysql::handle(backends.clone(), stream),
+            move |stream| {
+                mysql::handle(
+                    backends.clone(),
+                    stream,
+                    fault.clone(),
+                    policy_metrics.clone(),
+                )
+            },
             shutdown,
             grace,
         )
@@ -752,4 +821,32 @@ pub async fn serve(
 ) -> Result<(), SqlError> {
     SqlListener::bind(spec, ctx).await?.run(shutdown).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The task of an idle client is as big as the largest state of its future: the
+    /// rare, deep paths (login, connecting) are boxed so that thousands of idle clients
+    /// stay small.
+    #[tokio::test]
+    async fn a_client_task_is_small() {
+        let mut spec = ListenerSpec::new(
+            "127.0.0.1:0".parse().unwrap(),
+            vec!["postgres://postgres@127.0.0.1:1/test".into()],
+        );
+        spec.auth = crate::config::AuthMethod::Trust;
+        let l = PgListener::bind(spec, SqlContext::default()).await.unwrap();
+        let HandleKind::Postgres(shared) = l.handle.kind.clone() else {
+            unreachable!()
+        };
+        let stream = tokio::net::TcpStream::connect(l.local_addr())
+            .await
+            .unwrap();
+        let fut = client::handle(shared, stream);
+        let size = std::mem::size_of_val(&fut);
+        eprintln!("client task future: {size} bytes, {:?}", client::sizes());
+        assert!(size <= 1024, "a client's future takes {size} bytes");
+    }
 }

@@ -2,7 +2,10 @@
 //! registry and hands it to every SQL listener through [`crate::SqlContext`]; each
 //! listener labels them with its address.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
 use std::sync::Arc;
 
 pub struct SqlMetrics {
@@ -19,6 +22,12 @@ pub struct SqlMetrics {
     pub transactions: IntCounterVec,
     /// `quartet_sql_errors_total{listener,class}`: errors sent to clients by SQLSTATE class.
     pub errors: IntCounterVec,
+    /// `quartet_sql_server_connections{listener,state}`: server connections `active`
+    /// (lent to a client) and `idle` (in a pool), sampled every `health_interval`.
+    pub servers: IntGaugeVec,
+    /// `quartet_sql_clients_waiting{listener}`: clients waiting for a server connection
+    /// from a full pool, sampled every `health_interval`.
+    pub waiting: IntGaugeVec,
 }
 
 impl SqlMetrics {
@@ -44,7 +53,22 @@ impl SqlMetrics {
             &["listener"],
         )?;
         registry.register(Box::new(wait.clone()))?;
+        let gauge = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok::<_, prometheus::Error>(g)
+        };
         Ok(Arc::new(Self {
+            servers: gauge(
+                "quartet_sql_server_connections",
+                "SQL server connections by state (active: lent to a client; idle: pooled).",
+                &["listener", "state"],
+            )?,
+            waiting: gauge(
+                "quartet_sql_clients_waiting",
+                "SQL clients waiting for a server connection from a full pool.",
+                &["listener"],
+            )?,
             clients,
             server_connects: counter(
                 "quartet_sql_server_connects_total",
@@ -71,19 +95,33 @@ impl SqlMetrics {
     }
 }
 
-/// The metrics of one listener, labels applied.
+/// The metrics of one listener, labels applied once (the hot path counts without a
+/// label lookup).
 #[derive(Clone)]
 pub(crate) struct ListenerMetrics {
     pub listener: String,
     pub metrics: Arc<SqlMetrics>,
+    clients: IntGauge,
+    wait: Histogram,
+    queries: IntCounter,
+    transactions: IntCounter,
 }
 
 impl ListenerMetrics {
-    pub fn clients(&self, delta: i64) {
-        self.metrics
-            .clients
-            .with_label_values(&[&self.listener])
-            .add(delta);
+    pub fn new(listener: String, metrics: Arc<SqlMetrics>) -> Self {
+        let l = [listener.as_str()];
+        Self {
+            clients: metrics.clients.with_label_values(&l),
+            wait: metrics.wait.with_label_values(&l),
+            queries: metrics.queries.with_label_values(&l),
+            transactions: metrics.transactions.with_label_values(&l),
+            listener,
+            metrics,
+        }
+    }
+    /// The `quartet_sql_clients` gauge of this listener.
+    pub fn clients(&self) -> IntGauge {
+        self.clients.clone()
     }
     pub fn connect(&self, ok: bool) {
         let outcome = if ok { "success" } else { "failure" };
@@ -93,27 +131,32 @@ impl ListenerMetrics {
             .inc();
     }
     pub fn wait(&self, seconds: f64) {
-        self.metrics
-            .wait
-            .with_label_values(&[&self.listener])
-            .observe(seconds);
+        self.wait.observe(seconds);
     }
     pub fn query(&self) {
-        self.metrics
-            .queries
-            .with_label_values(&[&self.listener])
-            .inc();
+        self.queries.inc();
     }
     pub fn transaction(&self) {
-        self.metrics
-            .transactions
-            .with_label_values(&[&self.listener])
-            .inc();
+        self.transactions.inc();
     }
     pub fn error(&self, class: &str) {
         self.metrics
             .errors
             .with_label_values(&[&self.listener, class])
             .inc();
+    }
+    /// Sets the sampled gauges: server connections active and idle, clients waiting.
+    pub fn pools(&self, active: usize, idle: usize, waiting: usize) {
+        let servers = &self.metrics.servers;
+        servers
+            .with_label_values(&[&self.listener, "active"])
+            .set(active as i64);
+        servers
+            .with_label_values(&[&self.listener, "idle"])
+            .set(idle as i64);
+        self.metrics
+            .waiting
+            .with_label_values(&[&self.listener])
+            .set(waiting as i64);
     }
 }

@@ -14,6 +14,9 @@ use crate::config::ListenerSpec;
 use futures_util::future::BoxFuture;
 use quartet_policies::breaker::{BreakerHandle, CircuitBreaker, CircuitBreakerLayer};
 use quartet_policies::classify::{classify_policy_error, Class, Classify};
+use quartet_policies::fault::toxic::relay;
+use quartet_policies::fault::FaultHandle;
+use quartet_policies::metrics::Metrics;
 use quartet_policies::retry::Backoff;
 use quartet_policies::BoxError;
 use std::sync::{Arc, Mutex};
@@ -354,9 +357,26 @@ pub fn err_packet(code: u16, sqlstate: &str, message: &str) -> Vec<u8> {
 const ER_SERVER_SHUTDOWN: u16 = 1053;
 
 /// Proxies one client to the writer until either side closes or the writer changes.
-pub(crate) async fn handle(backends: Arc<MysqlBackends>, mut client: TcpStream) {
+/// The listener's fault applies: an abort refuses the client with an `ERR` packet, a
+/// delay holds it before connecting, and the toxics act on the server side of the
+/// relay ([`relay`], the one code path of connection-level faults).
+pub(crate) async fn handle(
+    backends: Arc<MysqlBackends>,
+    mut client: TcpStream,
+    fault: FaultHandle,
+    metrics: Arc<Metrics>,
+) {
     let _ = client.set_nodelay(true);
-    let (index, mut server) = match backends.connect().await {
+    if crate::listener::login_fault(&fault, &metrics).await {
+        let packet = err_packet(
+            ER_SERVER_SHUTDOWN,
+            "08S01",
+            "the server is not accepting connections (fault injected)",
+        );
+        let _ = client.write_all(&packet).await;
+        return;
+    }
+    let (index, server) = match backends.connect().await {
         Ok(x) => x,
         Err(e) => {
             tracing::debug!(error = %e, "no mysql writer for client");
@@ -377,9 +397,20 @@ pub(crate) async fn handle(backends: Arc<MysqlBackends>, mut client: TcpStream) 
             }
         }
     };
-    tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-        _ = moved => tracing::debug!("writer moved: closing a client of the old writer"),
+    let ended = tokio::select! {
+        r = relay(&mut client, server, fault) => Some(r),
+        _ = moved => None,
+    };
+    match ended {
+        None => tracing::debug!("writer moved: closing a client of the old writer"),
+        Some(Err(e)) => {
+            tracing::debug!(error = %e, "mysql session ended");
+            // A reset fault reaches the client as a reset, not as a clean close.
+            if e.kind() == std::io::ErrorKind::ConnectionReset {
+                let _ = client.set_zero_linger();
+            }
+        }
+        Some(Ok(_)) => {}
     }
 }
 

@@ -52,13 +52,18 @@ impl CheckoutError {
     }
 }
 
+/// Idle server connections, boxed: each was boxed once when connected and moves between
+/// the pool and the clients' leases as a pointer (a lease in a session stays small).
+#[allow(clippy::vec_box)]
+type Idle = Vec<Box<ServerConn>>;
+
 pub struct Pool {
     pub key: PoolKey,
     login: Login,
     limits: PoolLimits,
     backends: Arc<Backends>,
     permits: Arc<Semaphore>,
-    idle: Mutex<Vec<ServerConn>>,
+    idle: Mutex<Idle>,
     waiting: AtomicUsize,
     max_wait_us: AtomicUsize,
     metrics: Option<ListenerMetrics>,
@@ -67,7 +72,9 @@ pub struct Pool {
 /// A server connection lent to a client. Dropped without [`Pool::put`], the connection
 /// closes and its permit frees.
 pub struct Lease {
-    pub conn: ServerConn,
+    /// Boxed once when connected, so a lease moves between the pool and the clients as
+    /// a pointer and an idle client's task stays small.
+    pub conn: Box<ServerConn>,
     permit: OwnedSemaphorePermit,
 }
 
@@ -103,7 +110,7 @@ impl Pool {
         }
     }
 
-    fn idle(&self) -> std::sync::MutexGuard<'_, Vec<ServerConn>> {
+    fn idle(&self) -> std::sync::MutexGuard<'_, Idle> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -152,7 +159,7 @@ impl Pool {
                 None => break,
             }
         }
-        let conn = self.backends.connect(&self.login).await?;
+        let conn = Box::new(self.backends.connect(&self.login).await?);
         Ok(Lease { conn, permit })
     }
 
@@ -183,7 +190,10 @@ impl Pool {
                 return;
             }
             match self.backends.connect(&self.login).await {
-                Ok(conn) => self.put(Lease { conn, permit }),
+                Ok(conn) => self.put(Lease {
+                    conn: Box::new(conn),
+                    permit,
+                }),
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot open min_idle server connection");
                     return;

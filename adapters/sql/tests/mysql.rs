@@ -156,3 +156,71 @@ async fn postgres_listener_refuses_a_mysql_spec() {
     let s = spec(vec![MARIADB_URL.into()]);
     assert!(PgListener::bind(s, SqlContext::default()).await.is_err());
 }
+
+/// The listener's fault on a MySQL listener: an abort refuses logins with an ERR packet,
+/// and the connection-level toxics act on the relay to MariaDB (the same `Toxic` as the
+/// PostgreSQL side): latency lets queries through, a reset ends an open session.
+#[tokio::test]
+async fn faults_abort_logins_and_toxics_act_on_mysql_sessions() {
+    use quartet_policies::spec::FaultSpec;
+    mariadb_up().await;
+    let mut s = spec(vec![MARIADB_URL.into()]);
+    s.name = Some("my".into());
+    let ctx = SqlContext::default();
+    let metrics = ctx.metrics.clone();
+    let l = SqlListener::bind(s, ctx).await.expect("bind");
+    let addr = l.local_addr();
+    let fault = l.handle().fault();
+    let (stop, rx) = oneshot::channel::<()>();
+    tokio::spawn(l.run(async {
+        let _ = rx.await;
+    }));
+    let injected = |kind: &str| {
+        metrics
+            .faults_injected
+            .with_label_values(&["sql", "my", kind])
+            .get()
+    };
+    let set = |toml_text: &str| {
+        let spec: FaultSpec = toml::from_str(toml_text).expect("fault spec");
+        fault.set(Some(spec));
+    };
+
+    set("abort_percent = 100.0");
+    let err = tokio::time::timeout(BOUND, sqlx_conn(addr))
+        .await
+        .expect("an answer, not a hang")
+        .map(drop)
+        .expect_err("login refused by the fault");
+    let db = err.as_database_error().expect("an ERR packet");
+    assert_eq!(db.code().as_deref(), Some("08S01"), "{err}");
+    assert!(injected("abort") >= 1);
+
+    set("[[connection]]\nkind = \"latency\"\nlatency = \"20ms\"");
+    let mut c = sqlx_conn(addr).await.expect("login with latency");
+    let v: i64 = sqlx::query_scalar("select 42")
+        .fetch_one(&mut c)
+        .await
+        .expect("a query with latency");
+    assert_eq!(v, 42);
+    assert!(injected("latency") >= 1);
+
+    set("[[connection]]\nkind = \"reset\"");
+    let r = tokio::time::timeout(
+        BOUND,
+        sqlx::query_scalar::<_, i64>("select 1").fetch_one(&mut c),
+    )
+    .await
+    .expect("an answer, not a hang");
+    assert!(r.is_err(), "a reset session still answered");
+    assert!(injected("reset") >= 1);
+
+    fault.set(None);
+    let mut c = sqlx_conn(addr).await.expect("login after the fault");
+    let v: i64 = sqlx::query_scalar("select 7")
+        .fetch_one(&mut c)
+        .await
+        .expect("query after the fault");
+    assert_eq!(v, 7);
+    let _ = stop.send(());
+}

@@ -157,3 +157,20 @@ async fn psql_through_quartet_in_both_modes() {
         proxy.stop().await;
     }
 }
+
+/// Session mode: each pgbench client holds its own server connection (reset with
+/// `DISCARD ALL` when it leaves), every protocol mode, no failed transaction.
+#[tokio::test]
+async fn pgbench_in_session_mode() {
+    prepare_db().await;
+    let proxy = Proxy::start(spec(PoolMode::Session, 8)).await;
+    for mode in ["simple", "extended", "prepared"] {
+        let out = run(&mut bench_through(proxy.addr.port(), mode)).await;
+        assert_eq!(failed_transactions(&out), Some(0), "pgbench -M {mode}");
+        eprintln!("pgbench -M {mode} through quartet (session): {}", tps(&out));
+    }
+    let state = proxy.handle.state();
+    assert!(state.pools[0].servers_idle <= 8, "{:?}", state.pools);
+    assert!(state.stats.transactions > 0, "{:?}", state.stats);
+    proxy.stop().await;
+}

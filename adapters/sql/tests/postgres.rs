@@ -822,6 +822,23 @@ async fn prometheus_metrics_count_clients_queries_and_errors() {
         )),
         "{text}"
     );
+    // Server connections by state, sampled every health_interval: the one server
+    // connection is back in the pool (transaction mode, client idle).
+    let idle_line =
+        format!("quartet_sql_server_connections{{listener=\"{listener}\",state=\"idle\"}} 1");
+    wait_for(BOUND, "the sampled server connection gauges", || {
+        let mut text = Vec::new();
+        prometheus::TextEncoder::new()
+            .encode(&registry.gather(), &mut text)
+            .unwrap();
+        let text = String::from_utf8(text).unwrap();
+        let ok = text.lines().any(|l| l == idle_line)
+            && text.contains(&format!(
+                "quartet_sql_clients_waiting{{listener=\"{listener}\"}} 0"
+            ));
+        async move { ok }
+    })
+    .await;
     proxy.stop().await;
 }
 

@@ -16,17 +16,19 @@
 
 use super::auth::{md5_check, md5_stored, ScramSecret, ScramServer, MECHANISM};
 use super::codec::{self, Frame, ProtocolError, Severity, StartupFrame};
-use super::server::{send_cancel, ServerConn, SERVER_MAX_MESSAGE};
+use super::server::{forward_io, send_cancel, ServerConn, SERVER_MAX_MESSAGE};
 use crate::config::{AuthMethod, PoolMode};
 use crate::listener::Shared;
 use crate::pool::{Lease, Pool};
 use bytes::{Bytes, BytesMut};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -42,6 +44,49 @@ impl CancelSlot {
     }
     fn get(&self) -> Option<(SocketAddr, i32, i32)> {
         *self.target.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A client's connection: TCP, TLS over TCP once `SSLRequest` was accepted, or closed
+/// (a failed handshake left nothing to talk to).
+pub(crate) enum ClientStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Closed(tokio::io::Empty),
+}
+
+forward_io!(ClientStream, Plain, Tls, Closed);
+
+impl ClientStream {
+    /// Writes all of `bytes` and pushes them out (TLS keeps records until flushed).
+    async fn send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.write_all(bytes).await?;
+        self.flush().await
+    }
+
+    /// Reads what the client sent into `buf`; 0 at end of stream. An idle plain client
+    /// holds no read buffer: wait for bytes first, then make room and read. A TLS
+    /// client may have bytes decrypted already, so it reads at once.
+    async fn read_some(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        let room = |buf: &mut BytesMut| {
+            if buf.capacity() - buf.len() < 4096 {
+                buf.reserve(16384);
+            }
+        };
+        match self {
+            ClientStream::Plain(s) => loop {
+                s.readable().await?;
+                room(buf);
+                match s.try_read_buf(buf) {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    other => return other,
+                }
+            },
+            other => {
+                room(buf);
+                other.read_buf(buf).await
+            }
+        }
     }
 }
 
@@ -99,49 +144,63 @@ struct Login {
 }
 
 /// Entry point for one accepted connection.
-pub(crate) async fn handle(shared: Arc<Shared>, mut stream: TcpStream) {
+pub(crate) async fn handle(shared: Arc<Shared>, stream: TcpStream) {
+    // What an idle client's task holds is the session and the proxy loop: every rare
+    // and deep path (logging in, connecting, reporting an error, cleaning up) runs
+    // boxed, so thousands of idle clients stay small.
+    let Some(mut session) = Box::pin(open(shared.clone(), stream)).await else {
+        return;
+    };
+    if let Err(e) = session.run().await {
+        tracing::debug!(error = %e, "client session ended");
+        Box::pin(session.fatal(&e)).await;
+    }
+    Box::pin(session.close()).await;
+}
+
+/// Startup, authentication and the end of startup (with a first server connection).
+/// `None`: the client is done (a cancel request, gone, or told why it cannot go on).
+async fn open(shared: Arc<Shared>, stream: TcpStream) -> Option<Session> {
     let _ = stream.set_nodelay(true);
-    let mut buf = BytesMut::with_capacity(8192);
+    let mut stream = ClientStream::Plain(stream);
+    // Startup and password messages are small: a small buffer, grown when needed.
+    let mut buf = BytesMut::with_capacity(1024);
     let login_timeout = shared.spec.client_login_timeout;
     let result =
         match tokio::time::timeout(login_timeout, login(&shared, &mut stream, &mut buf)).await {
             Ok(r) => r,
             Err(_) => Err(ClientError::LoginTimeout),
         };
-    let session = match result {
+    let (login, pool) = match result {
         Ok(Some(s)) => s,
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(e) => {
             tracing::debug!(error = %e, "client login failed");
             shared.stats.error(e.sqlstate());
             let _ = stream
-                .write_all(&codec::error_response(
+                .send(&codec::error_response(
                     Severity::Fatal,
                     e.sqlstate(),
                     &e.client_message(),
                 ))
                 .await;
-            return;
+            return None;
         }
     };
-    let (login, pool) = session;
     let buf = if buf.is_empty() { BytesMut::new() } else { buf };
-    let mut session = Session::new(shared.clone(), pool, stream, buf);
-    let key = session.key;
+    let mut session = Session::new(shared, pool, stream, buf);
     if let Err(e) = session.start(&login).await {
         session.fatal(&e).await;
-    } else if let Err(e) = session.run().await {
-        tracing::debug!(error = %e, "client session ended");
-        session.fatal(&e).await;
+        session.close().await;
+        return None;
     }
-    session.finish().await;
-    shared.cancels().remove(&key);
+    Some(session)
 }
 
 /// Reads more bytes from the client; `Ok(false)` at end of stream.
-async fn fill(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<bool> {
-    if buf.capacity() - buf.len() < 4096 {
-        buf.reserve(8192);
+async fn fill(stream: &mut ClientStream, buf: &mut BytesMut) -> std::io::Result<bool> {
+    if buf.capacity() - buf.len() < 512 {
+        buf.reserve(buf.capacity().max(1024));
     }
     Ok(stream.read_buf(buf).await? > 0)
 }
@@ -149,7 +208,7 @@ async fn fill(stream: &mut TcpStream, buf: &mut BytesMut) -> std::io::Result<boo
 /// Startup and authentication. `Ok(None)`: a cancel request, handled, or a client gone.
 async fn login(
     shared: &Arc<Shared>,
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
 ) -> Result<Option<(Login, Arc<Pool>)>, ClientError> {
     let params = loop {
@@ -159,7 +218,33 @@ async fn login(
                     return Ok(None);
                 }
             }
-            Some(StartupFrame::Ssl) | Some(StartupFrame::GssEnc) => stream.write_all(b"N").await?,
+            Some(StartupFrame::Ssl) => match (&shared.tls, &*stream) {
+                (Some(acceptor), ClientStream::Plain(_)) => {
+                    // Bytes sent after SSLRequest and before the handshake would be
+                    // taken as if they came through TLS: refuse them.
+                    if !buf.is_empty() {
+                        return Err(ProtocolError::Malformed {
+                            what: "data after SSLRequest",
+                        }
+                        .into());
+                    }
+                    stream.send(b"S").await?;
+                    let ClientStream::Plain(tcp) =
+                        std::mem::replace(stream, ClientStream::Closed(tokio::io::empty()))
+                    else {
+                        return Ok(None);
+                    };
+                    match acceptor.accept(tcp).await {
+                        Ok(tls) => *stream = ClientStream::Tls(Box::new(tls)),
+                        Err(e) => {
+                            tracing::debug!(error = %e, "client tls handshake failed");
+                            return Ok(None);
+                        }
+                    }
+                }
+                _ => stream.send(b"N").await?,
+            },
+            Some(StartupFrame::GssEnc) => stream.send(b"N").await?,
             Some(StartupFrame::Cancel { pid, key }) => {
                 let slot = shared.cancels().get(&(pid, key)).cloned();
                 if let Some((peer, spid, skey)) = slot.and_then(|s| s.get()) {
@@ -170,7 +255,9 @@ async fn login(
             Some(StartupFrame::Startup { params }) => break params,
         }
     };
-    login_fault(shared).await?;
+    if crate::listener::login_fault(&shared.fault, &shared.policy_metrics).await {
+        return Err(ClientError::FaultAbort);
+    }
     let user = StartupFrame::param(&params, "user")
         .filter(|u| !u.is_empty())
         .ok_or(ClientError::NoUser)?
@@ -199,47 +286,9 @@ async fn login(
     Ok(Some((login, pool)))
 }
 
-/// The listener's request-level fault, applied to a login once its startup packet is
-/// read: a delay holds the login (within the login timeout), an abort refuses it with
-/// 57P03 (after the delay, if both are drawn), as a server that is starting up would.
-async fn login_fault(shared: &Shared) -> Result<(), ClientError> {
-    let Some(fault) = shared.fault.current() else {
-        return Ok(());
-    };
-    let target = shared.fault.target();
-    let count = |kind: &str| {
-        shared
-            .policy_metrics
-            .faults_injected
-            .with_label_values(&[target.channel, &*target.name, kind])
-            .inc()
-    };
-    if let Some(delay) = fault.delay.filter(|_| chance(fault.delay_percent)) {
-        count("delay");
-        tokio::time::sleep(delay).await;
-    }
-    if chance(fault.abort_percent) {
-        count("abort");
-        return Err(ClientError::FaultAbort);
-    }
-    Ok(())
-}
-
-/// True with probability `percent / 100` (NaN or below 0: never; 100 or above: always).
-fn chance(percent: f64) -> bool {
-    let p = percent / 100.0;
-    if p.is_nan() || p <= 0.0 {
-        false
-    } else if p >= 1.0 {
-        true
-    } else {
-        rand::random::<f64>() < p
-    }
-}
-
 /// Reads the client's next `PasswordMessage`-family frame during authentication.
 async fn read_password_frame(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
 ) -> Result<Frame, ClientError> {
     loop {
@@ -257,7 +306,7 @@ async fn read_password_frame(
 
 async fn authenticate(
     shared: &Arc<Shared>,
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     buf: &mut BytesMut,
     user: &str,
 ) -> Result<(), ClientError> {
@@ -277,7 +326,7 @@ async fn authenticate(
         AuthMethod::Trust => {}
         AuthMethod::Md5 => {
             let salt: [u8; 4] = rand::random();
-            stream.write_all(&codec::auth_md5(salt)).await?;
+            stream.send(&codec::auth_md5(salt)).await?;
             let f = read_password_frame(stream, buf).await?;
             let answer = codec::parse_password(f.body())?;
             let stored = secret.and_then(|s| s.md5.as_deref());
@@ -291,7 +340,7 @@ async fn authenticate(
             let secret = secret.and_then(|s| s.scram.clone()).unwrap_or_else(|| {
                 ScramSecret::from_password(&format!("{:x}", rand::random::<u128>()))
             });
-            stream.write_all(&codec::auth_sasl(&[MECHANISM])).await?;
+            stream.send(&codec::auth_sasl(&[MECHANISM])).await?;
             let f = read_password_frame(stream, buf).await?;
             let (mech, data) = codec::parse_sasl_initial(f.body())?;
             if mech != MECHANISM {
@@ -299,16 +348,16 @@ async fn authenticate(
             }
             let (server, first) = ScramServer::start(secret, data).map_err(|_| refused())?;
             stream
-                .write_all(&codec::auth_sasl_continue(first.as_bytes()))
+                .send(&codec::auth_sasl_continue(first.as_bytes()))
                 .await?;
             let f = read_password_frame(stream, buf).await?;
             let last = server.finish(f.body()).map_err(|_| refused())?;
             stream
-                .write_all(&codec::auth_sasl_final(last.as_bytes()))
+                .send(&codec::auth_sasl_final(last.as_bytes()))
                 .await?;
         }
     }
-    stream.write_all(&codec::auth_ok()).await?;
+    stream.send(&codec::auth_ok()).await?;
     Ok(())
 }
 
@@ -375,7 +424,7 @@ const CLOSED_NAME: &str = "QUARTET_closed";
 struct Session {
     shared: Arc<Shared>,
     pool: Arc<Pool>,
-    client: TcpStream,
+    client: ClientStream,
     cbuf: BytesMut,
     lease: Option<Lease>,
     mode: PoolMode,
@@ -390,13 +439,16 @@ struct Session {
     cancel_sent: bool,
     last_client: Instant,
     forget_prepared: bool,
+    /// The query or idle-in-transaction timer, made the first time one is needed and
+    /// moved after (boxed: most sessions never need one).
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Extended-protocol messages were sent after the last `Sync`.
     unsynced: bool,
     out: Vec<Bytes>,
 }
 
 impl Session {
-    fn new(shared: Arc<Shared>, pool: Arc<Pool>, client: TcpStream, cbuf: BytesMut) -> Self {
+    fn new(shared: Arc<Shared>, pool: Arc<Pool>, client: ClientStream, cbuf: BytesMut) -> Self {
         let slot = Arc::new(CancelSlot::default());
         let key = shared.register_cancel(slot.clone());
         Self {
@@ -416,13 +468,15 @@ impl Session {
             cancel_sent: false,
             last_client: Instant::now(),
             forget_prepared: false,
+            timer: None,
             unsynced: false,
             out: Vec::new(),
         }
     }
 
     async fn checkout(&mut self) -> Result<(), ClientError> {
-        let lease = self.pool.get().await.map_err(|e| {
+        // Boxed: connecting is deep and rare; an idle client's task stays small.
+        let lease = Box::pin(self.pool.get()).await.map_err(|e| {
             tracing::debug!(error = %e, "no server connection for client");
             ClientError::Checkout {
                 code: e.sqlstate(),
@@ -458,7 +512,7 @@ impl Session {
         }
         out.extend_from_slice(&codec::backend_key_data(self.key.0, self.key.1));
         out.extend_from_slice(&codec::ready_for_query(b'I'));
-        self.client.write_all(&out).await?;
+        self.client.send(&out).await?;
         if self.mode == PoolMode::Transaction {
             self.release();
         }
@@ -485,9 +539,17 @@ impl Session {
     async fn run(&mut self) -> Result<(), ClientError> {
         loop {
             let deadline = self.deadline();
-            let timer = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
+            if let Some(d) = deadline {
+                match self.timer.as_mut() {
+                    Some(t) if t.deadline() == d => {}
+                    Some(t) => t.as_mut().reset(d),
+                    None => self.timer = Some(Box::pin(tokio::time::sleep_until(d))),
+                }
+            }
+            let armed = self.timer.as_mut().filter(|_| deadline.is_some());
+            let timer = async move {
+                match armed {
+                    Some(t) => t.as_mut().await,
                     None => std::future::pending().await,
                 }
             };
@@ -504,17 +566,9 @@ impl Session {
                 }
             };
             tokio::select! {
-                // An idle client holds no read buffer: wait for bytes first, then read.
-                r = self.client.readable() => {
-                    r?;
-                    if self.cbuf.capacity() - self.cbuf.len() < 4096 {
-                        self.cbuf.reserve(16384);
-                    }
-                    match self.client.try_read_buf(&mut self.cbuf) {
-                        Ok(0) => return Ok(()),
-                        Ok(_) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                        Err(e) => return Err(e.into()),
+                r = self.client.read_some(&mut self.cbuf) => {
+                    if r? == 0 {
+                        return Ok(());
                     }
                     self.last_client = Instant::now();
                     if !self.forward_client().await? {
@@ -611,7 +665,7 @@ impl Session {
             .stats
             .local_prepares
             .fetch_add(1, Ordering::Relaxed);
-        self.client.write_all(&reply).await?;
+        self.client.send(&reply).await?;
         Ok(())
     }
 
@@ -870,7 +924,14 @@ impl Session {
     async fn fatal(&mut self, e: &ClientError) {
         self.shared.stats.error(e.sqlstate());
         let frame = codec::error_response(Severity::Fatal, e.sqlstate(), &e.client_message());
-        let _ = self.client.write_all(&frame).await;
+        let _ = self.client.send(&frame).await;
+    }
+
+    /// The end of a session: its cancel key is forgotten and its server connection
+    /// cleaned up.
+    async fn close(mut self) {
+        self.finish().await;
+        self.shared.cancels().remove(&self.key);
     }
 
     /// The client is gone: the server connection goes back to the pool when it can be
@@ -954,7 +1015,8 @@ async fn write_chunks<S: tokio::io::AsyncWrite + Unpin>(
     chunks: Vec<Bytes>,
 ) -> std::io::Result<()> {
     if chunks.len() == 1 {
-        return stream.write_all(&chunks[0]).await;
+        stream.write_all(&chunks[0]).await?;
+        return stream.flush().await;
     }
     let total: usize = chunks.iter().map(|c| c.len()).sum();
     if total <= 64 * 1024 {
@@ -962,10 +1024,29 @@ async fn write_chunks<S: tokio::io::AsyncWrite + Unpin>(
         for c in &chunks {
             b.extend_from_slice(c);
         }
-        return stream.write_all(&b).await;
+        stream.write_all(&b).await?;
+        return stream.flush().await;
     }
     for c in &chunks {
         stream.write_all(c).await?;
     }
-    Ok(())
+    stream.flush().await
+}
+
+#[cfg(test)]
+pub(crate) fn sizes() -> Vec<(&'static str, usize)> {
+    fn ret<A, R>(_: fn(A) -> R) -> usize {
+        std::mem::size_of::<R>()
+    }
+    type S = &'static mut Session;
+    vec![
+        ("session", std::mem::size_of::<Session>()),
+        ("run", ret::<S, _>(Session::run)),
+        ("forward_client", ret::<S, _>(Session::forward_client)),
+        ("forward_server", ret::<S, _>(Session::forward_server)),
+        ("on_timer", ret::<S, _>(Session::on_timer)),
+        ("answer_prepare", ret::<S, _>(Session::answer_prepare)),
+        ("checkout", ret::<S, _>(Session::checkout)),
+        ("sleep", std::mem::size_of::<tokio::time::Sleep>()),
+    ]
 }

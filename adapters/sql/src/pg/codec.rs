@@ -368,6 +368,14 @@ pub fn startup_message(params: &[(&str, &str)]) -> Bytes {
     b.freeze()
 }
 
+/// `SSLRequest`: asks a server for TLS before the startup message.
+pub fn ssl_request() -> Bytes {
+    let mut b = BytesMut::with_capacity(8);
+    b.put_i32(8);
+    b.put_i32(SSL_REQUEST);
+    b.freeze()
+}
+
 pub fn cancel_request(pid: i32, key: i32) -> Bytes {
     let mut b = BytesMut::with_capacity(16);
     b.put_i32(16);

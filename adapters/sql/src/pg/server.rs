@@ -4,6 +4,7 @@
 
 use super::auth::{md5_response, md5_stored, ScramClient, ScramError, MECHANISM};
 use super::codec::{self, AuthRequest, ErrorFields, Frame, ProtocolError};
+use crate::tls::ServerTls;
 use bytes::BytesMut;
 use quartet_policies::fault::toxic::Toxic;
 use quartet_policies::fault::FaultHandle;
@@ -41,6 +42,14 @@ pub enum ConnectError {
     Scram(#[from] ScramError),
     #[error("server asks for a password and the backend url has none")]
     NoPassword,
+    #[error("tls with {addr} failed")]
+    Tls {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{addr} does not accept tls and the backend url requires it (sslmode)")]
+    TlsRefused { addr: String },
     #[error("server asks for unsupported authentication method {code}")]
     UnsupportedAuth { code: i32 },
 }
@@ -69,63 +78,92 @@ pub struct Login {
     pub params: Vec<(String, String)>,
 }
 
-/// The socket to a server: plain, or with the listener's connection-level faults
+/// The connection to a server under the protocol: TCP, or TLS over TCP.
+pub(crate) enum ServerIo {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl ServerIo {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            ServerIo::Plain(s) => s,
+            ServerIo::Tls(t) => t.get_ref().0,
+        }
+    }
+}
+
+/// Forwards the `AsyncRead`/`AsyncWrite` methods to whichever variant is there.
+macro_rules! forward_io {
+    ($ty:ident, $($variant:ident),+) => {
+        impl AsyncRead for $ty {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<std::io::Result<()>> {
+                match self.get_mut() {
+                    $($ty::$variant(s) => Pin::new(s).poll_read(cx, buf),)+
+                }
+            }
+        }
+
+        impl AsyncWrite for $ty {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<std::io::Result<usize>> {
+                match self.get_mut() {
+                    $($ty::$variant(s) => Pin::new(s).poll_write(cx, buf),)+
+                }
+            }
+
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+                match self.get_mut() {
+                    $($ty::$variant(s) => Pin::new(s).poll_flush(cx),)+
+                }
+            }
+
+            fn poll_shutdown(
+                self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<std::io::Result<()>> {
+                match self.get_mut() {
+                    $($ty::$variant(s) => Pin::new(s).poll_shutdown(cx),)+
+                }
+            }
+        }
+    };
+}
+pub(crate) use forward_io;
+
+forward_io!(ServerIo, Plain, Tls);
+
+/// The socket to a server: as is, or with the listener's connection-level faults
 /// ([`Toxic`]: latency, reset, stall, close_after) applied once logged in.
 pub(crate) enum ServerStream {
-    Plain(TcpStream),
-    Toxic(Box<Toxic<TcpStream>>),
+    Io(ServerIo),
+    Toxic(Box<Toxic<ServerIo>>),
 }
+
+forward_io!(ServerStream, Io, Toxic);
 
 impl ServerStream {
     fn tcp(&self) -> &TcpStream {
         match self {
-            ServerStream::Plain(s) => s,
-            ServerStream::Toxic(t) => t.get_ref(),
+            ServerStream::Io(s) => s.tcp(),
+            ServerStream::Toxic(t) => t.get_ref().tcp(),
         }
     }
 
-    pub(crate) fn try_read(&self, buf: &mut [u8]) -> std::io::Result<usize> {
-        self.tcp().try_read(buf)
-    }
-}
-
-impl AsyncRead for ServerStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ServerStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ServerStream::Toxic(t) => Pin::new(t.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ServerStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            ServerStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ServerStream::Toxic(t) => Pin::new(t.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ServerStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            ServerStream::Toxic(t) => Pin::new(t.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            ServerStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ServerStream::Toxic(t) => Pin::new(t.as_mut()).poll_shutdown(cx),
-        }
+    /// Whether the server sent anything (or closed): a look at the socket that takes
+    /// nothing from it, so TLS records stay whole.
+    fn has_input(&self) -> bool {
+        let mut probe = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut probe);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        !matches!(self.tcp().poll_peek(&mut cx, &mut buf), Poll::Pending)
     }
 }
 
@@ -195,8 +233,21 @@ impl ServerConn {
         backend: usize,
         fault: Option<FaultHandle>,
     ) -> Result<ServerConn, ConnectError> {
+        Self::connect_with(host, port, login, timeout, backend, fault, None).await
+    }
+
+    /// Like [`ServerConn::connect_with_faults`], with TLS first when `tls` says so.
+    pub async fn connect_with(
+        host: &str,
+        port: u16,
+        login: &Login,
+        timeout: Duration,
+        backend: usize,
+        fault: Option<FaultHandle>,
+        tls: Option<&ServerTls>,
+    ) -> Result<ServerConn, ConnectError> {
         let addr = format!("{host}:{port}");
-        let connected = Self::connect_inner(&addr, login, backend, fault);
+        let connected = Self::connect_inner(&addr, login, backend, fault, tls);
         match tokio::time::timeout(timeout, connected).await {
             Ok(r) => r,
             Err(_) => Err(ConnectError::Timeout {
@@ -211,14 +262,19 @@ impl ServerConn {
         login: &Login,
         backend: usize,
         mut fault: Option<FaultHandle>,
+        tls: Option<&ServerTls>,
     ) -> Result<ServerConn, ConnectError> {
         let io = |source| ConnectError::Io {
             addr: addr.to_string(),
             source,
         };
-        let mut stream = TcpStream::connect(addr).await.map_err(io)?;
-        let _ = stream.set_nodelay(true);
-        let peer = stream.peer_addr().map_err(io)?;
+        let tcp = TcpStream::connect(addr).await.map_err(io)?;
+        let _ = tcp.set_nodelay(true);
+        let peer = tcp.peer_addr().map_err(io)?;
+        let mut stream = match tls {
+            Some(tls) => start_tls(tcp, tls, addr).await?,
+            None => ServerIo::Plain(tcp),
+        };
         let mut params: Vec<(&str, &str)> =
             vec![("user", &login.user), ("database", &login.database)];
         for (k, v) in &login.params {
@@ -228,6 +284,7 @@ impl ServerConn {
             .write_all(&codec::startup_message(&params))
             .await
             .map_err(io)?;
+        stream.flush().await.map_err(io)?;
         let mut buf = BytesMut::with_capacity(8192);
         let mut scram: Option<ScramClient> = None;
         let mut server_params = Vec::new();
@@ -274,6 +331,7 @@ impl ServerConn {
                     };
                     if let Some(reply) = reply {
                         stream.write_all(&reply).await.map_err(io)?;
+                        stream.flush().await.map_err(io)?;
                     }
                 }
                 b'S' => server_params.push(codec::parse_parameter_status(&frame)?),
@@ -290,7 +348,7 @@ impl ServerConn {
                         // Toxics act on the session's traffic, not on the login.
                         stream: match fault.take() {
                             Some(f) => ServerStream::Toxic(Box::new(Toxic::new(stream, f))),
-                            None => ServerStream::Plain(stream),
+                            None => ServerStream::Io(stream),
                         },
                         buf,
                         peer,
@@ -312,17 +370,14 @@ impl ServerConn {
     /// has closed it (end of stream) or said why (an `ErrorResponse` before closing).
     /// Costs one non-blocking read, no round trip.
     pub fn looks_alive(&self) -> bool {
-        if !self.buf.is_empty() {
-            return false;
-        }
-        let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        self.buf.is_empty() && !self.stream.has_input()
     }
 
     /// Runs a simple query and waits for `ReadyForQuery`; `Ok(status)` when the
     /// server is idle again, whatever the query's outcome.
     pub async fn simple(&mut self, sql: &str) -> std::io::Result<u8> {
         self.stream.write_all(&codec::query(sql)).await?;
+        self.stream.flush().await?;
         loop {
             let f = read_frame(&mut self.stream, &mut self.buf, SERVER_MAX_MESSAGE)
                 .await?
@@ -337,6 +392,46 @@ impl ServerConn {
     /// Says goodbye politely (best effort).
     pub async fn terminate(mut self) {
         let _ = self.stream.write_all(&codec::terminate()).await;
+        let _ = self.stream.flush().await;
+    }
+}
+
+/// `SSLRequest`, then the handshake when the server answers `S`; on `N`, plain when the
+/// mode allows it. Reads exactly the one answer byte, so nothing the server may have
+/// sent before the handshake is ever taken as inside it.
+async fn start_tls(
+    mut tcp: TcpStream,
+    tls: &ServerTls,
+    addr: &str,
+) -> Result<ServerIo, ConnectError> {
+    let io = |source| ConnectError::Io {
+        addr: addr.to_string(),
+        source,
+    };
+    tcp.write_all(&codec::ssl_request()).await.map_err(io)?;
+    let mut answer = [0u8; 1];
+    tcp.read_exact(&mut answer).await.map_err(io)?;
+    match answer[0] {
+        b'S' => {
+            let stream = tls
+                .connector
+                .connect(tls.name.clone(), tcp)
+                .await
+                .map_err(|source| ConnectError::Tls {
+                    addr: addr.to_string(),
+                    source,
+                })?;
+            Ok(ServerIo::Tls(Box::new(stream)))
+        }
+        b'N' if !tls.mode.required() => Ok(ServerIo::Plain(tcp)),
+        b'N' => Err(ConnectError::TlsRefused {
+            addr: addr.to_string(),
+        }),
+        // An old server answers an ErrorResponse; anything else is not PostgreSQL.
+        _ => Err(ProtocolError::Unexpected {
+            tag: answer[0] as char,
+        }
+        .into()),
     }
 }
 

@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# SQL channel benchmark: pgbench in one run, three ways, alternating, several rounds:
+#   direct (PostgreSQL on 127.0.0.1:5432), PgBouncer (transaction mode) and Quartet
+#   (transaction mode), the same pool size for both poolers and trust auth everywhere
+#   (so the -C case measures pooling, not SCRAM's key stretching in pgbench).
+# Cases: select-only (-S) with 8 and 64 clients, and -S -C (a new connection per
+# transaction) with 8 clients. Prints tps and average latency per way and the ratios.
+# Then the resident memory (VmRSS) of PgBouncer and of Quartet holding IDLE idle
+# logged-in client connections (bench/pg_idle.py), and the memory per idle client.
+#
+#   bash bench/sql.sh                         # 3 rounds of 10 s per way and case
+#   ROUNDS=1 DURATION=5 IDLE=2000 bash bench/sql.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+POOL=${POOL:-20}
+IDLE=${IDLE:-10000}
+BASE_PORT=${BASE_PORT:-16432}
+PGB=$((BASE_PORT + 1)) QRT=$((BASE_PORT + 2)) QHTTP=$((BASE_PORT + 3)) QADM=$((BASE_PORT + 4))
+DB=quartet_bench
+PSQL=(psql -X -q -h 127.0.0.1 -p 5432 -U postgres)
+
+need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
+if ! need pgbouncer || ! need pgbench; then
+  echo "installing pgbouncer, pgbench (apt-get)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer postgresql-client >/dev/null
+fi
+PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
+"${PSQL[@]}" -d postgres -c 'select 1' >/dev/null || {
+  echo "PostgreSQL is not reachable on 127.0.0.1:5432 (trust for postgres expected)" >&2; exit 1; }
+
+echo "building quartet (release)"
+cargo build --release -q -p quartet
+QUARTET=${CARGO_TARGET_DIR:-target}/release/quartet
+
+# Each pooler holds IDLE client sockets, the idle script as many.
+ulimit -n "$((IDLE * 2 + 1024))" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+if ! "${PSQL[@]}" -d postgres -Atc "select 1 from pg_database where datname = '$DB'" | grep -q 1; then
+  "${PSQL[@]}" -d postgres -c "create database $DB"
+fi
+pgbench -q -i -s 1 -h 127.0.0.1 -p 5432 -U postgres "$DB" >/dev/null 2>&1
+
+WORK=$(mktemp -d)
+chmod 755 "$WORK"
+chown postgres "$WORK"   # PgBouncer writes its log and pid file there as postgres
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# PgBouncer refuses to run as root: it runs as the postgres user.
+cat > "$WORK/pgbouncer.ini" <<INI
+[databases]
+$DB = host=127.0.0.1 port=5432 user=postgres dbname=$DB
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $PGB
+unix_socket_dir =
+auth_type = trust
+auth_file = $WORK/users.txt
+pool_mode = transaction
+default_pool_size = $POOL
+max_client_conn = $((IDLE + 1000))
+max_db_connections = $POOL
+logfile = $WORK/pgbouncer.log
+pidfile = $WORK/pgbouncer.pid
+log_connections = 0
+log_disconnections = 0
+INI
+echo '"postgres" ""' > "$WORK/users.txt"
+chmod 644 "$WORK"/*
+
+cat > "$WORK/quartet.toml" <<TOML
+[server]
+listen = "127.0.0.1:$QHTTP"
+admin_listen = "127.0.0.1:$QADM"
+
+[[sql.listeners]]
+name = "bench"
+listen = "127.0.0.1:$QRT"
+pool_mode = "transaction"
+pool_size = $POOL
+max_clients = $((IDLE + 1000))
+backends = ["postgres://postgres@127.0.0.1:5432/$DB"]
+auth = "trust"
+TOML
+
+"$PGBOUNCER" -u postgres "$WORK/pgbouncer.ini" >"$WORK/pgbouncer.out" 2>&1 & pids+=($!)
+RUST_LOG=warn "$QUARTET" serve --config "$WORK/quartet.toml" >"$WORK/quartet.log" 2>&1 & pids+=($!)
+PGB_PID=${pids[0]} QRT_PID=${pids[1]}
+
+wait_pg() {
+  for _ in $(seq 1 100); do
+    if "${PSQL[@]}" -p "$1" -d "$DB" -Atc 'select 1' >/dev/null 2>&1; then return 0; fi
+    sleep 0.1
+  done
+  echo "port $1 did not answer" >&2; cat "$WORK/quartet.log" "$WORK/pgbouncer.out" >&2; exit 1
+}
+wait_pg "$PGB"; wait_pg "$QRT"
+
+# pgbench output -> "tps latency_ms"
+run_pgbench() {
+  local port=$1; shift
+  local out
+  # The direct way with 64 clients needs 64 of PostgreSQL's max_connections, which
+  # other users of a shared server may hold: a failed run is reported and left out.
+  if ! out=$(pgbench -n -h 127.0.0.1 -p "$port" -U postgres -T "$DURATION" "$@" "$DB" 2>&1); then
+    echo "pgbench failed on port $port (left out): $(grep -m1 -i error <<<"$out")" >&2
+    echo "- -"; return
+  fi
+  awk '/^latency average/ {lat=$4} /^tps/ {tps=$3} END {print tps, lat}' <<<"$out"
+}
+
+declare -A TPS LAT
+names=(direct pgbouncer quartet)
+ports=(5432 $PGB $QRT)
+cases=("S8:-S -c 8 -j 2" "S64:-S -c 64 -j 2" "C8:-S -C -c 8 -j 2")
+for r in $(seq 1 "$ROUNDS"); do
+  for c in "${cases[@]}"; do
+    label=${c%%:*}; args=${c#*:}
+    for i in "${!names[@]}"; do
+      n=${names[$i]}
+      # shellcheck disable=SC2086
+      read -r tps lat < <(run_pgbench "${ports[$i]}" $args)
+      [ "$tps" = "-" ] && continue
+      printf 'round %d %-4s %-10s %10.0f tps  latency %7.3f ms\n' "$r" "$label" "$n" "$tps" "$lat"
+      TPS[$label.$n]="${TPS[$label.$n]:-} $tps"; LAT[$label.$n]="${LAT[$label.$n]:-} $lat"
+    done
+  done
+done
+
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END { if (NR == 0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a == "nan" || b == "nan") print "-"; else printf "%.2f", a/b}'; }
+echo
+echo "median of $ROUNDS rounds, pgbench -T $DURATION, pool size $POOL, $(nproc) cores"
+printf '%-5s %-10s %10s %10s %9s %12s\n' case way tps lat_ms /direct /pgbouncer
+for c in "${cases[@]}"; do
+  label=${c%%:*}
+  d=$(median <<<"${TPS[$label.direct]:-}"); b=$(median <<<"${TPS[$label.pgbouncer]:-}")
+  for n in "${names[@]}"; do
+    t=$(median <<<"${TPS[$label.$n]:-}"); l=$(median <<<"${LAT[$label.$n]:-}")
+    printf '%-5s %-10s %10.0f %10.3f %9s %12s\n' "$label" "$n" "$t" "$l" "$(ratio "$t" "$d")" "$(ratio "$t" "$b")"
+  done
+done
+
+# Resident memory with IDLE idle clients.
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+idle_rss() {
+  local port=$1 pid=$2 before after ready
+  before=$(rss_kb "$pid")
+  coproc IDLER { python3 bench/pg_idle.py 127.0.0.1 "$port" "$IDLE" postgres "$DB"; }
+  read -r ready _ <&"${IDLER[0]}" || { echo "idle clients failed on port $port" >&2; exit 1; }
+  sleep 1
+  after=$(rss_kb "$pid")
+  echo >&"${IDLER[1]}"
+  wait "$IDLER_PID" 2>/dev/null || true
+  echo "$before $after"
+}
+echo
+read -r pb_before pb_after < <(idle_rss "$PGB" "$PGB_PID")
+read -r q_before q_after < <(idle_rss "$QRT" "$QRT_PID")
+echo "resident memory with $IDLE idle clients (VmRSS, KiB): before, with, per client"
+printf '%-10s %10d %10d %10.2f\n' pgbouncer "$pb_before" "$pb_after" "$(awk -v a="$pb_after" -v b="$pb_before" -v n="$IDLE" 'BEGIN{print (a-b)/n}')"
+printf '%-10s %10d %10d %10.2f\n' quartet "$q_before" "$q_after" "$(awk -v a="$q_after" -v b="$q_before" -v n="$IDLE" 'BEGIN{print (a-b)/n}')"
