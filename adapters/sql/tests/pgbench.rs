@@ -39,8 +39,15 @@ async fn run(cmd: &mut tokio::process::Command) -> Output {
     out
 }
 
-/// A database of its own with pgbench's tables, made directly (not through Quartet).
+/// A database of its own with pgbench's tables, made directly (not through Quartet), once
+/// per test binary: the tests run at once, and `pgbench -i` drops and recreates the tables
+/// another test may be using.
 async fn prepare_db() {
+    static PREPARED: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+    PREPARED.get_or_init(initialize_db).await;
+}
+
+async fn initialize_db() {
     let direct = direct().await;
     if let Err(e) = direct.batch_execute(&format!("create database {DB}")).await {
         assert_eq!(
