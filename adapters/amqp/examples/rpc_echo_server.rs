@@ -32,6 +32,7 @@ async fn main() -> Result<(), quartet_amqp::BoxError> {
         fanout: false,
         concurrency,
         upstream: None,
+        driver: None,
     };
     let server = RpcServer::start(cfg, spec, |call: IncomingCall| async move {
         Ok::<Value, RemoteFailure>(Value::Object(call.request.args))
