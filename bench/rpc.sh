@@ -47,7 +47,7 @@ echo "building quartet and the echo server ($PROFILE)"
 cargo build --profile "$([ "$PROFILE" = debug ] && echo dev || echo "$PROFILE")" -q -p quartet
 cargo build --profile "$([ "$PROFILE" = debug ] && echo dev || echo "$PROFILE")" -q -p quartet-amqp --example rpc_echo_server
 TARGET=${CARGO_TARGET_DIR:-target}/$PROFILE
-QUARTET=$TARGET/quartet
+QUARTET=${QUARTET_BIN:-$TARGET/quartet}  # QUARTET_BIN: another build, for an A/B run
 ECHO=$TARGET/examples/rpc_echo_server
 
 WORK=$(mktemp -d)
