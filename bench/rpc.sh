@@ -13,10 +13,16 @@
 #   bash bench/rpc.sh                          # 10 s per run
 #   DURATION=5 bash bench/rpc.sh
 #   AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f QUARTET_VENV=/work/venv bash bench/rpc.sh
+#   CONNS="16 64" OSLO=0 bash bench/rpc.sh     # only Quartet, only those connection counts
+#
+# Also prints the CPU time Quartet and the echo server spent per call (user + system, from
+# /proc): less noisy than calls/s on a machine shared with other work.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10}
+CONNS=${CONNS:-1 16 64}
+OSLO=${OSLO:-1}
 BASE_PORT=${BASE_PORT:-18180}
 QRT=$BASE_PORT QADM=$((BASE_PORT + 1))
 AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
@@ -30,7 +36,7 @@ if ! need wrk; then
   echo "installing wrk (apt-get)"
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
 fi
-if ! "$PY" -c 'import oslo_messaging' 2>/dev/null; then
+if [ "$OSLO" = 1 ] && ! "$PY" -c 'import oslo_messaging' 2>/dev/null; then
   echo "no Python with oslo.messaging at $PY: run bash tests/run.sh (it builds .venv) or set QUARTET_VENV" >&2
   exit 1
 fi
@@ -41,7 +47,7 @@ echo "building quartet and the echo server ($PROFILE)"
 cargo build --profile "$([ "$PROFILE" = debug ] && echo dev || echo "$PROFILE")" -q -p quartet
 cargo build --profile "$([ "$PROFILE" = debug ] && echo dev || echo "$PROFILE")" -q -p quartet-amqp --example rpc_echo_server
 TARGET=${CARGO_TARGET_DIR:-target}/$PROFILE
-QUARTET=$TARGET/quartet
+QUARTET=${QUARTET_BIN:-$TARGET/quartet}  # QUARTET_BIN: another build, for an A/B run
 ECHO=$TARGET/examples/rpc_echo_server
 
 WORK=$(mktemp -d)
@@ -76,11 +82,15 @@ wrk.headers["Content-Type"] = "application/json"
 LUA
 
 "$ECHO" "$QTOPIC" "$AMQP_URL" >"$WORK/echo.log" 2>&1 & pids+=($!)
+ECHO_PID=$!
 RUST_LOG=warn "$QUARTET" serve --config "$WORK/quartet.toml" >"$WORK/quartet.log" 2>&1 & pids+=($!)
-# The oslo server stops when its stdin closes: hold it open on a FIFO of our own.
-mkfifo "$WORK/hold" && exec 3<>"$WORK/hold"
-"$PY" adapters/amqp/tests/peers/oslo_rpc_server.py --url "$RABBIT_URL" --topic "$OTOPIC" \
-  --server bench1 >"$WORK/oslo_server.log" 2>&1 <&3 & pids+=($!)
+QUARTET_PID=$!
+if [ "$OSLO" = 1 ]; then
+  # The oslo server stops when its stdin closes: hold it open on a FIFO of our own.
+  mkfifo "$WORK/hold" && exec 3<>"$WORK/hold"
+  "$PY" adapters/amqp/tests/peers/oslo_rpc_server.py --url "$RABBIT_URL" --topic "$OTOPIC" \
+    --server bench1 >"$WORK/oslo_server.log" 2>&1 <&3 & pids+=($!)
+fi
 
 wait_for() { # what, command...
   local what=$1; shift
@@ -93,32 +103,42 @@ wait_for() { # what, command...
   exit 1
 }
 wait_for "the echo server is ready" grep -q ready "$WORK/echo.log"
-wait_for "the oslo server is ready" grep -q '"ready"' "$WORK/oslo_server.log"
+[ "$OSLO" = 1 ] && wait_for "the oslo server is ready" grep -q '"ready"' "$WORK/oslo_server.log"
 wait_for "quartet's rpc channel is ready" curl -fsS "http://127.0.0.1:$QADM/readyz"
 curl -fsS -H 'Content-Type: application/json' -d '{"method": "echo", "args": {"i": 1}}' \
   "http://127.0.0.1:$QRT/rpc/$QTOPIC" >/dev/null
 
 # wrk's --latency output -> "rps p50_ms p99_ms errors"
 to_ms() { awk '{ v=$1; if (v ~ /us$/) { sub(/us$/,"",v); v=v/1000 } else if (v ~ /ms$/) { sub(/ms$/,"",v) } else if (v ~ /s$/) { sub(/s$/,"",v); v=v*1000 } printf "%.3f", v }'; }
-run_wrk() { # connections
-  local c=$1 t=1 out rps p50 p99 errs
+# CPU time (user + system) of a process so far, in clock ticks.
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+run_wrk() { # connections -> "rps p50_ms p99_ms errors quartet_cpu_us_per_call echo_cpu_us_per_call"
+  local c=$1 t=1 out rps p50 p99 errs calls q0 e0 q1 e1 hz
   [ "$c" -gt 1 ] && t=2
+  q0=$(cpu_ticks "$QUARTET_PID") e0=$(cpu_ticks "$ECHO_PID")
   out=$(wrk -t"$t" -c"$c" -d"${DURATION}s" --latency -s "$WORK/post.lua" "http://127.0.0.1:$QRT/rpc/$QTOPIC")
+  q1=$(cpu_ticks "$QUARTET_PID") e1=$(cpu_ticks "$ECHO_PID")
+  hz=$(getconf CLK_TCK)
   rps=$(awk '/^Requests\/sec/ {print $2}' <<<"$out")
+  calls=$(awk '/requests in/ {print $1}' <<<"$out")
   p50=$(awk '$1=="50%" {print $2}' <<<"$out" | to_ms)
   p99=$(awk '$1=="99%" {print $2}' <<<"$out" | to_ms)
   errs=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
-  echo "$rps $p50 $p99 ${errs:-0}"
+  awk -v r="$rps" -v p50="$p50" -v p99="$p99" -v e="${errs:-0}" -v n="$calls" -v hz="$hz" \
+    -v q=$((q1 - q0)) -v s=$((e1 - e0)) \
+    'BEGIN { printf "%s %s %s %s %.1f %.1f\n", r, p50, p99, e, q / hz * 1e6 / n, s / hz * 1e6 / n }'
 }
 
 declare -A RPS P50 P99
 echo
 echo "$(nproc) cores, ${DURATION}s per run; the load generators share the cores"
-for c in 1 16 64; do
-  read -r rps p50 p99 errs < <(run_wrk "$c")
-  printf 'quartet %3d conns  %8.0f calls/s  p50 %7.3f ms  p99 %7.3f ms  non-2xx %s\n' "$c" "$rps" "$p50" "$p99" "$errs"
+for c in $CONNS; do
+  read -r rps p50 p99 errs qcpu ecpu < <(run_wrk "$c")
+  printf 'quartet %3d conns  %8.0f calls/s  p50 %7.3f ms  p99 %7.3f ms  non-2xx %s  cpu/call: quartet %s us, echo %s us\n' \
+    "$c" "$rps" "$p50" "$p99" "$errs" "$qcpu" "$ecpu"
   RPS[q$c]=$rps P50[q$c]=$p50 P99[q$c]=$p99
 done
+[ "$OSLO" = 1 ] || exit 0
 while read -r _ threads rps p50 p99 calls errs; do
   printf 'oslo    %3d thrds  %8.0f calls/s  p50 %7.3f ms  p99 %7.3f ms  errors %s\n' "$threads" "$rps" "$p50" "$p99" "$errs"
   RPS[o$threads]=$rps P50[o$threads]=$p50 P99[o$threads]=$p99

@@ -1,6 +1,9 @@
 //! Connection-level faults (toxics) on the broker connections, target `rpc:broker`,
 //! against the real RabbitMQ (127.0.0.1:5672): latency is measured (a lower bound), a
-//! reset is seen as 503 and heals once removed, a stall trips the call's timeout (504).
+//! reset is seen as 503 and heals once removed, a stall trips the call's timeout (504),
+//! bandwidth slows a large call to its rate, close_after cuts the connection (503) and the
+//! client recovers; `[rpc] broker_fault` sets them from the config, and a delay or abort
+//! there is refused.
 //!
 //! Quartet is both sides: `POST /rpc/{topic}` through its client and a reverse bridge on
 //! the same topic forwarding to an HTTP echo upstream; the toxics act on both broker
@@ -227,4 +230,165 @@ async fn a_stalled_broker_connection_trips_the_call_timeout() {
         },
     )
     .await;
+}
+
+#[tokio::test]
+async fn bandwidth_on_the_broker_connection_slows_a_large_call_to_its_rate() {
+    broker_up();
+    let upstream = Upstream::start("echo").await;
+    let (gw, topic) = gateway("bandwidth", &upstream).await;
+    let (status, body, _) = call(&gw, &topic, 5.0).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    // Upstream (what Quartet writes to the broker): the call's own publish carries the
+    // large argument, so it alone takes at least size / rate.
+    let rate: u64 = 200 * 1024;
+    put_fault(
+        &gw,
+        "rpc:broker",
+        json!({"connection": [{"kind": "bandwidth", "rate": rate, "direction": "upstream"}]}),
+    )
+    .await;
+    let blob = "x".repeat(100 * 1024);
+    let start = Instant::now();
+    let resp = client()
+        .post(gw.url(&format!("/rpc/{topic}")))
+        .json(&json!({"method": "echo", "args": {"blob": blob}, "timeout": 2.5}))
+        .send()
+        .await
+        .expect("POST /rpc/{topic}");
+    let took = start.elapsed();
+    let status = resp.status();
+    let text = resp.text().await.unwrap_or_default();
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let least = Duration::from_secs_f64(blob.len() as f64 / rate as f64);
+    assert!(
+        took >= least,
+        "a {} byte call under {rate} B/s took {took:?}, less than {least:?}",
+        blob.len()
+    );
+    let metrics = gw.metrics().await;
+    assert!(injected(&metrics, "bandwidth") >= 1.0, "{metrics}");
+
+    clear_fault(&gw, "rpc:broker").await;
+    let (status, body, _) = call(&gw, &topic, 5.0).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn close_after_drops_the_broker_connection_with_503_and_the_client_recovers() {
+    broker_up();
+    let upstream = Upstream::start("echo").await;
+    let (gw, topic) = gateway("close_after", &upstream).await;
+    let (status, body, _) = call(&gw, &topic, 5.0).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (_, before) = gw.admin_json("/readyz").await;
+    let connects = before["channels"]["rpc"]["client"]["connects"]
+        .as_u64()
+        .expect("client connects");
+
+    // A few kilobytes from the broker, then end of file: a call or two goes through, then
+    // the connection is gone (and each new one is cut again while the toxic stays).
+    put_fault(
+        &gw,
+        "rpc:broker",
+        json!({"connection": [{"kind": "close_after", "bytes": 4096}]}),
+    )
+    .await;
+    eventually(
+        "a call fails with 503 once the connection is cut",
+        BOUND,
+        || async {
+            let (status, body, _) = call(&gw, &topic, 2.0).await;
+            assert!(
+                status == StatusCode::OK || status == StatusCode::SERVICE_UNAVAILABLE,
+                "{status} {body}"
+            );
+            (status == StatusCode::SERVICE_UNAVAILABLE).then_some(())
+        },
+    )
+    .await;
+    let metrics = gw.metrics().await;
+    assert!(injected(&metrics, "close_after") >= 1.0, "{metrics}");
+
+    clear_fault(&gw, "rpc:broker").await;
+    let body = ready(&gw).await;
+    assert!(
+        body["channels"]["rpc"]["client"]["connects"].as_u64() > Some(connects),
+        "{body}"
+    );
+    eventually("calls succeed again", BOUND, || async {
+        let (status, _, _) = call(&gw, &topic, 2.0).await;
+        (status == StatusCode::OK).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn broker_toxics_set_in_the_config_apply_from_the_start() {
+    broker_up();
+    let upstream = Upstream::start("echo").await;
+    let topic = format!("qt_toxic_config_{}", std::process::id());
+    let cfg = format!(
+        "{SERVER}\n[amqp]\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\n\
+         connection_name = \"quartet-toxics-config\"\n\n\
+         [upstreams.echo]\nendpoints = [\"{}\"]\n\n\
+         [rpc]\nbroker_fault = {{ connection = [{{ kind = \"latency\", latency = \"300ms\" }}] }}\n\n\
+         [[rpc.topics]]\ntopic = \"{topic}\"\n\n\
+         [[rpc.servers]]\ntopic = \"{topic}\"\nupstream = \"echo\"\n",
+        upstream.url()
+    );
+    let gw = Gateway::start(&cfg).await;
+    let ready = ready(&gw).await;
+    assert_eq!(
+        ready["channels"]["rpc"]["broker"]["fault"]["connection"][0]["kind"], "latency",
+        "{ready}"
+    );
+    let (status, body, took) = call(&gw, &topic, 5.0).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        took >= Duration::from_millis(300),
+        "a call under 300ms of latency took {took:?}"
+    );
+    // The admin API replaces or clears it like any fault.
+    clear_fault(&gw, "rpc:broker").await;
+    let (_, ready) = gw.admin_json("/readyz").await;
+    assert!(
+        ready["channels"]["rpc"]["broker"]["fault"].is_null(),
+        "{ready}"
+    );
+}
+
+#[tokio::test]
+async fn a_delay_or_abort_on_rpc_broker_is_refused_with_400() {
+    broker_up();
+    let upstream = Upstream::start("echo").await;
+    let (gw, _topic) = gateway("refused", &upstream).await;
+    for (fault, key) in [
+        (json!({"delay": "100ms", "delay_percent": 100}), "delay"),
+        (
+            json!({"abort_status": 503, "abort_percent": 50}),
+            "abort_status",
+        ),
+    ] {
+        let resp = client()
+            .put(gw.admin_url("/admin/faults/rpc:broker"))
+            .json(&fault)
+            .send()
+            .await
+            .expect("PUT /admin/faults/rpc:broker");
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+        let body: Value = resp.json().await.expect("a JSON error body");
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.starts_with(&format!("{key}: rpc:broker takes only connection faults")),
+            "{body}"
+        );
+    }
+    // Nothing was set.
+    let (_, ready) = gw.admin_json("/readyz").await;
+    assert!(
+        ready["channels"]["rpc"]["broker"]["fault"].is_null(),
+        "{ready}"
+    );
 }

@@ -273,6 +273,17 @@ async fn set_fault(
     spec.validate().map_err(|e| BadRequest {
         message: format!("{}: {}", e.key, e.message),
     })?;
+    for h in &handles {
+        let t = h.target();
+        if t.channel == "rpc" && &*t.name == quartet_amqp::BROKER_TARGET {
+            if let Some((key, message)) = quartet_amqp::toxic::broker_fault_problem(&spec) {
+                return Err(BadRequest {
+                    message: format!("{key}: {message}"),
+                }
+                .into());
+            }
+        }
+    }
     let mut set = Vec::new();
     for h in &handles {
         h.set(Some(spec.clone()));

@@ -807,6 +807,50 @@ upstream = "echo"
     }
 
     #[test]
+    fn rpc_topic_named_broker_is_refused() {
+        // It would be the same target as the broker connections, `rpc:broker`.
+        let src = RPC.replace(
+            "topic = \"compute\"\nexchange",
+            "topic = \"broker\"\nexchange",
+        );
+        let e = err(&src);
+        assert!(
+            e.starts_with("quartet.toml:10: rpc.topics[0].topic: \"broker\" is reserved"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn rpc_broker_fault_takes_connection_faults_only() {
+        let src = format!(
+            "{RPC}\n[rpc]\nbroker_fault = {{ connection = [{{ kind = \"latency\", latency = \"100ms\" }}] }}\n"
+        );
+        let (c, _) = parse(&src, "quartet.toml", no_env).unwrap();
+        let fault = c.rpc.broker_fault.expect("broker_fault");
+        assert_eq!(fault.connection.len(), 1);
+
+        let src =
+            format!("{RPC}\n[rpc]\nbroker_fault = {{ delay = \"1s\", delay_percent = 100 }}\n");
+        let e = err(&src);
+        assert!(
+            e.starts_with(
+                "quartet.toml:26: rpc.broker_fault.delay: rpc:broker takes only connection faults"
+            ),
+            "{e}"
+        );
+        let src = format!("{RPC}\n[rpc]\nbroker_fault = {{ abort_percent = 10 }}\n");
+        let e = err(&src);
+        assert!(
+            e.starts_with("quartet.toml:26: rpc.broker_fault.abort_percent: rpc:broker takes"),
+            "{e}"
+        );
+        let src =
+            format!("{RPC}\n[rpc]\nbroker_fault = {{ connection = [{{ kind = \"nope\" }}] }}\n");
+        let e = err(&src);
+        assert!(e.starts_with("quartet.toml:26: rpc.broker_fault"), "{e}");
+    }
+
+    #[test]
     fn rpc_without_a_broker_is_refused() {
         let e = err("[[rpc.topics]]\ntopic = \"compute\"\n");
         assert_eq!(

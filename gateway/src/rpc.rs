@@ -230,9 +230,12 @@ pub fn build(
         return None;
     };
     let metrics = &shared.metrics;
-    // The broker connections' toxics: set at run time (kept across reloads) or none.
+    // The broker connections' toxics: set at run time (kept across reloads), else the
+    // config's `[rpc] broker_fault`, else none.
     let broker_fault = shared.rpc.broker_fault(metrics);
-    let wanted = shared.runtime_fault(broker_fault.target());
+    let wanted = shared
+        .runtime_fault(broker_fault.target())
+        .or_else(|| config.rpc.broker_fault.clone());
     if broker_fault.get() != wanted {
         broker_fault.set(wanted);
     }

@@ -138,6 +138,11 @@ pub struct RpcConfig {
     /// Send a remote exception's traceback (`tb`) to HTTP clients in the error body.
     /// Off by default: a traceback shows the server's code and paths; it is logged.
     pub expose_traceback: bool,
+    /// The connection faults (toxics) of `rpc:broker` from the start: every broker
+    /// connection of the instance goes through them. Only `connection` is taken (see
+    /// [`crate::toxic::broker_fault_problem`]); the admin API can replace or clear it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub broker_fault: Option<quartet_policies::spec::FaultSpec>,
 }
 
 /// One `[[rpc.routes]]` entry: `method` + `path` (with `{name}` segments) on the public
@@ -318,13 +323,13 @@ fn default_server_concurrency() -> usize {
 #[error("{key}: {message}")]
 pub struct ConfigError {
     pub key: String,
-    pub message: &'static str,
+    pub message: std::borrow::Cow<'static, str>,
 }
 
-fn err(key: impl Into<String>, message: &'static str) -> ConfigError {
+fn err(key: impl Into<String>, message: impl Into<std::borrow::Cow<'static, str>>) -> ConfigError {
     ConfigError {
         key: key.into(),
-        message,
+        message: message.into(),
     }
 }
 
@@ -371,6 +376,14 @@ impl RpcConfig {
             if !seen.insert(t.topic.as_str()) {
                 return Err(err(key("topic"), "is listed twice"));
             }
+            if t.topic == crate::toxic::BROKER_TARGET {
+                return Err(err(
+                    key("topic"),
+                    "\"broker\" is reserved: rpc:broker is the target of the broker \
+                     connections (their connection faults), a topic of that name would \
+                     clash with it",
+                ));
+            }
             if t.exchange.is_empty() {
                 return Err(err(key("exchange"), "must not be empty"));
             }
@@ -405,6 +418,14 @@ impl RpcConfig {
             }
             if s.concurrency == 0 {
                 return Err(err(key("concurrency"), "must be above zero"));
+            }
+        }
+        if let Some(fault) = &self.broker_fault {
+            fault
+                .validate()
+                .map_err(|e| err(format!("rpc.broker_fault.{}", e.key), e.message))?;
+            if let Some((k, message)) = crate::toxic::broker_fault_problem(fault) {
+                return Err(err(format!("rpc.broker_fault.{k}"), message));
             }
         }
         let mut routes = std::collections::BTreeSet::new();

@@ -19,6 +19,7 @@ use async_rs::{Runtime, Tokio};
 use futures_util::Stream;
 use quartet_policies::fault::toxic::Toxic;
 use quartet_policies::fault::FaultHandle;
+use quartet_policies::spec::FaultSpec;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd};
@@ -28,6 +29,37 @@ use std::time::{Duration, Instant};
 
 /// The name of the broker connection's target (channel `rpc`): `rpc:broker`.
 pub const BROKER_TARGET: &str = "broker";
+
+/// Why `fault` cannot be set on `rpc:broker`, if it cannot: the key at fault and the
+/// reason. Only connection faults (toxics) act on the broker connections; a request-level
+/// `delay` or `abort` has no request to act on there (it belongs on a topic, `rpc:TOPIC`),
+/// so it is refused rather than silently ignored.
+pub fn broker_fault_problem(fault: &FaultSpec) -> Option<(&'static str, String)> {
+    let why = |what: &str| {
+        format!(
+            "rpc:broker takes only connection faults (`connection`: latency, bandwidth, \
+             reset, stall, close_after); a {what} acts on requests, set it on a topic \
+             (rpc:TOPIC) instead"
+        )
+    };
+    if fault.delay.is_some() || fault.delay_percent > 0.0 {
+        let key = if fault.delay.is_some() {
+            "delay"
+        } else {
+            "delay_percent"
+        };
+        return Some((key, why("delay")));
+    }
+    if fault.abort_status.is_some() || fault.abort_percent > 0.0 {
+        let key = if fault.abort_status.is_some() {
+            "abort_status"
+        } else {
+            "abort_percent"
+        };
+        return Some((key, why("abort")));
+    }
+    None
+}
 
 /// The fault handle whose connection toxics apply to the broker connections, carried in
 /// [`crate::AmqpConfig`] (not part of the config file). Two values are equal when they
