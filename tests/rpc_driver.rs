@@ -283,7 +283,11 @@ async fn rpc_and_http_calls_share_the_drivers_one_stack() {
         (body["channels"]["native"]["drivers"]["tools"]["in_flight"] == 1).then_some(())
     })
     .await;
-    assert!(pid_of(&["/usr/bin/sleep", "96"]).is_some());
+    // The slot is taken before the process starts: wait for the process too.
+    eventually("the held call's process runs", BOUND, || async {
+        pid_of(&["/usr/bin/sleep", "96"]).map(|_| ())
+    })
+    .await;
     // ...so the RPC call is refused at once by the same limit.
     let out = oslo_calls(&topic, &[("nap", json!({"args": ["0"]}))]);
     assert_eq!(out[0]["exception"], "RemoteError", "{}", out[0]);
