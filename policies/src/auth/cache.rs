@@ -256,6 +256,38 @@ impl TokenCache {
     }
 }
 
+impl TokenCache {
+    /// For a user token that came with a valid service token (keystonemiddleware's
+    /// `allow_expired`): a cached valid entry is served as usual; otherwise the validator
+    /// is asked with [`Validator::validate_allow_expired`], without sharing a flight with
+    /// ordinary validations (whose answer for an expired token is a refusal). A confirmed
+    /// token that has not expired yet is cached as usual; one past its `expires_at` is
+    /// not (an entry never outlives the token), so each such request asks again, and a
+    /// refusal is cached as any other.
+    pub async fn get_or_validate_allow_expired(
+        &self,
+        token: &str,
+        validator: Arc<dyn Validator>,
+    ) -> Outcome {
+        let cached = {
+            let state = self.state();
+            match state.slots.get(&key(token)) {
+                Some(Slot::Ready {
+                    outcome: Ok(info),
+                    deadline,
+                }) if *deadline > Instant::now() => Some(info.clone()),
+                _ => None,
+            }
+        };
+        if let Some(info) = cached {
+            return Ok(info);
+        }
+        let outcome = validator.validate_allow_expired(token).await.map(Arc::new);
+        self.insert(token, outcome.clone(), Instant::now(), SystemTime::now());
+        outcome
+    }
+}
+
 fn still_valid(outcome: Outcome, wall: SystemTime) -> Outcome {
     match outcome {
         Ok(info) if info.is_expired(wall) => Err(ValidateError::Invalid(InvalidReason::Expired)),
