@@ -430,4 +430,31 @@ mod tests {
         .unwrap();
         assert_eq!(scope, ScopeRequest::System);
     }
+
+    #[test]
+    fn allow_expired_is_read_as_keystone_reads_it() {
+        let with = |query: &str| {
+            allow_expired(
+                &Request::get(format!("/v3/auth/tokens{query}"))
+                    .body(Bytes::new())
+                    .unwrap(),
+            )
+        };
+        for yes in [
+            "?allow_expired=1",
+            "?nocatalog&allow_expired=True",
+            "?allow_expired=yes",
+        ] {
+            assert!(with(yes), "{yes}");
+        }
+        for no in [
+            "",
+            "?allow_expired=0",
+            "?allow_expired=false",
+            "?allow_expired",
+            "?nocatalog",
+        ] {
+            assert!(!with(no), "{no}");
+        }
+    }
 }
