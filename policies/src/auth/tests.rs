@@ -622,6 +622,17 @@ async fn expired_user_token_with_a_service_token() {
     let (status, _, _) = call(&svc, with("svc-norole")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
+    // A token refused even with allow_expired is answered from the cache next time; an
+    // expired one that is accepted is not cached (an entry never outlives the token).
+    let unknown = || request("/", &[("x-auth-token", "nope"), ("x-service-token", "svc")]);
+    let before = table.calls();
+    assert_eq!(call(&svc, unknown()).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(table.calls(), before + 1);
+    assert_eq!(call(&svc, unknown()).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(table.calls(), before + 1, "cached refusal");
+    assert_eq!(call(&svc, with("svc")).await.0, StatusCode::OK);
+    assert_eq!(table.calls(), before + 2, "expired: asked again");
+
     // Roles not required: the role-less service token counts as valid, but
     // allow_expired still needs the role (keystonemiddleware's `role_check_passed`).
     let mut config = RequireTokenConfig::new(AuthMode::Required, "http://127.0.0.1:5000/v3");
