@@ -701,3 +701,219 @@ async fn keystone_mode_validates_remotely_and_answers_503_when_keystone_is_down(
     assert_eq!(status, 200);
     assert_eq!(seen(&body, "x-identity-status"), Some("Invalid"));
 }
+
+/// A token from Quartet's own `POST /v3/auth/tokens` for `user` (domain `default`).
+async fn issue(q: &Quartet, user: &str, password: &str, scope: Value) -> String {
+    let mut auth = json!({"identity": {"methods": ["password"], "password": {"user": {
+        "name": user, "domain": {"id": "default"}, "password": password}}}});
+    if !scope.is_null() {
+        auth["scope"] = scope;
+    }
+    let resp = reqwest::Client::new()
+        .post(format!("{}/auth/tokens", q.v3()))
+        .json(&json!({ "auth": auth }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201, "token for {user}");
+    resp.headers()["x-subject-token"]
+        .to_str()
+        .unwrap()
+        .to_string()
+}
+
+/// The headers keystonemiddleware's auth_token may set or remove (and the tokens it
+/// forwards), by their lowercase names.
+fn identity_headers(headers: &Value) -> serde_json::Map<String, Value> {
+    const PREFIXES: &[&str] = &[
+        "x-identity-status",
+        "x-service-",
+        "x-user",
+        "x-project-",
+        "x-domain-",
+        "x-tenant",
+        "x-role",
+        "x-is-admin-project",
+        "openstack-system-scope",
+        "x-auth-token",
+        "x-storage-token",
+    ];
+    headers
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .filter(|(k, _)| PREFIXES.iter().any(|p| k.starts_with(p)))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn domain_system_and_service_tokens_forward_what_keystonemiddleware_sets() {
+    let upstream = echo_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), upstream);
+    let run = |args: &[&str]| {
+        let out = Command::new(binary())
+            .arg("identity")
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .env_remove("QUARTET_ADMIN_PASSWORD")
+            .env_remove(DATABASE_VAR)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "quartet identity {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // Bootstrap gives admin `admin` on project admin and on the system; a domain role
+    // for domain-scoped tokens, and a service user as in a real deployment.
+    run(&["bootstrap", "--password", ADMIN_PASSWORD]);
+    run(&[
+        "role",
+        "add",
+        "--user",
+        "admin",
+        "--on-domain",
+        "default",
+        "--role",
+        "member",
+    ]);
+    run(&["project", "create", "service"]);
+    run(&["user", "create", "nova", "--password", "nova-pw"]);
+    run(&[
+        "role",
+        "add",
+        "--user",
+        "nova",
+        "--project",
+        "service",
+        "--role",
+        "service",
+    ]);
+    let q = start_in(dir, config, None);
+
+    let in_default = |name: &str| json!({"name": name, "domain": {"id": "default"}});
+    let project = issue(
+        &q,
+        "admin",
+        ADMIN_PASSWORD,
+        json!({"project": in_default("admin")}),
+    )
+    .await;
+    let domain = issue(
+        &q,
+        "admin",
+        ADMIN_PASSWORD,
+        json!({"domain": {"id": "default"}}),
+    )
+    .await;
+    let system = issue(
+        &q,
+        "admin",
+        ADMIN_PASSWORD,
+        json!({"system": {"all": true}}),
+    )
+    .await;
+    let service = issue(
+        &q,
+        "nova",
+        "nova-pw",
+        json!({"project": in_default("service")}),
+    )
+    .await;
+
+    let spoofed = json!({"X-Roles": "admin", "X-User-Id": "root", "X-Tenant-Id": "t",
+        "X-Service-Roles": "service", "X-Domain-Id": "d", "OpenStack-System-Scope": "all",
+        "X-Identity-Status": "Confirmed", "X-Is-Admin-Project": "True"});
+    let with = |extra: Value| {
+        let mut h = spoofed.as_object().unwrap().clone();
+        h.extend(extra.as_object().unwrap().clone());
+        json!({ "headers": h })
+    };
+    let cases = vec![
+        with(json!({"X-Auth-Token": domain})),
+        with(json!({"X-Auth-Token": system})),
+        with(json!({"X-Auth-Token": project, "X-Service-Token": service})),
+        with(json!({"X-Auth-Token": domain, "X-Service-Token": service})),
+        with(json!({"X-Auth-Token": system, "X-Service-Token": service})),
+        // admin's domain token has no service role: not a service token.
+        with(json!({"X-Auth-Token": project, "X-Service-Token": domain})),
+        with(json!({"X-Service-Token": service})),
+    ];
+
+    // The real keystonemiddleware, validating against Quartet's /v3 with nova's token.
+    let script = workspace().join("adapters/identity/tests/peers/keystonemiddleware_headers.py");
+    let input = serde_json::to_vec(&cases).unwrap();
+    let (v3, service_token) = (q.v3(), service.clone());
+    let output = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut child = Command::new(python())
+            .arg(script)
+            .args([&v3, "nova", "nova-pw", "false", &service_token])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python from the venv (set QUARTET_VENV)");
+        child.stdin.take().unwrap().write_all(&input).unwrap();
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "keystonemiddleware run failed (is it installed? run `bash tests/run.sh`):\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let theirs: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let statuses: Vec<u64> = theirs
+        .iter()
+        .map(|t| t["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        statuses,
+        [200, 200, 200, 200, 200, 401, 401],
+        "keystonemiddleware"
+    );
+
+    let mut differences = Vec::new();
+    for (i, (case, theirs)) in cases.iter().zip(&theirs).enumerate() {
+        let headers: Vec<(&str, &str)> = case["headers"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str().unwrap()))
+            .collect();
+        let (status, _, body) = get(&q.url("/echo/servers"), &headers).await;
+        if u64::from(status) != theirs["status"].as_u64().unwrap() {
+            differences.push(format!(
+                "case {i}: status ours {status} theirs {}",
+                theirs["status"]
+            ));
+            continue;
+        }
+        if status == 200 {
+            let (ours, theirs) = (
+                identity_headers(&body["headers"]),
+                identity_headers(&theirs["body"]),
+            );
+            if ours != theirs {
+                differences.push(format!(
+                    "case {i}: headers\n ours   {}\n theirs {}",
+                    Value::Object(ours),
+                    Value::Object(theirs)
+                ));
+            }
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "quartet forwards other headers than keystonemiddleware sets:\n{}",
+        differences.join("\n")
+    );
+}

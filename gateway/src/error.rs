@@ -31,16 +31,6 @@ pub struct BodyTooLarge {
 #[error("admin token missing or wrong")]
 pub struct Unauthorized;
 
-/// A valid token without the role the admin API needs. Edge: 403.
-#[derive(Debug, thiserror::Error)]
-#[error("the admin role is required")]
-pub struct Forbidden;
-
-/// The identity backend cannot say whether a token is valid. Edge: 503.
-#[derive(Debug, thiserror::Error)]
-#[error("identity backend unavailable")]
-pub struct IdentityUnavailable;
-
 /// A request the admin API cannot act on. Edge: 400 with the message (it names the key).
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
@@ -195,18 +185,6 @@ pub fn classify(err: &(dyn StdError + 'static)) -> Edge {
         }
         if e.is::<Unauthorized>() {
             return edge(StatusCode::UNAUTHORIZED, "admin token missing or wrong");
-        }
-        if e.is::<Forbidden>() {
-            return edge(
-                StatusCode::FORBIDDEN,
-                "You are not authorized to perform the requested action: admin_required.",
-            );
-        }
-        if e.is::<IdentityUnavailable>() {
-            return edge(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "The Keystone service is temporarily unavailable.",
-            );
         }
         if let Some(b) = e.downcast_ref::<BadRequest>() {
             return edge(StatusCode::BAD_REQUEST, &b.message);

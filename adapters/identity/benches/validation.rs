@@ -53,6 +53,7 @@ fn token_info() -> TokenInfo {
         issued_at: now,
         expires_at: now + Duration::from_secs(3600),
         is_admin_project: false,
+        forward_headers: Default::default(),
     }
 }
 

@@ -148,7 +148,16 @@ impl IdentityApi {
         else {
             return error(StatusCode::BAD_REQUEST, "Expecting to find X-Subject-Token in request headers. The server could not comply with the request since it is either malformed or otherwise incorrect. The client is assumed to be in error.");
         };
-        let subject = match self.identity.validate_token(subject_token).await {
+        // Keystone: `?allow_expired=1` on GET and HEAD validates within
+        // `[token] allow_expired_window` past the token's expiry.
+        let subject = if allow_expired(request) && !matches!(kind, Check::Revoke) {
+            self.identity
+                .validate_token_allow_expired(subject_token)
+                .await
+        } else {
+            self.identity.validate_token(subject_token).await
+        };
+        let subject = match subject {
             Ok(info) => info,
             Err(ValidateError::Invalid(InvalidReason::Revoked)) => {
                 return error(StatusCode::NOT_FOUND, "Failed to validate token")
@@ -247,6 +256,20 @@ fn no_catalog(request: &Request<Bytes>) -> bool {
     request.uri().query().is_some_and(|q| {
         q.split('&')
             .any(|p| p == "nocatalog" || p.starts_with("nocatalog="))
+    })
+}
+
+/// `allow_expired` as Keystone reads it (oslo's `strutils.bool_from_string`: `1`, `t`,
+/// `true`, `on`, `y`, `yes`, any case; anything else, or absent, is false).
+fn allow_expired(request: &Request<Bytes>) -> bool {
+    request.uri().query().is_some_and(|q| {
+        q.split('&').any(|p| {
+            p.strip_prefix("allow_expired=").is_some_and(|v| {
+                ["1", "t", "true", "on", "y", "yes"]
+                    .iter()
+                    .any(|t| v.trim().eq_ignore_ascii_case(t))
+            })
+        })
     })
 }
 
@@ -406,5 +429,32 @@ mod tests {
         )
         .unwrap();
         assert_eq!(scope, ScopeRequest::System);
+    }
+
+    #[test]
+    fn allow_expired_is_read_as_keystone_reads_it() {
+        let with = |query: &str| {
+            allow_expired(
+                &Request::get(format!("/v3/auth/tokens{query}"))
+                    .body(Bytes::new())
+                    .unwrap(),
+            )
+        };
+        for yes in [
+            "?allow_expired=1",
+            "?nocatalog&allow_expired=True",
+            "?allow_expired=yes",
+        ] {
+            assert!(with(yes), "{yes}");
+        }
+        for no in [
+            "",
+            "?allow_expired=0",
+            "?allow_expired=false",
+            "?allow_expired",
+            "?nocatalog",
+        ] {
+            assert!(!with(no), "{no}");
+        }
     }
 }

@@ -32,6 +32,11 @@ pub struct IdentityConfig {
     /// Lifetime of issued tokens (Keystone's `[token] expiration`, 1 h).
     #[serde(default = "default_expiration", with = "humantime_serde")]
     pub token_expiration: Duration,
+    /// Keystone's `[token] allow_expired_window` (48 h): how long past its expiry the
+    /// embedded identity still confirms a token when asked with `allow_expired` (a user
+    /// token that came with a service token carrying the `service` role).
+    #[serde(default = "default_allow_expired_window", with = "humantime_serde")]
+    pub allow_expired_window: Duration,
     /// How often an instance reads revocations other instances wrote.
     #[serde(default = "default_revocation_poll", with = "humantime_serde")]
     pub revocation_poll: Duration,
@@ -94,6 +99,9 @@ fn default_key_repository() -> PathBuf {
 fn default_expiration() -> Duration {
     Duration::from_secs(3600)
 }
+fn default_allow_expired_window() -> Duration {
+    crate::identity::DEFAULT_ALLOW_EXPIRED_WINDOW
+}
 fn default_revocation_poll() -> Duration {
     Duration::from_secs(5)
 }
@@ -108,6 +116,7 @@ impl Default for IdentityConfig {
             database: default_database(),
             key_repository: default_key_repository(),
             token_expiration: default_expiration(),
+            allow_expired_window: default_allow_expired_window(),
             revocation_poll: default_revocation_poll(),
             public_url: None,
             keystone: None,

@@ -111,6 +111,9 @@ pub struct Identity {
     keys: KeyRepository,
     catalog: RwLock<Arc<Vec<Service>>>,
     expiration: Duration,
+    /// Keystone's `[token] allow_expired_window`: how long past its expiry a token is
+    /// still confirmed when `allow_expired` is asked for.
+    allow_expired_window: Duration,
     revoked: RwLock<HashSet<String>>,
     /// The newest `revoked_at` read from the table (microseconds).
     cursor: Mutex<i64>,
@@ -124,6 +127,9 @@ impl std::fmt::Debug for Identity {
             .finish_non_exhaustive()
     }
 }
+
+/// Keystone's default `[token] allow_expired_window`: 48 hours.
+pub const DEFAULT_ALLOW_EXPIRED_WINDOW: Duration = Duration::from_secs(48 * 3600);
 
 fn unavailable(err: StoreError) -> ValidateError {
     ValidateError::unavailable(err)
@@ -143,9 +149,20 @@ impl Identity {
             keys,
             catalog: RwLock::new(Arc::new(catalog)),
             expiration,
+            allow_expired_window: DEFAULT_ALLOW_EXPIRED_WINDOW,
             revoked: RwLock::new(HashSet::new()),
             cursor: Mutex::new(0),
         }
+    }
+
+    /// Sets Keystone's `[token] allow_expired_window` (default 48 h).
+    pub fn with_allow_expired_window(mut self, window: Duration) -> Self {
+        self.allow_expired_window = window;
+        self
+    }
+
+    pub fn allow_expired_window(&self) -> Duration {
+        self.allow_expired_window
     }
 
     pub fn store(&self) -> &Store {
@@ -272,7 +289,32 @@ impl Identity {
     /// public keys): signature, expiry, revocation, then the user, scope and roles as the
     /// store has them now.
     pub async fn validate_token(&self, token: &str) -> Result<TokenInfo, ValidateError> {
-        let claims = self.keys.verify(token, SystemTime::now())?;
+        self.validate_within(token, Duration::ZERO).await
+    }
+
+    /// As [`validate_token`](Self::validate_token), for Keystone's `allow_expired`: a
+    /// token up to `allow_expired_window` past its expiry is still confirmed (with its
+    /// real `expires_at`), as Keystone's `validate_token(window_seconds=...)` does.
+    pub async fn validate_token_allow_expired(
+        &self,
+        token: &str,
+    ) -> Result<TokenInfo, ValidateError> {
+        self.validate_within(token, self.allow_expired_window).await
+    }
+
+    async fn validate_within(
+        &self,
+        token: &str,
+        window: Duration,
+    ) -> Result<TokenInfo, ValidateError> {
+        let claims = self.keys.verify_signature(token)?;
+        // Keystone: valid while now < expires_at + window.
+        let until = SystemTime::UNIX_EPOCH
+            .checked_add(Duration::from_secs(claims.exp))
+            .and_then(|exp| exp.checked_add(window));
+        if until.is_some_and(|until| until <= SystemTime::now()) {
+            return Err(InvalidReason::Expired.into());
+        }
         if self.is_revoked(&claims) {
             return Err(InvalidReason::Revoked.into());
         }
@@ -440,5 +482,12 @@ impl Identity {
 impl Validator for Identity {
     fn validate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<TokenInfo, ValidateError>> {
         Box::pin(self.validate_token(token))
+    }
+
+    fn validate_allow_expired<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<TokenInfo, ValidateError>> {
+        Box::pin(self.validate_token_allow_expired(token))
     }
 }

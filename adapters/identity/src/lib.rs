@@ -49,7 +49,8 @@ pub async fn open(
     config.validate()?;
     let store = store::Store::connect(&config.database).await?;
     let keys = jws::KeyRepository::open_or_create(&config.key_repository)?;
-    let identity = Identity::new(store, keys, config.token_expiration, catalog);
+    let identity = Identity::new(store, keys, config.token_expiration, catalog)
+        .with_allow_expired_window(config.allow_expired_window);
     identity.refresh_revocations().await?;
     Ok(std::sync::Arc::new(identity))
 }

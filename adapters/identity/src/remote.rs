@@ -150,11 +150,18 @@ where
         Ok(fresh)
     }
 
-    async fn fetch(&self, service: &str, token: &str) -> Result<Response<Bytes>, RemoteError> {
-        let query = if self.include_catalog {
-            ""
-        } else {
-            "?nocatalog"
+    async fn fetch(
+        &self,
+        service: &str,
+        token: &str,
+        allow_expired: bool,
+    ) -> Result<Response<Bytes>, RemoteError> {
+        // python-keystoneclient's `get_token_data`: the flags joined with `&`.
+        let query = match (self.include_catalog, allow_expired) {
+            (true, false) => "",
+            (false, false) => "?nocatalog",
+            (true, true) => "?allow_expired=1",
+            (false, true) => "?nocatalog&allow_expired=1",
         };
         let request = Request::builder()
             .method(Method::GET)
@@ -167,22 +174,29 @@ where
         self.send(request).await
     }
 
-    /// One validation, as keystonemiddleware's `verify_token`.
-    pub async fn validate_remote(&self, token: &str) -> Result<TokenInfo, ValidateError> {
+    /// One validation, as keystonemiddleware's `verify_token`. With `allow_expired`,
+    /// Keystone is asked with `?allow_expired=1` (it then confirms tokens up to its
+    /// `[token] allow_expired_window` past expiry) and the answer's expiry is not checked
+    /// here, as keystonemiddleware's `_validate_token(allow_expired=True)`.
+    pub async fn validate_remote(
+        &self,
+        token: &str,
+        allow_expired: bool,
+    ) -> Result<TokenInfo, ValidateError> {
         if http::HeaderValue::from_str(token).is_err() {
             return Err(InvalidReason::Malformed.into());
         }
         let unavailable = ValidateError::unavailable;
         let service = self.service_token(false).await.map_err(unavailable)?;
         let mut response = self
-            .fetch(&service.token, token)
+            .fetch(&service.token, token, allow_expired)
             .await
             .map_err(unavailable)?;
         if response.status() == StatusCode::UNAUTHORIZED {
             // Our own token was refused (expired, revoked): renew it once.
             let service = self.service_token(true).await.map_err(unavailable)?;
             response = self
-                .fetch(&service.token, token)
+                .fetch(&service.token, token, allow_expired)
                 .await
                 .map_err(unavailable)?;
         }
@@ -195,7 +209,7 @@ where
             .map_err(|e| unavailable(RemoteError::Json(e)))?;
         let info =
             TokenInfo::from_keystone_body(&body).map_err(|e| unavailable(RemoteError::Body(e)))?;
-        if info.is_expired(SystemTime::now()) {
+        if !allow_expired && info.is_expired(SystemTime::now()) {
             return Err(InvalidReason::Expired.into());
         }
         Ok(info)
@@ -213,7 +227,14 @@ where
     E: Into<BoxError> + 'static,
 {
     fn validate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<TokenInfo, ValidateError>> {
-        Box::pin(self.validate_remote(token))
+        Box::pin(self.validate_remote(token, false))
+    }
+
+    fn validate_allow_expired<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<TokenInfo, ValidateError>> {
+        Box::pin(self.validate_remote(token, true))
     }
 }
 
@@ -231,21 +252,46 @@ impl<V> JwsPrefilter<V> {
     }
 }
 
+impl<V: Validator> JwsPrefilter<V> {
+    async fn check(&self, token: &str, allow_expired: bool) -> Result<TokenInfo, ValidateError> {
+        let ask = |token| {
+            if allow_expired {
+                self.inner.validate_allow_expired(token)
+            } else {
+                self.inner.validate(token)
+            }
+        };
+        // With allow_expired only the signature is checked offline: how far past its
+        // expiry a token may be is Keystone's `allow_expired_window`, which it applies.
+        let verified = if allow_expired {
+            self.keys.verify_signature(token)
+        } else {
+            self.keys.verify(token, SystemTime::now())
+        };
+        match verified {
+            Ok(claims) => {
+                let info = ask(token).await?;
+                // The remote answer must be about the token we checked.
+                if info.user.id != claims.sub {
+                    return Err(InvalidReason::Malformed.into());
+                }
+                Ok(info)
+            }
+            Err(InvalidReason::Unrecognized) => ask(token).await,
+            Err(reason) => Err(reason.into()),
+        }
+    }
+}
+
 impl<V: Validator> Validator for JwsPrefilter<V> {
     fn validate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<TokenInfo, ValidateError>> {
-        Box::pin(async move {
-            match self.keys.verify(token, SystemTime::now()) {
-                Ok(claims) => {
-                    let info = self.inner.validate(token).await?;
-                    // The remote answer must be about the token we checked.
-                    if info.user.id != claims.sub {
-                        return Err(InvalidReason::Malformed.into());
-                    }
-                    Ok(info)
-                }
-                Err(InvalidReason::Unrecognized) => self.inner.validate(token).await,
-                Err(reason) => Err(reason.into()),
-            }
-        })
+        Box::pin(self.check(token, false))
+    }
+
+    fn validate_allow_expired<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<TokenInfo, ValidateError>> {
+        Box::pin(self.check(token, true))
     }
 }

@@ -286,4 +286,77 @@ async fn validates_a_real_keystones_tokens() {
     );
     let validated: Value = serde_json::from_slice(resp.body()).unwrap();
     assert_eq!(validated["token"]["user"]["name"], "admin");
+
+    // allow_expired (keystonemiddleware with a valid service token): Keystone confirms
+    // an expired token with `?allow_expired=1` within its `[token] allow_expired_window`
+    // (48 h by default), and refuses it without.
+    let expired = |hours_ago: u64| {
+        let now = time::epoch_secs(SystemTime::now());
+        shared
+            .sign(&Claims {
+                sub: claims.sub.clone(),
+                iat: now - (hours_ago + 1) * 3600,
+                exp: now - hours_ago * 3600,
+                openstack_methods: vec!["password".into()],
+                openstack_audit_ids: vec![new_audit_id()],
+                openstack_project_id: claims.openstack_project_id.clone(),
+                ..Claims::default()
+            })
+            .unwrap()
+    };
+    let (recent, old) = (expired(1), expired(49));
+    let keystone = remote(&http, &jws.url, password);
+    assert_eq!(
+        keystone.validate(&recent).await.unwrap_err().reason(),
+        Some(InvalidReason::NotFound),
+        "keystone refuses an expired token without allow_expired"
+    );
+    let info = keystone
+        .validate_allow_expired(&recent)
+        .await
+        .expect("keystone confirms an expired token with allow_expired=1");
+    assert_eq!(info.user.name, "admin");
+    assert!(
+        info.is_expired(SystemTime::now()),
+        "the token's real expires_at"
+    );
+    assert_eq!(
+        keystone
+            .validate_allow_expired(&old)
+            .await
+            .unwrap_err()
+            .reason(),
+        Some(InvalidReason::NotFound),
+        "beyond keystone's allow_expired_window"
+    );
+    // The offline JWS check: expiry refused without asking Keystone, unless allow_expired,
+    // where only the signature is checked here and Keystone applies its window.
+    let calls = http.calls();
+    assert_eq!(
+        prefilter.validate(&recent).await.unwrap_err().reason(),
+        Some(InvalidReason::Expired)
+    );
+    assert_eq!(http.calls(), calls, "refused offline");
+    let info = prefilter
+        .validate_allow_expired(&recent)
+        .await
+        .expect("jws prefilter + keystone with allow_expired");
+    assert_eq!(info.user.id, claims.sub);
+    assert_eq!(
+        prefilter
+            .validate_allow_expired(&old)
+            .await
+            .unwrap_err()
+            .reason(),
+        Some(InvalidReason::NotFound)
+    );
+    assert_eq!(
+        prefilter
+            .validate_allow_expired(&tampered)
+            .await
+            .unwrap_err()
+            .reason(),
+        Some(InvalidReason::BadSignature),
+        "allow_expired never skips the signature"
+    );
 }

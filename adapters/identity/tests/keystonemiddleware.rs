@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use quartet_identity::bootstrap::bootstrap;
-use quartet_identity::jws::KeyRepository;
+use quartet_identity::jws::{new_audit_id, Claims, KeyRepository};
 use quartet_identity::store::{HashCost, Store, Target};
 use quartet_identity::{
     Credential, DomainRef, Identity, IdentityApi, ProjectRef, ScopeRequest, UserRef,
@@ -169,6 +169,26 @@ async fn same_headers_as_keystonemiddleware() {
     )
     .await;
 
+    // Tokens past their expiry, signed as the identity signs: one within Keystone's
+    // allow_expired_window (48 h by default), one beyond it.
+    let expired = |hours_ago: u64| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = Claims {
+            sub: boot.admin_user_id.clone(),
+            iat: now - (hours_ago + 1) * 3600,
+            exp: now - hours_ago * 3600,
+            openstack_methods: vec!["password".into()],
+            openstack_audit_ids: vec![new_audit_id()],
+            openstack_project_id: Some(boot.admin_project_id.clone()),
+            ..Claims::default()
+        };
+        identity.keys().sign(&claims).unwrap()
+    };
+    let (expired_1h, expired_49h) = (expired(1), expired(49));
+
     let spoofed = json!({"X-Roles": "admin", "X-User-Id": "root", "X-Tenant-Id": "t", "X-Service-Roles": "service",
                          "X-Identity-Status": "Confirmed", "X-Is-Admin-Project": "True", "X-Service-Catalog": "[]"});
     let with = |extra: Value| {
@@ -183,6 +203,12 @@ async fn same_headers_as_keystonemiddleware() {
         with(json!({"X-Storage-Token": project})),
         with(json!({"X-Auth-Token": project, "X-Service-Token": service})),
         with(json!({"X-Auth-Token": project, "X-Service-Token": project})),
+        // allow_expired: only with a service token that has the service role, and only
+        // within the window.
+        with(json!({"X-Auth-Token": expired_1h})),
+        with(json!({"X-Auth-Token": expired_1h, "X-Service-Token": service})),
+        with(json!({"X-Auth-Token": expired_1h, "X-Service-Token": project})),
+        with(json!({"X-Auth-Token": expired_49h, "X-Service-Token": service})),
         with(json!({"X-Auth-Token": "not-a-token"})),
         with(json!({})),
     ];
@@ -221,6 +247,15 @@ async fn same_headers_as_keystonemiddleware() {
             String::from_utf8_lossy(&output.stderr)
         );
         let theirs: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+        if !delay {
+            // The real one, against the embedded /v3 (`?allow_expired=1`), lets the
+            // expired token through only with the service token, within the window.
+            let statuses: Vec<&Value> = theirs[6..10].iter().map(|t| &t["status"]).collect();
+            assert_eq!(
+                statuses,
+                [&json!(401), &json!(200), &json!(401), &json!(401)]
+            );
+        }
 
         let layer = RequireTokenLayer::new(
             RequireTokenConfig::new(

@@ -70,12 +70,20 @@ pub enum ProjectCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum RoleCommand {
-    /// Grants a role to a user on a project (all three by id or name).
+    /// Grants a role to a user on a project, a domain (`--on-domain`) or the system
+    /// (`--system`), as `openstack role add` (names or ids).
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["project", "on_domain", "system"])))]
     Add {
         #[arg(long)]
         user: String,
         #[arg(long)]
-        project: String,
+        project: Option<String>,
+        /// The domain (id or name) the role is granted on, for domain-scoped tokens.
+        #[arg(long, value_name = "DOMAIN")]
+        on_domain: Option<String>,
+        /// The role is granted on the system, for system-scoped tokens.
+        #[arg(long)]
+        system: bool,
         #[arg(long)]
         role: String,
         /// Domain (id or name) of the user and project names.
@@ -202,6 +210,8 @@ async fn run(store: &Store, command: IdentityCommand) -> Result<(), StoreError> 
                 RoleCommand::Add {
                     user,
                     project,
+                    on_domain,
+                    system,
                     role,
                     domain,
                     ..
@@ -213,19 +223,32 @@ async fn run(store: &Store, command: IdentityCommand) -> Result<(), StoreError> 
                 Err(e) if e.is_not_found() => store.user_by_name(&domain, &user).await?,
                 Err(e) => return Err(e),
             };
-            let project = match store.project(&project).await {
-                Ok(p) => p,
-                Err(e) if e.is_not_found() => store.project_by_name(&domain, &project).await?,
-                Err(e) => return Err(e),
+            let (target, what) = match (project, on_domain) {
+                (Some(project), _) => {
+                    let project = match store.project(&project).await {
+                        Ok(p) => p,
+                        Err(e) if e.is_not_found() => {
+                            store.project_by_name(&domain, &project).await?
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    let what = format!("project {}", project.name);
+                    (Target::Project(project.id), what)
+                }
+                (None, Some(on)) => {
+                    let id = domain_id(store, &on).await?;
+                    let what = format!("domain {on}");
+                    (Target::Domain(id), what)
+                }
+                // clap's group: one of --project, --on-domain, --system.
+                (None, None) => {
+                    debug_assert!(system);
+                    (Target::System, "the system".to_owned())
+                }
             };
             let role = store.role_by_name(&role).await?;
-            store
-                .grant(&user.id, &Target::Project(project.id.clone()), &role.id)
-                .await?;
-            println!(
-                "granted {} to user {} on project {}",
-                role.name, user.name, project.name
-            );
+            store.grant(&user.id, &target, &role.id).await?;
+            println!("granted {} to user {} on {what}", role.name, user.name);
         }
     }
     Ok(())

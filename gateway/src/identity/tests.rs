@@ -180,6 +180,10 @@ fn the_identity_section_of_the_default_config_parses_with_its_commented_keys() {
         Some("https://cloud.example/v3")
     );
     assert_eq!(identity.revocation_poll, std::time::Duration::from_secs(5));
+    assert_eq!(
+        identity.allow_expired_window,
+        std::time::Duration::from_secs(48 * 3600)
+    );
 }
 
 #[tokio::test]

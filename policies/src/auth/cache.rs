@@ -60,6 +60,10 @@ enum Slot {
     Ready {
         outcome: Outcome,
         deadline: Instant,
+        /// The outcome of an `allow_expired` validation: a refusal then holds for both
+        /// kinds of request, while an ordinary refusal (maybe only "expired") does not
+        /// answer an `allow_expired` request.
+        allow_expired: bool,
     },
     Pending {
         flight: u64,
@@ -146,7 +150,9 @@ impl TokenCache {
         let key = key(token);
         let mut state = self.state();
         match state.slots.get(&key) {
-            Some(Slot::Ready { outcome, deadline }) if *deadline > now => Some(outcome.clone()),
+            Some(Slot::Ready {
+                outcome, deadline, ..
+            }) if *deadline > now => Some(outcome.clone()),
             Some(Slot::Ready { .. }) => {
                 state.slots.remove(&key);
                 None
@@ -157,12 +163,30 @@ impl TokenCache {
 
     /// Remembers an outcome (if it may be cached).
     pub fn insert(&self, token: &str, outcome: Outcome, now: Instant, wall: SystemTime) {
+        self.insert_as(token, outcome, now, wall, false);
+    }
+
+    fn insert_as(
+        &self,
+        token: &str,
+        outcome: Outcome,
+        now: Instant,
+        wall: SystemTime,
+        allow_expired: bool,
+    ) {
         let key = key(token);
         let mut state = self.state();
         match self.deadline(&outcome, now, wall) {
             Some(deadline) => {
                 self.make_room(&mut state, now);
-                state.slots.insert(key, Slot::Ready { outcome, deadline });
+                state.slots.insert(
+                    key,
+                    Slot::Ready {
+                        outcome,
+                        deadline,
+                        allow_expired,
+                    },
+                );
             }
             None => {
                 if matches!(state.slots.get(&key), Some(Slot::Ready { .. })) {
@@ -207,7 +231,9 @@ impl TokenCache {
             let mut state = self.state();
             let now = Instant::now();
             match state.slots.get(&key) {
-                Some(Slot::Ready { outcome, deadline }) if *deadline > now => {
+                Some(Slot::Ready {
+                    outcome, deadline, ..
+                }) if *deadline > now => {
                     return still_valid(outcome.clone(), SystemTime::now());
                 }
                 Some(Slot::Pending { flight, shared }) => (*flight, shared.clone()),
@@ -243,6 +269,7 @@ impl TokenCache {
                             Slot::Ready {
                                 outcome: outcome.clone(),
                                 deadline,
+                                allow_expired: false,
                             },
                         );
                     }
@@ -253,6 +280,48 @@ impl TokenCache {
             }
         }
         still_valid(outcome, wall)
+    }
+}
+
+impl TokenCache {
+    /// For a user token that came with a valid service token (keystonemiddleware's
+    /// `allow_expired`): a cached valid entry, or a refusal from an earlier
+    /// `allow_expired` validation, is served from the cache; otherwise the validator is
+    /// asked with [`Validator::validate_allow_expired`], without sharing a flight with
+    /// ordinary validations (whose refusal may only mean "expired": a remote Keystone
+    /// answers 404 for an expired token). A confirmed token that has not expired yet is
+    /// cached as usual; one past its `expires_at` is not (an entry never outlives the
+    /// token), so each such request asks again; a refusal is cached briefly, as any other.
+    pub async fn get_or_validate_allow_expired(
+        &self,
+        token: &str,
+        validator: Arc<dyn Validator>,
+    ) -> Outcome {
+        let cached = {
+            let state = self.state();
+            match state.slots.get(&key(token)) {
+                Some(Slot::Ready {
+                    outcome,
+                    deadline,
+                    allow_expired,
+                }) if *deadline > Instant::now() && (outcome.is_ok() || *allow_expired) => {
+                    Some(outcome.clone())
+                }
+                _ => None,
+            }
+        };
+        if let Some(outcome) = cached {
+            return outcome;
+        }
+        let outcome = validator.validate_allow_expired(token).await.map(Arc::new);
+        self.insert_as(
+            token,
+            outcome.clone(),
+            Instant::now(),
+            SystemTime::now(),
+            true,
+        );
+        outcome
     }
 }
 

@@ -6,7 +6,10 @@
 //! 2. A service token (`X-Service-Token`) is validated first; it counts only when it
 //!    carries one of the service roles (default `service`).
 //! 3. The user token (`X-Auth-Token`, else `X-Storage-Token`) is validated, through the
-//!    cache, then the validators in order.
+//!    cache, then the validators in order. When the service token passed the role check,
+//!    an expired user token is still accepted within the backend's `allow_expired`
+//!    window ([`Validator::validate_allow_expired`]), so a service can finish a long
+//!    operation it started for a user whose token has since expired.
 //! 4. `X-Identity-Status` (and `X-Service-Identity-Status` when a service token came) is
 //!    set. Without a valid user token (or with an invalid service token) the request is
 //!    refused with 401 and `WWW-Authenticate`, unless the mode is `delay`, where it goes on
@@ -216,12 +219,17 @@ enum Check {
     Unavailable,
 }
 
-async fn check(shared: &Shared, token: &str) -> Check {
-    match shared
-        .cache
-        .get_or_validate(token, shared.validator.clone())
-        .await
-    {
+async fn check(shared: &Shared, token: &str, allow_expired: bool) -> Check {
+    let validator = shared.validator.clone();
+    let outcome = if allow_expired {
+        shared
+            .cache
+            .get_or_validate_allow_expired(token, validator)
+            .await
+    } else {
+        shared.cache.get_or_validate(token, validator).await
+    };
+    match outcome {
         Ok(info) => Check::Valid(info),
         Err(ValidateError::Invalid(reason)) => {
             tracing::debug!(%reason, "token refused");
@@ -247,8 +255,9 @@ async fn decide(shared: &Shared, headers: &mut HeaderMap) -> (Decision, Identity
 
     let mut identity = Identity::default();
     let mut service_valid = None;
+    let mut allow_expired = false;
     if let Some(token) = &service_token {
-        match check(shared, token).await {
+        match check(shared, token, false).await {
             Check::Valid(info) => {
                 let passed = config
                     .service_token_roles
@@ -259,6 +268,9 @@ async fn decide(shared: &Shared, headers: &mut HeaderMap) -> (Decision, Identity
                     identity.service = Some(info);
                 }
                 service_valid = Some(valid);
+                // keystonemiddleware: allow_expired always requires the role check,
+                // even when `service_token_roles_required` is false.
+                allow_expired = passed;
             }
             Check::Invalid => service_valid = Some(false),
             Check::Unavailable if delay => service_valid = Some(false),
@@ -266,7 +278,7 @@ async fn decide(shared: &Shared, headers: &mut HeaderMap) -> (Decision, Identity
         }
     }
     if let Some(token) = &user_token {
-        match check(shared, token).await {
+        match check(shared, token, allow_expired).await {
             Check::Valid(info) => identity.user = Some(info),
             Check::Invalid => {}
             Check::Unavailable if delay => {}

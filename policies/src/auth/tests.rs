@@ -256,16 +256,33 @@ impl Table {
     }
 }
 
+impl Table {
+    async fn answer(&self, token: &str, allow_expired: bool) -> Result<TokenInfo, ValidateError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        let answer = self.answers.lock().unwrap().get(token).cloned();
+        match answer.unwrap_or(Err(InvalidReason::NotFound.into())) {
+            // As a real backend: an expired token is refused unless allow_expired.
+            Ok(info) if !allow_expired && info.is_expired(SystemTime::now()) => {
+                Err(InvalidReason::Expired.into())
+            }
+            other => other,
+        }
+    }
+}
+
 impl Validator for Table {
     fn validate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<TokenInfo, ValidateError>> {
-        Box::pin(async move {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            if !self.delay.is_zero() {
-                tokio::time::sleep(self.delay).await;
-            }
-            let answer = self.answers.lock().unwrap().get(token).cloned();
-            answer.unwrap_or(Err(InvalidReason::NotFound.into()))
-        })
+        Box::pin(self.answer(token, false))
+    }
+
+    fn validate_allow_expired<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<TokenInfo, ValidateError>> {
+        Box::pin(self.answer(token, true))
     }
 }
 
@@ -371,8 +388,8 @@ async fn chain_tries_validators_in_order() {
     );
     first.set("bad", Err(InvalidReason::BadSignature.into()));
     let second = Table::new(Duration::ZERO);
-    second.set("x", Ok(sample(VALIDATE_BODY)));
-    second.set("bad", Ok(sample(VALIDATE_BODY)));
+    second.set("x", Ok(far_future(sample(VALIDATE_BODY))));
+    second.set("bad", Ok(far_future(sample(VALIDATE_BODY))));
     second.set("down", Err(InvalidReason::Unrecognized.into()));
     let chain = Chain::new().push(first.clone()).push(second.clone());
     assert!(chain.validate("x").await.is_ok());
@@ -575,6 +592,66 @@ async fn service_tokens() {
     )
     .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn expired_user_token_with_a_service_token() {
+    let table = table_with_users();
+    let mut old = sample(VALIDATE_BODY);
+    old.expires_at = SystemTime::now() - Duration::from_secs(3600);
+    table.set("old", Ok(old));
+    let svc = stack(AuthMode::Required, table.clone());
+
+    // Alone, an expired token is refused (and that refusal is cached briefly) ...
+    let (status, _, _) = call(&svc, request("/", &[("x-auth-token", "old")])).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // ... with a service token carrying the service role it is accepted (allow_expired),
+    // the cached refusal notwithstanding, with the token's own headers.
+    let with = |service: &'static str| {
+        request(
+            "/",
+            &[("x-auth-token", "old"), ("x-service-token", service)],
+        )
+    };
+    let (status, _, body) = call(&svc, with("svc")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["x-identity-status"], "Confirmed");
+    assert_eq!(body["x-user-name"], "demo");
+    assert_eq!(body["x-service-identity-status"], "Confirmed");
+    // A service token without the role gives no allow_expired.
+    let (status, _, _) = call(&svc, with("svc-norole")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    // A token refused even with allow_expired is answered from the cache next time; an
+    // expired one that is accepted is not cached (an entry never outlives the token).
+    let unknown = || request("/", &[("x-auth-token", "nope"), ("x-service-token", "svc")]);
+    let before = table.calls();
+    assert_eq!(call(&svc, unknown()).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(table.calls(), before + 1);
+    assert_eq!(call(&svc, unknown()).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(table.calls(), before + 1, "cached refusal");
+    assert_eq!(call(&svc, with("svc")).await.0, StatusCode::OK);
+    assert_eq!(table.calls(), before + 2, "expired: asked again");
+
+    // Roles not required: the role-less service token counts as valid, but
+    // allow_expired still needs the role (keystonemiddleware's `role_check_passed`).
+    let mut config = RequireTokenConfig::new(AuthMode::Required, "http://127.0.0.1:5000/v3");
+    config.service_token_roles_required = false;
+    let lax = RequireTokenLayer::new(config, Arc::new(TokenCache::default()), table).layer(Echo);
+    let (status, _, _) = call(&lax, with("svc-norole")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _, body) = call(
+        &lax,
+        request(
+            "/",
+            &[("x-auth-token", "user"), ("x-service-token", "svc-norole")],
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["x-service-identity-status"], "Confirmed");
+    let (status, _, _) = call(&lax, with("svc")).await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 #[tokio::test]

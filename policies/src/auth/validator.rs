@@ -67,11 +67,31 @@ impl From<InvalidReason> for ValidateError {
 /// with the embedded identity. Implementations never log the token.
 pub trait Validator: Send + Sync {
     fn validate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<TokenInfo, ValidateError>>;
+
+    /// As [`validate`](Validator::validate), but a token past its `expires_at` is still
+    /// confirmed if the backend's `allow_expired` window allows it (Keystone's
+    /// `GET /v3/auth/tokens?allow_expired=1` and `[token] allow_expired_window`). Asked
+    /// only for a user token that came with a service token carrying a service role, as
+    /// keystonemiddleware does. A validator that knows no such window refuses expired
+    /// tokens here too (the default).
+    fn validate_allow_expired<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<TokenInfo, ValidateError>> {
+        self.validate(token)
+    }
 }
 
 impl<V: Validator + ?Sized> Validator for Arc<V> {
     fn validate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<TokenInfo, ValidateError>> {
         (**self).validate(token)
+    }
+
+    fn validate_allow_expired<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<TokenInfo, ValidateError>> {
+        (**self).validate_allow_expired(token)
     }
 }
 
@@ -110,19 +130,35 @@ impl std::fmt::Debug for Chain {
     }
 }
 
+impl Chain {
+    async fn first(&self, token: &str, allow_expired: bool) -> Result<TokenInfo, ValidateError> {
+        let mut unavailable = None;
+        for validator in &self.validators {
+            let answer = if allow_expired {
+                validator.validate_allow_expired(token).await
+            } else {
+                validator.validate(token).await
+            };
+            match answer {
+                Ok(info) => return Ok(info),
+                Err(ValidateError::Invalid(InvalidReason::Unrecognized)) => {}
+                Err(err @ ValidateError::Invalid(_)) => return Err(err),
+                Err(err @ ValidateError::Unavailable(_)) => unavailable = Some(err),
+            }
+        }
+        Err(unavailable.unwrap_or(ValidateError::Invalid(InvalidReason::Unrecognized)))
+    }
+}
+
 impl Validator for Chain {
     fn validate<'a>(&'a self, token: &'a str) -> BoxFuture<'a, Result<TokenInfo, ValidateError>> {
-        Box::pin(async move {
-            let mut unavailable = None;
-            for validator in &self.validators {
-                match validator.validate(token).await {
-                    Ok(info) => return Ok(info),
-                    Err(ValidateError::Invalid(InvalidReason::Unrecognized)) => {}
-                    Err(err @ ValidateError::Invalid(_)) => return Err(err),
-                    Err(err @ ValidateError::Unavailable(_)) => unavailable = Some(err),
-                }
-            }
-            Err(unavailable.unwrap_or(ValidateError::Invalid(InvalidReason::Unrecognized)))
-        })
+        Box::pin(self.first(token, false))
+    }
+
+    fn validate_allow_expired<'a>(
+        &'a self,
+        token: &'a str,
+    ) -> BoxFuture<'a, Result<TokenInfo, ValidateError>> {
+        Box::pin(self.first(token, true))
     }
 }

@@ -3,7 +3,11 @@ front of a WSGI app that echoes the identity headers it receives. For each case 
 stdin (a JSON list of {"headers": {...}}) prints the status, the response headers
 WWW-Authenticate/Content-Type, the body, and the headers the app saw.
 
-usage: keystonemiddleware_headers.py AUTH_URL SERVICE_USER SERVICE_PASSWORD DELAY(true|false) < cases
+usage: keystonemiddleware_headers.py AUTH_URL SERVICE_USER SERVICE_PASSWORD DELAY(true|false) [SERVICE_TOKEN] < cases
+
+With SERVICE_TOKEN, keystonemiddleware authenticates with keystoneauth's `admin_token`
+plugin (that token, AUTH_URL as the identity endpoint) instead of a password login: for an
+identity whose catalog lists no `identity` endpoint (Quartet's lists its REST routes).
 """
 import json
 import logging
@@ -14,6 +18,7 @@ from keystonemiddleware import auth_token
 
 logging.disable(logging.CRITICAL)
 auth_url, user, password, delay = sys.argv[1:5]
+service_token = sys.argv[5] if len(sys.argv) > 5 else None
 
 
 def app(environ, start_response):
@@ -39,6 +44,11 @@ conf = {
     "delay_auth_decision": delay,
     "include_service_catalog": "true",
 }
+if service_token:
+    for key in ("auth_url", "username", "password", "user_domain_name", "project_name",
+                "project_domain_name"):
+        del conf[key]
+    conf.update({"auth_type": "admin_token", "endpoint": auth_url, "token": service_token})
 middleware = auth_token.filter_factory({}, **conf)(app)
 
 results = []
