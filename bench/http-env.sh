@@ -85,11 +85,12 @@ backend be
   http-reuse always
   server up 127.0.0.1:$UP
 HAP
+RUNTIME_LINE=${QUARTET_RUNTIME:+"runtime = \"$QUARTET_RUNTIME\""}
 cat > "$WORK/quartet.toml" <<TOML
 [server]
 listen = "127.0.0.1:$QRT"
 admin_listen = "127.0.0.1:$QADM"
-${QUARTET_RUNTIME:+runtime = "$QUARTET_RUNTIME"}
+$RUNTIME_LINE
 
 [upstreams.up]
 endpoints = ["http://127.0.0.1:$UP"]
@@ -102,7 +103,7 @@ cat > "$WORK/quartet-auth.toml" <<TOML
 [server]
 listen = "127.0.0.1:$QAUTH"
 admin_listen = "127.0.0.1:$QAUTH_ADM"
-${QUARTET_RUNTIME:+runtime = "$QUARTET_RUNTIME"}
+$RUNTIME_LINE
 
 [identity]
 mode = "embedded"
