@@ -6,6 +6,8 @@
 # quartet-auth (the same route with `auth = "required"`: the embedded identity, one token
 # validated once and then served from the token cache).
 #
+# QUARTET_RUNTIME=per_core or multi_thread sets Quartet's `server.runtime` (unset: its default).
+#
 # After sourcing: WAYS (names), PORT[name], PIDS[name] (the processes whose CPU is the
 # way's cost; empty for direct, whose cost is the upstream alone), UP_PIDS (the upstream
 # nginx's), TOKEN_OF[name] (the X-Auth-Token to send, for quartet-auth), WORK (temp dir).
@@ -83,10 +85,12 @@ backend be
   http-reuse always
   server up 127.0.0.1:$UP
 HAP
+RUNTIME_LINE=${QUARTET_RUNTIME:+"runtime = \"$QUARTET_RUNTIME\""}
 cat > "$WORK/quartet.toml" <<TOML
 [server]
 listen = "127.0.0.1:$QRT"
 admin_listen = "127.0.0.1:$QADM"
+$RUNTIME_LINE
 
 [upstreams.up]
 endpoints = ["http://127.0.0.1:$UP"]
@@ -99,6 +103,7 @@ cat > "$WORK/quartet-auth.toml" <<TOML
 [server]
 listen = "127.0.0.1:$QAUTH"
 admin_listen = "127.0.0.1:$QAUTH_ADM"
+$RUNTIME_LINE
 
 [identity]
 mode = "embedded"

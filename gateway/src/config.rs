@@ -59,6 +59,8 @@ pub struct ServerConfig {
     #[serde(with = "humantime_serde")]
     pub grace_period: Duration,
     pub log_format: LogFormat,
+    /// How the public listener's connections are served (see [`RuntimeModel`]).
+    pub runtime: RuntimeModel,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +73,7 @@ impl Default for ServerConfig {
             max_body_bytes: 10 * 1024 * 1024,
             grace_period: Duration::from_secs(30),
             log_format: LogFormat::Text,
+            runtime: RuntimeModel::PerCore,
         }
     }
 }
@@ -88,6 +91,20 @@ pub enum LogFormat {
     #[default]
     Text,
     Json,
+}
+
+/// `server.runtime`: which threads serve the public listener's connections.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeModel {
+    /// One thread per core, each with its own single-threaded runtime, its own
+    /// `SO_REUSEPORT` listener on `server.listen` and its own idle upstream connections: a
+    /// connection is served, and its upstream calls made, on one thread (no cross-thread
+    /// wake-ups). The admin listener, RPC, SQL and identity stay on the shared runtime.
+    #[default]
+    PerCore,
+    /// Every listener on the one shared multi-threaded runtime (work stealing).
+    MultiThread,
 }
 
 /// A secret from the config: never shown by `Debug`.
@@ -880,6 +897,7 @@ upstream = "echo"
         assert_eq!(c.server.max_body_bytes, 10 * 1024 * 1024);
         assert_eq!(c.server.grace_period, Duration::from_secs(30));
         assert_eq!(c.server.log_format, LogFormat::Text);
+        assert_eq!(c.server.runtime, RuntimeModel::PerCore);
         assert_eq!(c.policies["default"], PolicySpec::default());
         assert_eq!(c.policies["fast"].timeout, Duration::from_millis(250));
         assert_eq!(c.policies["fast"].retry, PolicySpec::default().retry);
@@ -926,6 +944,10 @@ upstream = "echo"
         );
         let e = err("[server]\nlog_format = \"xml\"\n");
         assert!(e.starts_with("quartet.toml:2: server.log_format: "), "{e}");
+        let e = err("[server]\nruntime = \"green\"\n");
+        assert!(e.starts_with("quartet.toml:2: server.runtime: "), "{e}");
+        let (c, _) = parse("[server]\nruntime = \"multi_thread\"\n", "q.toml", no_env).unwrap();
+        assert_eq!(c.server.runtime, RuntimeModel::MultiThread);
         let e = err("[server]\nlisten = \"nowhere\"\n");
         assert!(e.starts_with("quartet.toml:2: server.listen: "), "{e}");
     }

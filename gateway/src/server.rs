@@ -2,9 +2,18 @@
 //! on TLS, upgrades), the current [`App`] in an `ArcSwap` (each request uses the app
 //! current when it arrives), SIGHUP reloads, and SIGTERM/SIGINT draining within the grace
 //! period.
+//!
+//! The public listener is served one of two ways (`server.runtime`): `per_core` (the
+//! default) starts one thread per core, each running a single-threaded tokio runtime
+//! with its own `SO_REUSEPORT` socket on `server.listen`, so the kernel spreads new
+//! connections over the threads and each connection (with its upstream calls, whose idle
+//! connections are kept per thread, see `quartet_http::pool`) lives on one thread: no
+//! work stealing, no cross-thread wake-ups. `multi_thread` accepts on the shared runtime.
+//! The admin listener, SIGHUP and the SQL listeners stay on the shared runtime; the app
+//! (routes, breakers, budgets, metrics, faults) is shared by every thread.
 
 use crate::admin::{self, AdminState};
-use crate::config::{self, Config, Loaded, Source};
+use crate::config::{self, Config, Loaded, RuntimeModel, Source};
 use crate::routes::ConnInfo;
 use crate::stack::{BuildError, Shared};
 use crate::App;
@@ -65,6 +74,8 @@ pub enum RunError {
     LocalAddr(#[source] std::io::Error),
     #[error("cannot start the identity channel")]
     Identity(#[from] crate::identity::StartError),
+    #[error("cannot start the threads serving the public listener")]
+    Runtime(#[source] std::io::Error),
     #[error("cannot install the signal handlers")]
     Signals(#[source] std::io::Error),
 }
@@ -125,9 +136,64 @@ pub fn load_tls(tls: &config::TlsConfig) -> Result<Arc<rustls::ServerConfig>, Ru
     Ok(Arc::new(cfg))
 }
 
+/// The public listener's socket(s).
+enum Public {
+    /// Accepted on the shared runtime.
+    Shared(TcpListener),
+    /// One `SO_REUSEPORT` socket per core thread, all on the same address.
+    PerCore(Vec<std::net::TcpListener>),
+}
+
+impl Public {
+    fn bind(addr: SocketAddr, model: RuntimeModel) -> std::io::Result<Self> {
+        match model {
+            RuntimeModel::MultiThread => {
+                let listener = reuse_port_listener(addr, false)?;
+                Ok(Public::Shared(TcpListener::from_std(listener)?))
+            }
+            RuntimeModel::PerCore => {
+                let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let first = reuse_port_listener(addr, true)?;
+                // Port 0 is resolved by the first bind; the others join that port.
+                let addr = first.local_addr()?;
+                let mut all = vec![first];
+                for _ in 1..threads {
+                    all.push(reuse_port_listener(addr, true)?);
+                }
+                Ok(Public::PerCore(all))
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        match self {
+            Public::Shared(l) => l.local_addr(),
+            Public::PerCore(all) => all[0].local_addr(),
+        }
+    }
+}
+
+/// A non-blocking listening socket on `addr` (`SO_REUSEADDR` as tokio sets it, and
+/// `SO_REUSEPORT` when asked).
+fn reuse_port_listener(
+    addr: SocketAddr,
+    reuse_port: bool,
+) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
 /// A bound server, not yet serving: its addresses are known (port 0 resolved).
 pub struct Server {
-    public: TcpListener,
+    public: Public,
     admin: TcpListener,
     tls: Option<TlsAcceptor>,
     app: Arc<ArcSwap<App>>,
@@ -152,13 +218,13 @@ impl Server {
         // Bound before the first build, which registers their breakers and faults.
         let sql = crate::sql::bind(&loaded.config, &shared).await?;
         let app = App::build(loaded.config, &shared)?;
-        let public = TcpListener::bind(server_cfg.listen)
-            .await
-            .map_err(|source| RunError::Bind {
+        let public = Public::bind(server_cfg.listen, server_cfg.runtime).map_err(|source| {
+            RunError::Bind {
                 key: "server.listen",
                 addr: server_cfg.listen,
                 source,
-            })?;
+            }
+        })?;
         let admin = TcpListener::bind(server_cfg.admin_listen)
             .await
             .map_err(|source| RunError::Bind {
@@ -222,12 +288,24 @@ impl Server {
                 ))
             })
             .collect();
+        let (shared_public, cores) = match self.public {
+            Public::Shared(listener) => (Some(listener), None),
+            Public::PerCore(listeners) => (
+                None,
+                Some(PerCore::start(
+                    listeners,
+                    &self.tls,
+                    &self.app,
+                    self.grace_period,
+                )?),
+            ),
+        };
         self.serving.store(true, Ordering::Relaxed);
         tracing::info!("quartet ready");
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
-                accepted = self.public.accept() => match accepted {
+                accepted = accept_if(&shared_public) => match accepted {
                     Ok((stream, remote)) => {
                         let app = self.app.clone();
                         let tls = self.tls.clone();
@@ -251,8 +329,10 @@ impl Server {
         }
         self.serving.store(false, Ordering::Relaxed);
         // Stop accepting: new connections are refused from here on.
-        drop(self.public);
+        drop(shared_public);
         drop(self.admin);
+        // The core threads stop accepting too, and drain their connections alongside.
+        let cores_drained = cores.map(PerCore::stop);
         // The SQL listeners stop accepting too; their sessions drain alongside.
         let _ = sql_stop.send(true);
         let open = graceful.count();
@@ -260,6 +340,9 @@ impl Server {
         match tokio::time::timeout(self.grace_period, graceful.shutdown()).await {
             Ok(()) => tracing::info!("all connections closed"),
             Err(_) => tracing::warn!("grace period over: closing the remaining connections"),
+        }
+        if let Some(drained) = cores_drained {
+            drained.await;
         }
         let sql_drained = tokio::time::timeout(self.grace_period + Duration::from_secs(1), async {
             for task in sql_tasks {
@@ -271,6 +354,99 @@ impl Server {
             tracing::warn!("sql listeners did not stop within the grace period");
         }
         Ok(())
+    }
+}
+
+/// Accepts on the listener, or never when there is none.
+async fn accept_if(listener: &Option<TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(listener) => listener.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The threads of `server.runtime = "per_core"`, one per public socket.
+struct PerCore {
+    stop: tokio::sync::watch::Sender<bool>,
+    done: Vec<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl PerCore {
+    fn start(
+        listeners: Vec<std::net::TcpListener>,
+        tls: &Option<TlsAcceptor>,
+        app: &Arc<ArcSwap<App>>,
+        grace_period: Duration,
+    ) -> Result<Self, RunError> {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut done = Vec::with_capacity(listeners.len());
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            done.push(rx);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(RunError::Runtime)?;
+            let (tls, app, stopped) = (tls.clone(), app.clone(), stopped.clone());
+            std::thread::Builder::new()
+                .name(format!("quartet-core-{i}"))
+                .spawn(move || {
+                    quartet_http::pool::use_own_idle_connections(i + 1);
+                    runtime.block_on(serve_core(listener, tls, app, stopped, grace_period));
+                    // Dropping the runtime here ends what the grace period left open.
+                    drop(runtime);
+                    let _ = tx.send(());
+                })
+                .map_err(RunError::Runtime)?;
+        }
+        Ok(Self { stop, done })
+    }
+
+    /// Tells every thread to stop accepting and drain; resolves once all have ended.
+    fn stop(self) -> impl Future<Output = ()> {
+        let _ = self.stop.send(true);
+        async move {
+            for done in self.done {
+                let _ = done.await;
+            }
+        }
+    }
+}
+
+/// One core thread: accepts on its own socket and serves each connection on this thread
+/// until told to stop, then drains its connections for at most the grace period.
+async fn serve_core(
+    listener: std::net::TcpListener,
+    tls: Option<TlsAcceptor>,
+    app: Arc<ArcSwap<App>>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+    grace_period: Duration,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot serve a public socket on this thread");
+            return;
+        }
+    };
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, remote)) => {
+                    spawn_public(stream, remote, tls.clone(), app.clone(), graceful.watcher());
+                }
+                Err(err) => accept_error(err).await,
+            },
+            _ = stopped.wait_for(|s| *s) => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(grace_period, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::debug!("grace period over on a core thread: closing its remaining connections");
     }
 }
 
@@ -401,9 +577,13 @@ impl Reloader {
 
 fn warn_listener_changes(old: &Config, new: &Config) {
     let (o, n) = (&old.server, &new.server);
-    if o.listen != n.listen || o.admin_listen != n.admin_listen || o.tls != n.tls {
+    if o.listen != n.listen
+        || o.admin_listen != n.admin_listen
+        || o.tls != n.tls
+        || o.runtime != n.runtime
+    {
         tracing::warn!(
-            "server.listen, server.admin_listen and server.tls are not changed by a reload: restart to apply them"
+            "server.listen, server.admin_listen, server.tls and server.runtime are not changed by a reload: restart to apply them"
         );
     }
     crate::sql::warn_changes(old, new);

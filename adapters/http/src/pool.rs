@@ -23,6 +23,13 @@
 //!    connection is not ready yet at the body's end (rare), a small task waits for it.
 //! 5. At most `pool_max_idle_per_host` connections are kept idle; more are closed.
 //!
+//! Idle connections are kept per thread group ("shard"): a thread serving its own
+//! connections on its own runtime (`server.runtime = "per_core"`, see
+//! [`use_own_idle_connections`]) takes and returns upstream connections in its own shard,
+//! so a connection's task, the client connection and the upstream connection all run on
+//! that one thread; every other thread shares shard 0. `pool_max_idle_per_host` is per
+//! shard.
+//!
 //! HTTPS and HTTP/2 endpoints keep hyper-util's client (TLS, ALPN, h2 multiplexing).
 
 use crate::body::ProxyBody;
@@ -33,6 +40,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use std::cell::Cell;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -52,6 +60,33 @@ pub enum SendError {
 #[error("connect timed out after {0:?}")]
 pub struct ConnectTimeout(pub Duration);
 
+thread_local! {
+    /// This thread's shard of every pool's idle connections (0: the shared one).
+    static SHARD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// How many shards a pool has: the shared one and one per core.
+fn shard_count() -> usize {
+    static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *COUNT.get_or_init(|| {
+        1 + std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
+}
+
+/// Makes this thread take and return upstream connections in its own shard of every pool
+/// (`index` from 1; threads beyond the core count share shards). For a thread that runs
+/// its own single-threaded runtime: the connections it makes are driven on it, so it
+/// should be the one reusing them.
+pub fn use_own_idle_connections(index: usize) {
+    SHARD.with(|s| s.set(index));
+}
+
+fn this_shard() -> usize {
+    SHARD.with(|s| s.get()) % shard_count()
+}
+
 /// The pool of one endpoint; clones share it.
 #[derive(Clone)]
 pub struct H1Pool {
@@ -64,7 +99,8 @@ struct Inner {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
-    idle: Mutex<Vec<Idle>>,
+    /// Per shard (see the module docs), LIFO.
+    idle: Box<[Mutex<Vec<Idle>>]>,
 }
 
 struct Idle {
@@ -85,14 +121,16 @@ impl H1Pool {
                 connect_timeout,
                 idle_timeout,
                 max_idle,
-                idle: Mutex::new(Vec::new()),
+                idle: (0..shard_count()).map(|_| Mutex::new(Vec::new())).collect(),
             }),
         }
     }
 
     /// Connections idle in the pool now.
     pub fn idle_count(&self) -> usize {
-        self.inner.lock().len()
+        (0..self.inner.idle.len())
+            .map(|shard| self.inner.lock(shard).len())
+            .sum()
     }
 
     /// Sends `req` (origin-form URI, `Host` set) on a pooled or new connection.
@@ -100,8 +138,9 @@ impl H1Pool {
         &self,
         mut req: http::Request<ProxyBody>,
     ) -> Result<http::Response<ProxyBody>, SendError> {
+        let shard = this_shard();
         loop {
-            let (mut sender, reused) = match self.inner.checkout() {
+            let (mut sender, reused) = match self.inner.checkout(shard) {
                 Some(sender) => (sender, true),
                 None => (
                     self.inner.connect().await.map_err(SendError::Connect)?,
@@ -109,7 +148,7 @@ impl H1Pool {
                 ),
             };
             match sender.try_send_request(req).await {
-                Ok(resp) => return Ok(self.finish(resp, sender)),
+                Ok(resp) => return Ok(self.finish(resp, sender, shard)),
                 Err(mut err) => match err.take_message() {
                     // Not sent: the idle connection was closed under us; take another.
                     Some(back) if reused => req = back,
@@ -125,19 +164,20 @@ impl H1Pool {
         &self,
         resp: http::Response<Incoming>,
         sender: SendRequest<ProxyBody>,
+        shard: usize,
     ) -> http::Response<ProxyBody> {
         if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
             return resp.map(|b| b.map_err(BoxError::from).boxed_unsync());
         }
         if resp.body().is_end_stream() {
-            self.inner.clone().checkin(sender);
+            self.inner.clone().checkin(sender, shard);
             return resp.map(|b| b.map_err(BoxError::from).boxed_unsync());
         }
         let pool = self.inner.clone();
         resp.map(|body| {
             PooledBody {
                 body,
-                back: Some((sender, pool)),
+                back: Some((sender, pool, shard)),
             }
             .boxed_unsync()
         })
@@ -145,13 +185,13 @@ impl H1Pool {
 }
 
 impl Inner {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle[shard].lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Step 1.
-    fn checkout(&self) -> Option<SendRequest<ProxyBody>> {
-        let mut idle = self.lock();
+    fn checkout(&self, shard: usize) -> Option<SendRequest<ProxyBody>> {
+        let mut idle = self.lock(shard);
         while let Some(Idle { sender, since }) = idle.pop() {
             if sender.is_ready() && since.elapsed() < self.idle_timeout {
                 return Some(sender);
@@ -162,24 +202,24 @@ impl Inner {
     }
 
     /// Steps 4 and 5.
-    fn checkin(self: Arc<Self>, mut sender: SendRequest<ProxyBody>) {
+    fn checkin(self: Arc<Self>, mut sender: SendRequest<ProxyBody>, shard: usize) {
         if sender.is_closed() {
             return;
         }
         if !sender.is_ready() {
             tokio::spawn(async move {
                 if sender.ready().await.is_ok() {
-                    self.put(sender);
+                    self.put(sender, shard);
                 }
             });
             return;
         }
-        self.put(sender);
+        self.put(sender, shard);
     }
 
-    fn put(&self, sender: SendRequest<ProxyBody>) {
+    fn put(&self, sender: SendRequest<ProxyBody>, shard: usize) {
         let now = Instant::now();
-        let mut idle = self.lock();
+        let mut idle = self.lock(shard);
         // The oldest sit at the front: drop those idle too long (or closed).
         let stale = idle
             .iter()
@@ -216,13 +256,13 @@ impl Inner {
 /// A response body that puts its connection back in the pool once its last frame is read.
 struct PooledBody {
     body: Incoming,
-    back: Option<(SendRequest<ProxyBody>, Arc<Inner>)>,
+    back: Option<(SendRequest<ProxyBody>, Arc<Inner>, usize)>,
 }
 
 impl PooledBody {
     fn release(&mut self) {
-        if let Some((sender, pool)) = self.back.take() {
-            pool.checkin(sender);
+        if let Some((sender, pool, shard)) = self.back.take() {
+            pool.checkin(sender, shard);
         }
     }
 }
