@@ -591,7 +591,7 @@ pub async fn intercept(
             .map(|params| {
                 let params: Vec<(String, String)> = params
                     .into_iter()
-                    .map(|(k, v)| (k.to_owned(), percent_decode(v)))
+                    .map(|(k, v)| (k.to_owned(), guard::percent_decode(v)))
                     .collect();
                 ((i, r), params)
             })
@@ -600,28 +600,6 @@ pub async fn intercept(
         Some((route, params)) => Ok(route_rpc(built, rpc, route, params, req, request_id).await),
         None => Err(req),
     }
-}
-
-/// `%XX` decoding of a path segment or query value (invalid sequences kept as written).
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            let hex = std::str::from_utf8(&bytes[i + 1..i + 3])
-                .ok()
-                .and_then(|h| u8::from_str_radix(h, 16).ok());
-            if let Some(b) = hex {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 async fn read_body(built: &Built, body: Body) -> Result<Bytes, BoxError> {
@@ -778,8 +756,8 @@ async fn route_rpc(
                 continue;
             }
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = percent_decode(&v.replace('+', " "));
-            args.insert(percent_decode(k), Value::String(v));
+            let v = guard::percent_decode(&v.replace('+', " "));
+            args.insert(guard::percent_decode(k), Value::String(v));
         }
     }
     for (k, v) in &route.args {

@@ -457,8 +457,9 @@ impl PathParams {
     }
 }
 
-/// `%XX` decoding of a path segment (invalid sequences kept as written).
-fn percent_decode(s: &str) -> String {
+/// `%XX` decoding of a path segment or query value (invalid sequences kept as written),
+/// for the access rule's target here and the RPC routes' arguments.
+pub(crate) fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
