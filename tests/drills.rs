@@ -20,8 +20,6 @@ use reqwest::StatusCode;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
 
 // The throwaway PostgreSQL clusters of the SQL proxy's own tests (initdb, pg_ctl as the
 // postgres user), reused as they are.
@@ -30,20 +28,6 @@ mod cluster;
 
 /// One drill at a time: their thresholds assume the machine is not running another one.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-/// A name no other test run uses (topics on the shared broker, temporary directories).
-fn unique(prefix: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{prefix}_{}_{}_{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 fn drills_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../drills")
@@ -182,19 +166,6 @@ async fn no_fault_left(gw: &Gateway) {
     assert_eq!(faults, serde_json::json!([]), "faults left behind");
 }
 
-fn broker_up() {
-    let up = std::net::TcpStream::connect_timeout(
-        &"127.0.0.1:5672".parse().expect("address"),
-        Duration::from_secs(2),
-    )
-    .is_ok();
-    assert!(
-        up,
-        "RabbitMQ is not listening on 127.0.0.1:5672: start it with `rabbitmq-server -detached` \
-         (or `bash tests/run.sh`, which starts it)"
-    );
-}
-
 async fn postgres_up() {
     if let Err(e) = tokio_postgres::connect(
         "host=127.0.0.1 port=5432 user=postgres dbname=test",
@@ -232,9 +203,9 @@ const RPC_NO_TIMEOUT: (&str, &str) = (
 );
 
 async fn rpc_slow_server(wrong: bool) -> Drill {
-    broker_up();
+    quartet_tests::broker_up();
     let upstream = Upstream::start("backend").await;
-    let topic = unique("drill_slow");
+    let topic = quartet_tests::unique("drill_slow");
     let mut config = swap(
         &quartet_config("rpc.quartet.toml"),
         "http://127.0.0.1:8000",
@@ -436,10 +407,10 @@ async fn driver_hanging_fails_without_a_timeout() {
 const CROSS_NO_TIMEOUT: (&str, &str) = ("query_timeout = \"1s\"\n", "");
 
 async fn cross_channel(wrong: bool) -> Drill {
-    broker_up();
+    quartet_tests::broker_up();
     postgres_up().await;
     let upstream = Upstream::start("echo").await;
-    let topic = unique("drill_cross");
+    let topic = quartet_tests::unique("drill_cross");
     let mut config = swap(
         &quartet_config("cross.quartet.toml"),
         "http://127.0.0.1:8000",

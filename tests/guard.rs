@@ -24,47 +24,6 @@ const BOUND: Duration = Duration::from_secs(30);
 const ADMIN_PASSWORD: &str = "guard-admin-pass";
 const RABBIT_URL: &str = "rabbit://guest:guest@127.0.0.1:5672/";
 
-fn broker_up() {
-    let up = std::net::TcpStream::connect_timeout(
-        &"127.0.0.1:5672".parse().expect("address"),
-        Duration::from_secs(2),
-    )
-    .is_ok();
-    assert!(
-        up,
-        "RabbitMQ is not listening on 127.0.0.1:5672: start it with `rabbitmq-server -detached` \
-         (or `bash tests/run.sh`, which starts it)"
-    );
-}
-
-fn python() -> PathBuf {
-    let venv = std::env::var_os("QUARTET_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv"));
-    let python = venv.join("bin/python");
-    let ok = Command::new(&python)
-        .args(["-c", "import oslo_messaging"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "no Python with oslo.messaging at {}: run `bash tests/run.sh` (it installs the peers \
-         into .venv) or set QUARTET_VENV to a venv with oslo.messaging",
-        python.display()
-    );
-    python
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!("{prefix}_{}_{nanos}", std::process::id())
-}
-
 /// A real oslo.messaging RPC server (killed on drop).
 struct OsloServer(Child);
 
@@ -79,7 +38,7 @@ impl OsloServer {
     async fn start(topic: &str) -> OsloServer {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../adapters/amqp/tests/peers/oslo_rpc_server.py");
-        let mut child = Command::new(python())
+        let mut child = Command::new(quartet_tests::oslo_python())
             .arg(script)
             .args(["--url", RABBIT_URL, "--topic", topic, "--server", "s1"])
             .stdin(Stdio::piped())
@@ -206,12 +165,12 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    broker_up();
+    quartet_tests::broker_up();
     let dir = quartet_tests::tempdir();
     let upstream = Upstream::start("echo").await;
-    let topic = unique("guard");
-    let admin_topic = unique("guard_admin");
-    let project_topic = unique("guard_project");
+    let topic = quartet_tests::unique("guard");
+    let admin_topic = quartet_tests::unique("guard_admin");
+    let project_topic = quartet_tests::unique("guard_project");
     let d = dir.path().display();
     let config = format!(
         r#"{SERVER}
@@ -266,7 +225,7 @@ key_repository = "{d}/jws-keys"
 policy_file = "{d}/policy.yaml"
 "#,
         up = upstream.url(),
-        conn = unique("quartet-guard"),
+        conn = quartet_tests::unique("quartet-guard"),
     );
     std::fs::write(
         dir.path().join("policy.yaml"),

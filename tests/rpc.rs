@@ -12,57 +12,10 @@ use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const BOUND: Duration = Duration::from_secs(30);
-
-fn broker_up() {
-    let up = std::net::TcpStream::connect_timeout(
-        &"127.0.0.1:5672".parse().expect("address"),
-        Duration::from_secs(2),
-    )
-    .is_ok();
-    assert!(
-        up,
-        "RabbitMQ is not listening on 127.0.0.1:5672: start it with `rabbitmq-server -detached` \
-         (or `bash tests/run.sh`, which starts it)"
-    );
-}
-
-fn unique(prefix: &str) -> String {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{prefix}_{}_{}_{nanos}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn python() -> PathBuf {
-    let venv = std::env::var_os("QUARTET_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv"));
-    let python = venv.join("bin/python");
-    let ok = Command::new(&python)
-        .args(["-c", "import oslo_messaging"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "no Python with oslo.messaging at {}: run `bash tests/run.sh` (it installs the peers \
-         into .venv) or set QUARTET_VENV to a venv with oslo.messaging",
-        python.display()
-    );
-    python
-}
 
 fn peer_script(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -87,7 +40,7 @@ impl Drop for Peer {
 
 impl Peer {
     fn spawn(script: &str, args: &[&str]) -> Peer {
-        let mut child = Command::new(python())
+        let mut child = Command::new(quartet_tests::oslo_python())
             .arg(peer_script(script))
             .args(args)
             .stdin(Stdio::piped())
@@ -173,7 +126,7 @@ async fn gateway(t: &str, none: &str) -> Gateway {
          [[rpc.topics]]\ntopic = \"{none}\"\nmandatory = true\n\n\
          [[rpc.routes]]\nmethod = \"GET\"\npath = \"/servers/{{id}}\"\ntopic = \"{t}\"\n\
          rpc_method = \"echo\"\nargs = {{ server_id = \"{{id}}\", fixed = 1 }}\nquery_args = true\n",
-        amqp(&unique("quartet-test"))
+        amqp(&quartet_tests::unique("quartet-test"))
     );
     let gw = Gateway::start(&cfg).await;
     rpc_ready(&gw).await;
@@ -182,10 +135,10 @@ async fn gateway(t: &str, none: &str) -> Gateway {
 
 #[tokio::test]
 async fn calls_casts_fanout_and_direct_reach_a_real_oslo_server() {
-    broker_up();
-    let t = unique("qt_rpc");
+    quartet_tests::broker_up();
+    let t = quartet_tests::unique("qt_rpc");
     let server = Peer::oslo_server(&t, "s1").await;
-    let gw = gateway(&t, &unique("qt_none")).await;
+    let gw = gateway(&t, &quartet_tests::unique("qt_none")).await;
 
     let (status, body) = post(&gw, &t, json!({"method": "add", "args": {"a": 2, "b": 3}})).await;
     assert_eq!((status, &body), (StatusCode::OK, &json!({"result": 5})));
@@ -266,9 +219,9 @@ async fn calls_casts_fanout_and_direct_reach_a_real_oslo_server() {
 
 #[tokio::test]
 async fn remote_exceptions_bad_bodies_unknown_topics_and_timeouts_map_to_statuses() {
-    broker_up();
-    let t = unique("qt_rpc");
-    let none = unique("qt_none");
+    quartet_tests::broker_up();
+    let t = quartet_tests::unique("qt_rpc");
+    let none = quartet_tests::unique("qt_none");
     let _server = Peer::oslo_server(&t, "s1").await;
     let gw = gateway(&t, &none).await;
 
@@ -332,10 +285,10 @@ async fn remote_exceptions_bad_bodies_unknown_topics_and_timeouts_map_to_statuse
 
 #[tokio::test]
 async fn a_fault_on_the_rpc_target_and_a_rest_to_rpc_route() {
-    broker_up();
-    let t = unique("qt_rpc");
+    quartet_tests::broker_up();
+    let t = quartet_tests::unique("qt_rpc");
     let _server = Peer::oslo_server(&t, "s1").await;
-    let gw = gateway(&t, &unique("qt_none")).await;
+    let gw = gateway(&t, &quartet_tests::unique("qt_none")).await;
 
     // The configured route: path params (and the query) into the args.
     let resp = client()
@@ -379,13 +332,13 @@ async fn a_fault_on_the_rpc_target_and_a_rest_to_rpc_route() {
 
 #[tokio::test]
 async fn a_real_oslo_client_calls_an_http_upstream_through_the_reverse_bridge() {
-    broker_up();
+    quartet_tests::broker_up();
     let upstream = Upstream::start("echo").await;
-    let topic = unique("qt_bridge");
+    let topic = quartet_tests::unique("qt_bridge");
     let cfg = format!(
         "{SERVER}\n{}\n[upstreams.echo]\nendpoints = [\"{}\"]\n\n\
          [[rpc.servers]]\ntopic = \"{topic}\"\nserver = \"gw1\"\nupstream = \"echo\"\n",
-        amqp(&unique("quartet-test")),
+        amqp(&quartet_tests::unique("quartet-test")),
         upstream.url()
     );
     let gw = Gateway::start(&cfg).await;
@@ -476,10 +429,10 @@ fn close_connection_named(name: &str) {
 
 #[tokio::test]
 async fn a_broker_side_close_shows_on_readyz_and_heals_by_itself() {
-    broker_up();
-    let t = unique("qt_rpc");
+    quartet_tests::broker_up();
+    let t = quartet_tests::unique("qt_rpc");
     let _server = Peer::oslo_server(&t, "s1").await;
-    let gw = gateway(&t, &unique("qt_none")).await;
+    let gw = gateway(&t, &quartet_tests::unique("qt_none")).await;
     let ready = rpc_ready(&gw).await;
     let name = ready["channels"]["rpc"]["client"]["connection_name"]
         .as_str()
@@ -549,8 +502,8 @@ async fn without_a_broker_rest_serves_and_readyz_says_rpc_is_down() {
 
 #[tokio::test]
 async fn quartet_rpc_call_and_cast_from_the_command_line() {
-    broker_up();
-    let t = unique("qt_cli");
+    quartet_tests::broker_up();
+    let t = quartet_tests::unique("qt_cli");
     let server = Peer::oslo_server(&t, "s1").await;
     let dir = quartet_tests::tempdir();
     let t2 = t.clone();

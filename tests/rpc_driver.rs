@@ -8,59 +8,18 @@
 use quartet_tests::{eventually, Gateway, SERVER};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 const BOUND: Duration = Duration::from_secs(30);
 const QEMU_IMG: &str = "/usr/bin/qemu-img";
-
-fn broker_up() {
-    let up = std::net::TcpStream::connect_timeout(
-        &"127.0.0.1:5672".parse().expect("address"),
-        Duration::from_secs(2),
-    )
-    .is_ok();
-    assert!(
-        up,
-        "RabbitMQ is not listening on 127.0.0.1:5672: start it with `rabbitmq-server -detached` \
-         (or `bash tests/run.sh`, which starts it)"
-    );
-}
 
 fn qemu_img_present() {
     assert!(
         Path::new(QEMU_IMG).is_file(),
         "{QEMU_IMG} is missing: install it (`apt-get install qemu-utils`)"
     );
-}
-
-fn python() -> PathBuf {
-    let venv = std::env::var_os("QUARTET_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv"));
-    let python = venv.join("bin/python");
-    let ok = Command::new(&python)
-        .args(["-c", "import oslo_messaging"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(
-        ok,
-        "no Python with oslo.messaging at {}: run `bash tests/run.sh` (it installs the peers \
-         into .venv) or set QUARTET_VENV to a venv with oslo.messaging",
-        python.display()
-    );
-    python
-}
-
-fn unique(prefix: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!("{prefix}_{}_{nanos}", std::process::id())
 }
 
 /// A plain oslo.messaging client: makes each call of `calls` (`[method, kwargs]`) on
@@ -91,7 +50,7 @@ transport.cleanup()
 /// Runs [`CLIENT`] to the end; one outcome per call, in order.
 fn oslo_calls(topic: &str, calls: &[(&str, Value)]) -> Vec<Value> {
     let calls: Vec<Value> = calls.iter().map(|(m, a)| json!([m, a])).collect();
-    let out = Command::new(python())
+    let out = Command::new(quartet_tests::oslo_python())
         .args([
             "-c",
             CLIENT,
@@ -144,11 +103,11 @@ async fn servers_ready(gw: &Gateway, topic: &str) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oslo_client_creates_a_volume_through_the_reverse_bridge_and_the_qemu_img_driver() {
-    broker_up();
+    quartet_tests::broker_up();
     qemu_img_present();
     let dir = quartet_tests::tempdir();
     let root = dir.path().join("volumes");
-    let topic = unique("cinder-volume");
+    let topic = quartet_tests::unique("cinder-volume");
     // A concurrency of 1 on the driver's policy: an RPC call holds the same slot a
     // /native call would, since both go through the one stack.
     let cfg = format!(
@@ -158,7 +117,7 @@ async fn an_oslo_client_creates_a_volume_through_the_reverse_bridge_and_the_qemu
          [[native.drivers]]\nname = \"volumes\"\nkind = \"qemu-img\"\nroot = \"{root}\"\n\
          qemu_img = \"{QEMU_IMG}\"\n\n\
          [[rpc.servers]]\ntopic = \"{topic}\"\ndriver = \"volumes\"\n",
-        conn = unique("quartet-test"),
+        conn = quartet_tests::unique("quartet-test"),
         db = dir.path().join("quartet.db").display(),
         root = root.display(),
     );
@@ -244,9 +203,9 @@ fn pid_of(argv: &[&str]) -> Option<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rpc_and_http_calls_share_the_drivers_one_stack() {
-    broker_up();
+    quartet_tests::broker_up();
     let dir = quartet_tests::tempdir();
-    let topic = unique("tools");
+    let topic = quartet_tests::unique("tools");
     // One concurrency slot for the driver: a call over HTTP holding it leaves none for
     // a call over RPC, because both pass the same stack.
     let cfg = format!(
@@ -259,7 +218,7 @@ async fn rpc_and_http_calls_share_the_drivers_one_stack() {
          [native.drivers.commands.nap]\nexecutable = \"/usr/bin/sleep\"\n\
          args = [\"[0-9]{{1,3}}\"]\n\n\
          [[rpc.servers]]\ntopic = \"{topic}\"\ndriver = \"tools\"\n",
-        conn = unique("quartet-test"),
+        conn = quartet_tests::unique("quartet-test"),
         db = dir.path().join("quartet.db").display(),
     );
     let gw = Gateway::start_in(dir, &cfg).await;
@@ -309,9 +268,9 @@ async fn rpc_and_http_calls_share_the_drivers_one_stack() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_driver_that_could_not_start_answers_rpc_calls_with_driver_unavailable() {
-    broker_up();
+    quartet_tests::broker_up();
     let dir = quartet_tests::tempdir();
-    let topic = unique("cinder-volume");
+    let topic = quartet_tests::unique("cinder-volume");
     let cfg = format!(
         "{SERVER}\n[amqp]\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\"\n\
          connection_name = \"{conn}\"\n\n\
@@ -319,7 +278,7 @@ async fn a_driver_that_could_not_start_answers_rpc_calls_with_driver_unavailable
          [[native.drivers]]\nname = \"volumes\"\nkind = \"qemu-img\"\nroot = \"{root}\"\n\
          qemu_img = \"/nonexistent/qemu-img\"\n\n\
          [[rpc.servers]]\ntopic = \"{topic}\"\ndriver = \"volumes\"\n",
-        conn = unique("quartet-test"),
+        conn = quartet_tests::unique("quartet-test"),
         db = dir.path().join("quartet.db").display(),
         root = dir.path().join("volumes").display(),
     );

@@ -16,19 +16,6 @@ use std::time::{Duration, Instant};
 
 const BOUND: Duration = Duration::from_secs(60);
 
-fn broker_up() {
-    let up = std::net::TcpStream::connect_timeout(
-        &"127.0.0.1:5672".parse().expect("address"),
-        Duration::from_secs(2),
-    )
-    .is_ok();
-    assert!(
-        up,
-        "RabbitMQ is not listening on 127.0.0.1:5672: start it with `rabbitmq-server -detached` \
-         (or `bash tests/run.sh`, which starts it)"
-    );
-}
-
 async fn gateway(name: &str, upstream: &Upstream) -> (Gateway, String) {
     let topic = format!("qt_toxic_{name}_{}", std::process::id());
     let cfg = format!(
@@ -98,7 +85,7 @@ fn injected(metrics: &str, kind: &str) -> f64 {
 
 #[tokio::test]
 async fn latency_on_the_broker_connection_is_measured_and_shown() {
-    broker_up();
+    quartet_tests::broker_up();
     let upstream = Upstream::start("echo").await;
     let (gw, topic) = gateway("latency", &upstream).await;
     let (status, body, _) = call(&gw, &topic, 5.0).await;
@@ -152,7 +139,7 @@ async fn latency_on_the_broker_connection_is_measured_and_shown() {
 
 #[tokio::test]
 async fn a_reset_broker_connection_answers_503_and_heals_when_removed() {
-    broker_up();
+    quartet_tests::broker_up();
     let upstream = Upstream::start("echo").await;
     let (gw, topic) = gateway("reset", &upstream).await;
     let (status, body, _) = call(&gw, &topic, 5.0).await;
@@ -199,7 +186,7 @@ async fn a_reset_broker_connection_answers_503_and_heals_when_removed() {
 
 #[tokio::test]
 async fn a_stalled_broker_connection_trips_the_call_timeout() {
-    broker_up();
+    quartet_tests::broker_up();
     let upstream = Upstream::start("echo").await;
     let (gw, topic) = gateway("stall", &upstream).await;
     let (status, body, _) = call(&gw, &topic, 5.0).await;
@@ -234,7 +221,7 @@ async fn a_stalled_broker_connection_trips_the_call_timeout() {
 
 #[tokio::test]
 async fn bandwidth_on_the_broker_connection_slows_a_large_call_to_its_rate() {
-    broker_up();
+    quartet_tests::broker_up();
     let upstream = Upstream::start("echo").await;
     let (gw, topic) = gateway("bandwidth", &upstream).await;
     let (status, body, _) = call(&gw, &topic, 5.0).await;
@@ -277,7 +264,7 @@ async fn bandwidth_on_the_broker_connection_slows_a_large_call_to_its_rate() {
 
 #[tokio::test]
 async fn close_after_drops_the_broker_connection_with_503_and_the_client_recovers() {
-    broker_up();
+    quartet_tests::broker_up();
     let upstream = Upstream::start("echo").await;
     let (gw, topic) = gateway("close_after", &upstream).await;
     let (status, body, _) = call(&gw, &topic, 5.0).await;
@@ -326,7 +313,7 @@ async fn close_after_drops_the_broker_connection_with_503_and_the_client_recover
 
 #[tokio::test]
 async fn broker_toxics_set_in_the_config_apply_from_the_start() {
-    broker_up();
+    quartet_tests::broker_up();
     let upstream = Upstream::start("echo").await;
     let topic = format!("qt_toxic_config_{}", std::process::id());
     let cfg = format!(
@@ -361,7 +348,7 @@ async fn broker_toxics_set_in_the_config_apply_from_the_start() {
 
 #[tokio::test]
 async fn a_delay_or_abort_on_rpc_broker_is_refused_with_400() {
-    broker_up();
+    quartet_tests::broker_up();
     let upstream = Upstream::start("echo").await;
     let (gw, _topic) = gateway("refused", &upstream).await;
     for (fault, key) in [

@@ -1458,6 +1458,58 @@ pub fn route_toml(prefix: &str, upstream: &str, extra: &str) -> String {
     format!("\n[[routes]]\nprefix = {prefix:?}\nupstream = {upstream:?}\n{extra}\n")
 }
 
+// ---- the shared broker and the Python peers ------------------------------------------
+
+/// Fails, saying how to start it, when RabbitMQ does not listen on 127.0.0.1:5672.
+pub fn broker_up() {
+    let up = std::net::TcpStream::connect_timeout(
+        &"127.0.0.1:5672".parse().expect("address"),
+        Duration::from_secs(2),
+    )
+    .is_ok();
+    assert!(
+        up,
+        "RabbitMQ is not listening on 127.0.0.1:5672: start it with `rabbitmq-server -detached` \
+         (or `bash tests/run.sh`, which starts it)"
+    );
+}
+
+/// A name no other test (of this run or another) uses: topics, connection names.
+pub fn unique(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{prefix}_{}_{}_{nanos}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+/// The venv's Python with oslo.messaging (`$QUARTET_VENV`, default `.venv` at the
+/// workspace root); fails, saying how to install it, when there is none.
+pub fn oslo_python() -> PathBuf {
+    let venv = std::env::var_os("QUARTET_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv"));
+    let python = venv.join("bin/python");
+    let ok = std::process::Command::new(&python)
+        .args(["-c", "import oslo_messaging"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "no Python with oslo.messaging at {}: run `bash tests/run.sh` (it installs the peers \
+         into .venv) or set QUARTET_VENV to a venv with oslo.messaging",
+        python.display()
+    );
+    python
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
