@@ -10,6 +10,7 @@
 #
 #   bash bench/sql.sh                         # 3 rounds of 10 s per way and case
 #   ROUNDS=1 DURATION=5 IDLE=2000 bash bench/sql.sh
+#   ROUNDS=0 QUARTET=/tmp/quartet-before bash bench/sql.sh   # memory only, a given binary
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,9 +32,11 @@ PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
 "${PSQL[@]}" -d postgres -c 'select 1' >/dev/null || {
   echo "PostgreSQL is not reachable on 127.0.0.1:5432 (trust for postgres expected)" >&2; exit 1; }
 
-echo "building quartet (release)"
-cargo build --release -q -p quartet
-QUARTET=${CARGO_TARGET_DIR:-target}/release/quartet
+if [ -z "${QUARTET:-}" ]; then
+  echo "building quartet (release)"
+  cargo build --release -q -p quartet
+  QUARTET=${CARGO_TARGET_DIR:-target}/release/quartet
+fi
 
 # Each pooler holds IDLE client sockets, the idle script as many.
 ulimit -n "$((IDLE * 2 + 1024))" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -134,6 +137,7 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 
+if [ "$ROUNDS" -gt 0 ]; then
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END { if (NR == 0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a == "nan" || b == "nan") print "-"; else printf "%.2f", a/b}'; }
 echo
@@ -147,6 +151,7 @@ for c in "${cases[@]}"; do
     printf '%-5s %-10s %10.0f %10.3f %9s %12s\n' "$label" "$n" "$t" "$l" "$(ratio "$t" "$d")" "$(ratio "$t" "$b")"
   done
 done
+fi
 
 # Resident memory with IDLE idle clients.
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }

@@ -21,7 +21,8 @@ use crate::config::{AuthMethod, PoolMode};
 use crate::listener::Shared;
 use crate::pool::{Lease, Pool};
 use bytes::{Bytes, BytesMut};
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -66,7 +67,10 @@ impl ClientStream {
 
     /// Reads what the client sent into `buf`; 0 at end of stream. An idle plain client
     /// holds no read buffer: wait for bytes first, then make room and read. A TLS
-    /// client may have bytes decrypted already, so it reads at once.
+    /// client may have bytes decrypted already, so it reads at once. The wait is
+    /// `poll_read_ready` (the waker sits in tokio's slot for the socket), not
+    /// `readable()`, whose future carries a waiter node: that future is part of every
+    /// idle client's task.
     async fn read_some(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
         let room = |buf: &mut BytesMut| {
             if buf.capacity() - buf.len() < 4096 {
@@ -75,7 +79,7 @@ impl ClientStream {
         };
         match self {
             ClientStream::Plain(s) => loop {
-                s.readable().await?;
+                std::future::poll_fn(|cx| s.poll_read_ready(cx)).await?;
                 room(buf);
                 match s.try_read_buf(buf) {
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
@@ -144,18 +148,22 @@ struct Login {
 }
 
 /// Entry point for one accepted connection.
-pub(crate) async fn handle(shared: Arc<Shared>, stream: TcpStream) {
+pub(crate) fn handle(shared: Arc<Shared>, stream: TcpStream) -> impl Future<Output = ()> {
     // What an idle client's task holds is the session and the proxy loop: every rare
     // and deep path (logging in, connecting, reporting an error, cleaning up) runs
-    // boxed, so thousands of idle clients stay small.
-    let Some(mut session) = Box::pin(open(shared.clone(), stream)).await else {
-        return;
-    };
-    if let Err(e) = session.run().await {
-        tracing::debug!(error = %e, "client session ended");
-        Box::pin(session.fatal(&e)).await;
+    // boxed, so thousands of idle clients stay small. The arguments go into the boxed
+    // login at once: an async fn would keep their places for the task's whole life.
+    let opening = Box::pin(open(shared, stream));
+    async move {
+        let Some(mut session) = opening.await else {
+            return;
+        };
+        if let Err(e) = session.run().await {
+            tracing::debug!(error = %e, "client session ended");
+            Box::pin(session.fatal(&e)).await;
+        }
+        Box::pin(session.close()).await;
     }
-    Box::pin(session.close()).await;
 }
 
 /// Startup, authentication and the end of startup (with a first server connection).
@@ -421,6 +429,29 @@ enum Sent {
 /// and for a `Parse` of a statement the connection has already.
 const CLOSED_NAME: &str = "QUARTET_closed";
 
+/// What woke a session up (no data in it: it lives across the session's awaits).
+enum Wake {
+    /// The client sent bytes, now in the session's buffer.
+    Client,
+    /// The client closed its end.
+    ClientGone,
+    /// The server sent bytes, now in its connection's buffer.
+    Server,
+    /// The server closed its end or failed.
+    ServerLost,
+    Timer,
+}
+
+impl Wake {
+    fn client(read: usize) -> Self {
+        if read == 0 {
+            Wake::ClientGone
+        } else {
+            Wake::Client
+        }
+    }
+}
+
 struct Session {
     shared: Arc<Shared>,
     pool: Arc<Pool>,
@@ -430,7 +461,8 @@ struct Session {
     mode: PoolMode,
     key: (i32, i32),
     slot: Arc<CancelSlot>,
-    stmts: HashMap<String, Stmt>,
+    /// A `BTreeMap`: empty, it is 24 bytes smaller than a `HashMap` in every session.
+    stmts: BTreeMap<String, Stmt>,
     sent: VecDeque<Sent>,
     /// `Sync`s and `Query`s sent whose `ReadyForQuery` has not come yet.
     pending: usize,
@@ -444,7 +476,6 @@ struct Session {
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
     /// Extended-protocol messages were sent after the last `Sync`.
     unsynced: bool,
-    out: Vec<Bytes>,
 }
 
 impl Session {
@@ -460,7 +491,7 @@ impl Session {
             lease: None,
             key,
             slot,
-            stmts: HashMap::new(),
+            stmts: BTreeMap::new(),
             sent: VecDeque::new(),
             pending: 0,
             status: b'I',
@@ -470,7 +501,6 @@ impl Session {
             forget_prepared: false,
             timer: None,
             unsynced: false,
-            out: Vec::new(),
         }
     }
 
@@ -538,59 +568,76 @@ impl Session {
 
     async fn run(&mut self) -> Result<(), ClientError> {
         loop {
-            let deadline = self.deadline();
-            if let Some(d) = deadline {
-                match self.timer.as_mut() {
-                    Some(t) if t.deadline() == d => {}
-                    Some(t) => t.as_mut().reset(d),
-                    None => self.timer = Some(Box::pin(tokio::time::sleep_until(d))),
-                }
-            }
-            let armed = self.timer.as_mut().filter(|_| deadline.is_some());
-            let timer = async move {
-                match armed {
-                    Some(t) => t.as_mut().await,
-                    None => std::future::pending().await,
-                }
+            let wake = if self.lease.is_none() {
+                // Idle (no server, so no timer either): only the client can wake the
+                // session, and the smallest future waits for it. The wait with a server
+                // is boxed so that it does not size every idle client's task.
+                Wake::client(self.client.read_some(&mut self.cbuf).await?)
+            } else {
+                Box::pin(self.wait_active()).await?
             };
-            let server_read = async {
-                match self.lease.as_mut() {
-                    Some(l) => {
-                        let buf = &mut l.conn.buf;
-                        if buf.capacity() - buf.len() < 4096 {
-                            buf.reserve(16384);
-                        }
-                        l.conn.stream.read_buf(buf).await
-                    }
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                r = self.client.read_some(&mut self.cbuf) => {
-                    if r? == 0 {
-                        return Ok(());
-                    }
+            match wake {
+                Wake::ClientGone => return Ok(()),
+                Wake::Client => {
                     self.last_client = Instant::now();
-                    if !self.forward_client().await? {
+                    // Boxed, like the other deep awaits here: one small allocation
+                    // per message, against some 200 bytes in every idle task.
+                    if !Box::pin(self.forward_client()).await? {
                         return Ok(());
                     }
                     if self.cbuf.is_empty() {
                         self.cbuf = BytesMut::new();
                     }
                 }
-                r = server_read => {
-                    match r {
-                        Ok(n) if n > 0 => self.forward_server().await?,
-                        _ => {
-                            self.lease = None;
-                            self.slot.set(None);
-                            return Err(ClientError::ServerLost);
-                        }
-                    }
+                Wake::Server => Box::pin(self.forward_server()).await?,
+                Wake::ServerLost => {
+                    self.lease = None;
+                    self.slot.set(None);
+                    return Err(ClientError::ServerLost);
                 }
-                _ = timer => self.on_timer().await?,
+                Wake::Timer => self.on_timer().await?,
             }
         }
+    }
+
+    /// With a server attached: waits for the client, the server or the query or
+    /// idle-in-transaction timer, whichever comes first.
+    async fn wait_active(&mut self) -> std::io::Result<Wake> {
+        let deadline = self.deadline();
+        if let Some(d) = deadline {
+            match self.timer.as_mut() {
+                Some(t) if t.deadline() == d => {}
+                Some(t) => t.as_mut().reset(d),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(d))),
+            }
+        }
+        let armed = self.timer.as_mut().filter(|_| deadline.is_some());
+        let timer = async move {
+            match armed {
+                Some(t) => t.as_mut().await,
+                None => std::future::pending().await,
+            }
+        };
+        let server_read = async {
+            match self.lease.as_mut() {
+                Some(l) => {
+                    let buf = &mut l.conn.buf;
+                    if buf.capacity() - buf.len() < 4096 {
+                        buf.reserve(16384);
+                    }
+                    l.conn.stream.read_buf(buf).await
+                }
+                None => std::future::pending().await,
+            }
+        };
+        Ok(tokio::select! {
+            r = self.client.read_some(&mut self.cbuf) => Wake::client(r?),
+            r = server_read => match r {
+                Ok(n) if n > 0 => Wake::Server,
+                _ => Wake::ServerLost,
+            },
+            _ = timer => Wake::Timer,
+        })
     }
 
     async fn on_timer(&mut self) -> Result<(), ClientError> {
@@ -675,6 +722,7 @@ impl Session {
         let max = self.shared.spec.max_message_size;
         let mut run = 0usize;
         let mut goodbye = false;
+        let mut out: Vec<Bytes> = Vec::new();
         while let Some(h) = codec::peek_frame(&self.cbuf, run, max)? {
             if !codec::is_frontend_tag(h.tag) || h.tag == b'p' {
                 return Err(ProtocolError::Unexpected { tag: h.tag as char }.into());
@@ -708,7 +756,7 @@ impl Session {
                 }
                 b'P' | b'B' | b'D' | b'C' if self.mode == PoolMode::Transaction => {
                     if !self.cbuf.is_empty() && run > 0 {
-                        self.out.push(self.cbuf.split_to(run).freeze());
+                        out.push(self.cbuf.split_to(run).freeze());
                     }
                     run = 0;
                     let f = self.cbuf.split_to(h.size).freeze();
@@ -716,19 +764,18 @@ impl Session {
                         tag: h.tag,
                         bytes: f,
                     };
-                    self.rewrite(frame)?;
+                    self.rewrite(frame, &mut out)?;
                 }
                 _ => run += h.size,
             }
         }
         if run > 0 {
-            self.out.push(self.cbuf.split_to(run).freeze());
+            out.push(self.cbuf.split_to(run).freeze());
         }
         if goodbye {
             self.cbuf.clear();
         }
-        if !self.out.is_empty() {
-            let out = std::mem::take(&mut self.out);
+        if !out.is_empty() {
             match self.lease.as_mut() {
                 Some(l) => {
                     if write_chunks(&mut l.conn.stream, out).await.is_err() {
@@ -743,7 +790,7 @@ impl Session {
     }
 
     /// Transaction mode: renames named statements and prepares them where needed.
-    fn rewrite(&mut self, frame: Frame) -> Result<(), ClientError> {
+    fn rewrite(&mut self, frame: Frame, out: &mut Vec<Bytes>) -> Result<(), ClientError> {
         let Some(lease) = self.lease.as_mut() else {
             return Err(ClientError::ServerLost);
         };
@@ -757,21 +804,21 @@ impl Session {
                         name: None,
                         injected: false,
                     });
-                    self.out.push(frame.bytes.clone());
+                    out.push(frame.bytes.clone());
                     return Ok(());
                 }
                 let rest = frame.bytes.slice_ref(rest);
                 let server_name = self.shared.statement_name(&rest);
                 if conn.prepared.contains(&server_name) {
                     self.sent.push_back(Sent::Close { as_parse: true });
-                    self.out.push(codec::build_target(b'C', b'S', CLOSED_NAME));
+                    out.push(codec::build_target(b'C', b'S', CLOSED_NAME));
                 } else {
                     conn.prepared.insert(server_name.clone());
                     self.sent.push_back(Sent::Parse {
                         name: Some(server_name.clone()),
                         injected: false,
                     });
-                    self.out.push(codec::build_parse(&server_name, &rest));
+                    out.push(codec::build_parse(&server_name, &rest));
                 }
                 self.stmts
                     .insert(name.to_string(), Stmt { server_name, rest });
@@ -780,13 +827,12 @@ impl Session {
                 let (portal, stmt, rest) = codec::parse_bind(body)?;
                 match self.stmts.get(stmt).filter(|_| !stmt.is_empty()) {
                     Some(s) => {
-                        if ensure_prepared(conn, s, &mut self.sent, &mut self.out) {
+                        if ensure_prepared(conn, s, &mut self.sent, out) {
                             self.shared.stats.reprepares.fetch_add(1, Ordering::Relaxed);
                         }
-                        self.out
-                            .push(codec::build_bind(portal, &s.server_name, rest));
+                        out.push(codec::build_bind(portal, &s.server_name, rest));
                     }
-                    None => self.out.push(frame.bytes.clone()),
+                    None => out.push(frame.bytes.clone()),
                 }
             }
             b'D' => {
@@ -797,25 +843,24 @@ impl Session {
                     .filter(|_| kind == b'S' && !name.is_empty())
                 {
                     Some(s) => {
-                        if ensure_prepared(conn, s, &mut self.sent, &mut self.out) {
+                        if ensure_prepared(conn, s, &mut self.sent, out) {
                             self.shared.stats.reprepares.fetch_add(1, Ordering::Relaxed);
                         }
-                        self.out
-                            .push(codec::build_target(b'D', b'S', &s.server_name));
+                        out.push(codec::build_target(b'D', b'S', &s.server_name));
                     }
-                    None => self.out.push(frame.bytes.clone()),
+                    None => out.push(frame.bytes.clone()),
                 }
             }
             b'C' => {
                 let (kind, name) = codec::parse_target(body, "close")?;
                 self.sent.push_back(Sent::Close { as_parse: false });
                 if kind == b'S' && self.stmts.remove(name).is_some() {
-                    self.out.push(codec::build_target(b'C', b'S', CLOSED_NAME));
+                    out.push(codec::build_target(b'C', b'S', CLOSED_NAME));
                 } else {
-                    self.out.push(frame.bytes.clone());
+                    out.push(frame.bytes.clone());
                 }
             }
-            _ => self.out.push(frame.bytes.clone()),
+            _ => out.push(frame.bytes.clone()),
         }
         Ok(())
     }
@@ -1042,6 +1087,7 @@ pub(crate) fn sizes() -> Vec<(&'static str, usize)> {
     vec![
         ("session", std::mem::size_of::<Session>()),
         ("run", ret::<S, _>(Session::run)),
+        ("wait_active", ret::<S, _>(Session::wait_active)),
         ("forward_client", ret::<S, _>(Session::forward_client)),
         ("forward_server", ret::<S, _>(Session::forward_server)),
         ("on_timer", ret::<S, _>(Session::on_timer)),
