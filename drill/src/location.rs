@@ -178,3 +178,78 @@ pub fn key_at(src: &str, offset: usize) -> Option<KeyPath> {
     let mut path = Vec::new();
     in_item(doc.as_item(), offset, &mut path).then_some(KeyPath(path))
 }
+
+// ---------------------------------------------------------------------------------------
+// The error of a TOML file a user wrote (a Quartet config, a drill scenario).
+
+/// A value serde accepted but the program cannot use, naming its key.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct Invalid {
+    pub path: KeyPath,
+    pub message: String,
+}
+
+/// An [`Invalid`] at `path`.
+pub fn invalid(path: KeyPath, message: impl Into<String>) -> Invalid {
+    Invalid {
+        path,
+        message: message.into(),
+    }
+}
+
+/// What went wrong with the file.
+#[derive(Debug)]
+pub enum ErrorKind {
+    Read(std::io::Error),
+    Syntax(Box<toml::de::Error>),
+    Invalid(Invalid),
+}
+
+/// A file's error as the user sees it: `FILE:LINE: KEY: message`.
+#[derive(Debug)]
+pub struct FileError {
+    pub file: String,
+    pub line: Option<usize>,
+    pub key: Option<KeyPath>,
+    pub kind: ErrorKind,
+}
+
+impl FileError {
+    /// An error found in `src` (named `file`) after parsing, at `path`.
+    pub fn at(file: &str, src: &str, path: KeyPath, message: impl Into<String>) -> Self {
+        FileError {
+            file: file.to_string(),
+            line: locate(src, &path),
+            key: Some(path.clone()),
+            kind: ErrorKind::Invalid(invalid(path, message)),
+        }
+    }
+}
+
+impl fmt::Display for FileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.file)?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        if let Some(key) = self.key.as_ref().filter(|k| !k.0.is_empty()) {
+            write!(f, ": {key}")?;
+        }
+        match &self.kind {
+            ErrorKind::Read(e) => write!(f, ": cannot read the file: {e}"),
+            ErrorKind::Syntax(e) => write!(f, ": {}", e.message().trim_end()),
+            ErrorKind::Invalid(e) => write!(f, ": {}", e.message),
+        }
+    }
+}
+
+impl std::error::Error for FileError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.kind {
+            ErrorKind::Read(e) => Some(e),
+            ErrorKind::Syntax(e) => Some(e.as_ref()),
+            ErrorKind::Invalid(e) => Some(e),
+        }
+    }
+}

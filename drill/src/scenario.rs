@@ -476,64 +476,11 @@ pub enum Expect {
 // ---------------------------------------------------------------------------------------
 // Errors.
 
-/// What went wrong with a scenario.
-#[derive(Debug)]
-pub enum ErrorKind {
-    Read(std::io::Error),
-    Syntax(Box<toml::de::Error>),
-    Invalid(Invalid),
-}
-
-/// A value serde accepted but a drill cannot use, naming its key.
-#[derive(Debug, thiserror::Error)]
-#[error("{path}: {message}")]
-pub struct Invalid {
-    pub path: KeyPath,
-    pub message: String,
-}
-
-fn invalid(path: KeyPath, message: impl Into<String>) -> Invalid {
-    Invalid {
-        path,
-        message: message.into(),
-    }
-}
-
-/// A scenario error as the user sees it: `FILE:LINE: KEY: message`.
-#[derive(Debug)]
-pub struct ScenarioError {
-    pub file: String,
-    pub line: Option<usize>,
-    pub key: Option<KeyPath>,
-    pub kind: ErrorKind,
-}
-
-impl fmt::Display for ScenarioError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.file)?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-        }
-        if let Some(key) = self.key.as_ref().filter(|k| !k.0.is_empty()) {
-            write!(f, ": {key}")?;
-        }
-        match &self.kind {
-            ErrorKind::Read(e) => write!(f, ": cannot read the file: {e}"),
-            ErrorKind::Syntax(e) => write!(f, ": {}", e.message().trim_end()),
-            ErrorKind::Invalid(e) => write!(f, ": {}", e.message),
-        }
-    }
-}
-
-impl std::error::Error for ScenarioError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.kind {
-            ErrorKind::Read(e) => Some(e),
-            ErrorKind::Syntax(e) => Some(e.as_ref()),
-            ErrorKind::Invalid(e) => Some(e),
-        }
-    }
-}
+use crate::location::invalid;
+/// A scenario error as the user sees it: `FILE:LINE: KEY: message` (the one file-error
+/// type, shared with the gateway's config).
+pub use crate::location::FileError as ScenarioError;
+pub use crate::location::{ErrorKind, Invalid};
 
 /// Reads and validates a scenario file.
 pub fn load(path: &Path) -> Result<Plan, ScenarioError> {

@@ -194,76 +194,11 @@ use quartet_drill::location::{key_at, line_of, locate};
 /// the drill's scenarios.
 pub use quartet_drill::location::{KeyPath, Seg};
 
-/// A value serde accepted but the config cannot use, naming its key.
-#[derive(Debug, thiserror::Error)]
-#[error("{path}: {message}")]
-pub struct Invalid {
-    pub path: KeyPath,
-    pub message: String,
-}
-
-pub(crate) fn invalid(path: KeyPath, message: impl Into<String>) -> Invalid {
-    Invalid {
-        path,
-        message: message.into(),
-    }
-}
-
-/// What went wrong with a config.
-#[derive(Debug)]
-pub enum ErrorKind {
-    Read(std::io::Error),
-    Syntax(Box<toml::de::Error>),
-    Invalid(Invalid),
-}
-
-/// A config error as the user sees it: `FILE:LINE: KEY: message`.
-#[derive(Debug)]
-pub struct ConfigError {
-    pub file: String,
-    pub line: Option<usize>,
-    pub key: Option<KeyPath>,
-    pub kind: ErrorKind,
-}
-
-impl fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.file)?;
-        if let Some(line) = self.line {
-            write!(f, ":{line}")?;
-        }
-        if let Some(key) = self.key.as_ref().filter(|k| !k.0.is_empty()) {
-            write!(f, ": {key}")?;
-        }
-        match &self.kind {
-            ErrorKind::Read(e) => write!(f, ": cannot read the file: {e}"),
-            ErrorKind::Syntax(e) => write!(f, ": {}", e.message().trim_end()),
-            ErrorKind::Invalid(e) => write!(f, ": {}", e.message),
-        }
-    }
-}
-
-impl std::error::Error for ConfigError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match &self.kind {
-            ErrorKind::Read(e) => Some(e),
-            ErrorKind::Syntax(e) => Some(e.as_ref()),
-            ErrorKind::Invalid(e) => Some(e),
-        }
-    }
-}
-
-impl ConfigError {
-    /// An error found in `src` (named `file`) after parsing, at `path`.
-    pub fn at(file: &str, src: &str, path: KeyPath, message: impl Into<String>) -> Self {
-        ConfigError {
-            file: file.to_string(),
-            line: locate(src, &path),
-            key: Some(path.clone()),
-            kind: ErrorKind::Invalid(invalid(path, message)),
-        }
-    }
-}
+pub(crate) use quartet_drill::location::invalid;
+/// A config error as the user sees it: `FILE:LINE: KEY: message` (the one file-error
+/// type, shared with the drill's scenarios).
+pub use quartet_drill::location::FileError as ConfigError;
+pub use quartet_drill::location::{ErrorKind, Invalid};
 
 /// Reads the file (or the embedded default when `path` is `None`), applies the process's
 /// environment overrides and validates.
