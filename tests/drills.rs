@@ -18,7 +18,6 @@
 use quartet_tests::*;
 use reqwest::StatusCode;
 use serde_json::Value;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 // The throwaway PostgreSQL clusters of the SQL proxy's own tests (initdb, pg_ctl as the
@@ -86,23 +85,6 @@ fn sql_port_0(config: &str) -> String {
         "listen = \"127.0.0.1:6432\"",
         "listen = \"127.0.0.1:0\"",
     )
-}
-
-fn sql_addr(gw: &Gateway, name: &str) -> SocketAddr {
-    let needle = format!("quartet sql listening name={name} addr=");
-    let line = gw
-        .log()
-        .lines()
-        .into_iter()
-        .find(|l| l.contains(&needle))
-        .unwrap_or_else(|| panic!("no `{needle}...` line in the log"));
-    let rest = &line[line.find(&needle).map_or(0, |i| i + needle.len())..];
-    let addr = rest
-        .split(|c: char| c.is_whitespace() || c == '"')
-        .next()
-        .unwrap_or_default();
-    addr.parse()
-        .unwrap_or_else(|e| panic!("bad address {addr:?} in {line:?}: {e}"))
 }
 
 /// What `quartet drill` did.
@@ -292,7 +274,7 @@ async fn pg_primary_gone(wrong: bool) -> Drill {
         config = swap(&config, PG_DEFAULTS.0, PG_DEFAULTS.1);
     }
     let gw = Gateway::start(&config).await;
-    let addr = sql_addr(&gw, "pg");
+    let addr = gw.sql_addr("pg");
     // Both backends seen healthy before the drill starts.
     eventually("both backends healthy", WAIT, || async {
         let (_, body) = gw.admin_json("/readyz").await;
@@ -423,7 +405,7 @@ async fn cross_channel(wrong: bool) -> Drill {
     }
     let gw = Gateway::start(&config).await;
     channel_ready(&gw, "rpc").await;
-    let addr = sql_addr(&gw, "pg");
+    let addr = gw.sql_addr("pg");
     let mut scenario = scenario_for("cross-channel.toml", &gw);
     scenario = swap(&scenario, "drill_cross", &topic);
     scenario = swap(&scenario, "127.0.0.1:6432", &addr.to_string());

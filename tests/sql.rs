@@ -46,26 +46,6 @@ connect_timeout = "2s"
     )
 }
 
-/// The bound address of the listener `name`, from the start-up log line.
-fn sql_addr(gw: &Gateway, name: &str) -> SocketAddr {
-    let needle = format!("quartet sql listening name={name} ");
-    let line = gw
-        .log()
-        .lines()
-        .into_iter()
-        .map(|l| strip_ansi(&l))
-        .find(|l| l.contains(&needle))
-        .unwrap_or_else(|| panic!("no `{needle}addr=...` line in the log"));
-    let rest = &line[line.find(&needle).map(|i| i + needle.len()).unwrap_or(0)..];
-    let addr = rest
-        .trim_start_matches("addr=")
-        .split(|c: char| c.is_whitespace() || c == '"')
-        .next()
-        .unwrap_or_default();
-    addr.parse()
-        .unwrap_or_else(|e| panic!("bad address {addr:?} in {line:?}: {e}"))
-}
-
 async fn connect(
     addr: SocketAddr,
     app: &str,
@@ -99,7 +79,7 @@ async fn scram_login_transaction_pooling_readiness_breakers_and_admin_sql() {
         listener("pg", PG_URL, "pool_mode = \"transaction\"\npool_size = 2")
     );
     let gw = Gateway::start(&config).await;
-    let addr = sql_addr(&gw, "pg");
+    let addr = gw.sql_addr("pg");
 
     // Six clients share at most two server connections, each with its own prepared
     // statements inside transactions.
@@ -205,7 +185,7 @@ async fn backend_down_gives_class_08_at_once_and_readyz_not_ready() {
         listener("down", &down, "connect_attempts = 1")
     );
     let gw = Gateway::start(&config).await;
-    let down_addr = sql_addr(&gw, "down");
+    let down_addr = gw.sql_addr("down");
     let started = Instant::now();
     let err = bounded("a login to a listener whose backend is down", async {
         connect(down_addr, "down")
@@ -242,7 +222,7 @@ async fn backend_down_gives_class_08_at_once_and_readyz_not_ready() {
         "{body}"
     );
     // The other listener keeps serving.
-    let c = connect(sql_addr(&gw, "pg"), "still-serving")
+    let c = connect(gw.sql_addr("pg"), "still-serving")
         .await
         .expect("the healthy listener serves");
     c.simple_query("select 1").await.expect("query");
@@ -253,7 +233,7 @@ async fn fault_abort_refuses_logins_until_cleared() {
     require_postgres().await;
     let config = format!("{SERVER}{}", listener("pg", PG_URL, ""));
     let gw = Gateway::start(&config).await;
-    let addr = sql_addr(&gw, "pg");
+    let addr = gw.sql_addr("pg");
     connect(addr, "before")
         .await
         .expect("login before the fault");
@@ -288,7 +268,7 @@ async fn env_override_replaces_backends() {
         &[("QUARTET_SQL_LISTENER_0_BACKENDS", PG_URL)],
     )
     .await;
-    let c = connect(sql_addr(&gw, "pg"), "env")
+    let c = connect(gw.sql_addr("pg"), "env")
         .await
         .expect("login through the overridden backend");
     c.simple_query("select 1").await.expect("query");
@@ -302,7 +282,7 @@ async fn sigterm_with_an_idle_session_exits_within_the_grace_period() {
         listener("pg", PG_URL, "")
     );
     let mut gw = Gateway::start(&config).await;
-    let addr = sql_addr(&gw, "pg");
+    let addr = gw.sql_addr("pg");
     let c = connect(addr, "idle").await.expect("login");
     c.simple_query("select 1").await.expect("query");
     gw.process.signal("TERM");
@@ -349,7 +329,7 @@ async fn latency_and_reset_toxics_act_on_server_connections() {
         listener("pg", PG_URL, "pool_mode = \"transaction\"")
     );
     let gw = Gateway::start(&config).await;
-    let addr = sql_addr(&gw, "pg");
+    let addr = gw.sql_addr("pg");
 
     // Latency: applied to the server connection (counted), the query still succeeds.
     put_fault(
@@ -395,7 +375,7 @@ async fn psql_through_the_listener_with_scram() {
         listener("pg", PG_URL, "pool_mode = \"transaction\"")
     );
     let gw = Gateway::start(&config).await;
-    let addr = sql_addr(&gw, "pg");
+    let addr = gw.sql_addr("pg");
     let out = tokio::process::Command::new("psql")
         .arg(format!(
             "host=127.0.0.1 port={} user=app dbname=test",
@@ -421,7 +401,7 @@ async fn reload_keeps_listeners_breakers_and_faults_and_warns_on_sql_changes() {
     require_postgres().await;
     let config = format!("{SERVER}{}", listener("pg", PG_URL, ""));
     let mut gw = Gateway::start(&config).await;
-    let addr = sql_addr(&gw, "pg");
+    let addr = gw.sql_addr("pg");
     let c = connect(addr, "before-reload").await.expect("login");
     put_fault(
         &gw,

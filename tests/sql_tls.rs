@@ -11,7 +11,6 @@
 //!   certificate that does not name the host refuses the login with class 08.
 
 use quartet_tests::*;
-use std::net::SocketAddr;
 use std::path::Path;
 
 const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -70,26 +69,6 @@ fn tls_keys(pki: &Pki) -> String {
     )
 }
 
-/// The bound address of the listener `name`, from the start-up log line.
-fn sql_addr(gw: &Gateway, name: &str) -> SocketAddr {
-    let needle = format!("quartet sql listening name={name} ");
-    let line = gw
-        .log()
-        .lines()
-        .into_iter()
-        .map(|l| strip_ansi(&l))
-        .find(|l| l.contains(&needle))
-        .unwrap_or_else(|| panic!("no `{needle}addr=...` line in the log"));
-    let rest = &line[line.find(&needle).map(|i| i + needle.len()).unwrap_or(0)..];
-    let addr = rest
-        .trim_start_matches("addr=")
-        .split(|c: char| c.is_whitespace() || c == '"')
-        .next()
-        .unwrap_or_default();
-    addr.parse()
-        .unwrap_or_else(|e| panic!("bad address {addr:?} in {line:?}: {e}"))
-}
-
 /// Runs psql with `conninfo` and one command per `-c`; (success, stdout, stderr).
 async fn psql(conninfo: &str, commands: &[&str]) -> (bool, String, String) {
     let mut cmd = tokio::process::Command::new("psql");
@@ -124,7 +103,7 @@ async fn psql_verify_full_to_the_listener_and_tls_to_postgres() {
         listener("plain", PG_URL, "")
     );
     let gw = Gateway::start(&config).await;
-    let addr = sql_addr(&gw, "tls");
+    let addr = gw.sql_addr("tls");
 
     // libpq checks the listener's certificate against the test CA and its name.
     let conninfo = format!(
@@ -150,7 +129,7 @@ async fn psql_verify_full_to_the_listener_and_tls_to_postgres() {
 
     // A listener without tls answers N: a client that requires TLS is refused, and a
     // backend url without sslmode gives a plain server connection.
-    let plain = sql_addr(&gw, "plain");
+    let plain = gw.sql_addr("plain");
     let conninfo = format!(
         "host=127.0.0.1 port={} user=app dbname=test sslmode=require",
         plain.port()
@@ -190,13 +169,13 @@ async fn verify_ca_against_the_cluster_certificate_and_verify_full_refused_by_na
     );
     let gw = Gateway::start(&config).await;
 
-    let ca = sql_addr(&gw, "ca");
+    let ca = gw.sql_addr("ca");
     let conninfo = format!("host=127.0.0.1 port={} user=app dbname=test", ca.port());
     let (ok, out, err) = psql(&conninfo, &[SERVER_SSL]).await;
     assert!(ok, "verify-ca: {err}");
     assert_eq!(out.trim(), "t", "verify-ca server connection not tls");
 
-    let full = sql_addr(&gw, "full");
+    let full = gw.sql_addr("full");
     let conninfo = format!("host=127.0.0.1 port={} user=app dbname=test", full.port());
     let (ok, _, err) = psql(&conninfo, &["select 1"]).await;
     assert!(!ok, "verify-full accepted a certificate for another name");

@@ -429,6 +429,26 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// The bound address of the SQL listener `name`, from its start-up log line.
+    pub fn sql_addr(&self, name: &str) -> SocketAddr {
+        let needle = format!("quartet sql listening name={name} ");
+        let line = self
+            .log()
+            .lines()
+            .into_iter()
+            .map(|l| strip_ansi(&l))
+            .find(|l| l.contains(&needle))
+            .unwrap_or_else(|| panic!("no `{needle}addr=...` line in the log"));
+        let rest = &line[line.find(&needle).map_or(0, |i| i + needle.len())..];
+        let addr = rest
+            .trim_start_matches("addr=")
+            .split(|c: char| c.is_whitespace() || c == '"')
+            .next()
+            .unwrap_or_default();
+        addr.parse()
+            .unwrap_or_else(|e| panic!("bad address {addr:?} in {line:?}: {e}"))
+    }
+
     /// Writes `config` to DIR/quartet.toml, runs `quartet serve --config` on it and waits
     /// until it listens.
     pub async fn start(config: &str) -> Gateway {
