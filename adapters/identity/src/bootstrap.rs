@@ -122,12 +122,15 @@ pub async fn bootstrap_if_empty(
     if !store.is_empty().await? {
         return Ok(None);
     }
+    // Each conflict means the other instance created one more of the rows `bootstrap`
+    // makes (the domain, the roles, the project, the user), so at most that many.
+    let most = ROLES.len() + 3;
     let mut attempt = 0;
     loop {
         match bootstrap(store, password).await {
             Ok(done) => return Ok(Some(done)),
             // Another instance created a row first: run again over what it made.
-            Err(e) if e.is_conflict() && attempt < 3 => attempt += 1,
+            Err(e) if e.is_conflict() && attempt < most => attempt += 1,
             Err(e) => return Err(e),
         }
     }
