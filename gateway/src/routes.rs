@@ -112,7 +112,19 @@ struct Facts {
     call: Option<Arc<CallInfo>>,
 }
 
+/// Whether a request must go through the router (the native routes) rather than
+/// straight to [`serve`], its fallback.
+pub fn needs_router(path: &str) -> bool {
+    path.starts_with("/native/")
+}
+
 async fn handle(State(built): State<Arc<Built>>, req: Request<Body>) -> Response<Body> {
+    serve(built, req).await
+}
+
+/// Serves one request of the public listener that is not a native one: the RPC bridge,
+/// the identity API, or a REST route.
+pub async fn serve(built: Arc<Built>, req: Request<Body>) -> Response<Body> {
     let start = Instant::now();
     let request_id = proxy::request_id(req.headers());
     let method = req.method().clone();

@@ -19,8 +19,9 @@ use crate::stack::{BuildError, Shared};
 use crate::App;
 use arc_swap::ArcSwap;
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use axum::Router;
+use futures_util::future::Either;
+use futures_util::FutureExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -511,12 +512,20 @@ where
 {
     let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
         req.extensions_mut().insert(conn);
-        req.extensions_mut().insert(ConnectInfo(conn.remote));
-        let router = match &handler {
-            Handler::Current(app) => app.load().router.clone(),
-            Handler::Fixed(router) => router.clone(),
-        };
-        router.oneshot(req.map(Body::new))
+        let req = req.map(Body::new);
+        match &handler {
+            // The proxy path skips the router: its only routes are the native ones, and
+            // everything else is its fallback anyway.
+            Handler::Current(app) => {
+                let app = app.load();
+                if crate::routes::needs_router(req.uri().path()) {
+                    Either::Left(app.router.clone().oneshot(req))
+                } else {
+                    Either::Right(crate::routes::serve(app.built.clone(), req).map(Ok))
+                }
+            }
+            Handler::Fixed(router) => Either::Left(router.clone().oneshot(req)),
+        }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A timer lets hyper time out a client that never finishes its request head.

@@ -57,10 +57,12 @@ pub struct HttpReplay {
 }
 
 impl Replay<http::Request<ProxyBody>> for HttpReplay {
-    /// A copy with the same method, URI, version, headers and extensions (the shared
-    /// `Arc<CallInfo>` and [`Buffered`] among them) and the buffered bytes as its body;
-    /// `None` when the body was not buffered (see
-    /// [`buffer_for_replay`](crate::body::buffer_for_replay)).
+    /// A copy with the same method, URI, version and headers, the buffered bytes as its
+    /// body, and the two extensions the layers below the retry read: the shared
+    /// `Arc<CallInfo>` and [`Buffered`]. `None` when the body was not buffered (see
+    /// [`buffer_for_replay`](crate::body::buffer_for_replay)). The other extensions are
+    /// not copied: this runs for every request that may be retried, and a whole copy of
+    /// the extension map costs an allocation per entry.
     fn replay(&self, req: &http::Request<ProxyBody>) -> Option<http::Request<ProxyBody>> {
         let Buffered(bytes) = req.extensions().get::<Buffered>()?;
         let mut copy = http::Request::new(full(bytes.clone()));
@@ -68,7 +70,11 @@ impl Replay<http::Request<ProxyBody>> for HttpReplay {
         *copy.uri_mut() = req.uri().clone();
         *copy.version_mut() = req.version();
         *copy.headers_mut() = req.headers().clone();
-        *copy.extensions_mut() = req.extensions().clone();
+        let extensions = copy.extensions_mut();
+        extensions.insert(Buffered(bytes.clone()));
+        if let Some(info) = req.extensions().get::<Arc<CallInfo>>() {
+            extensions.insert(info.clone());
+        }
         Some(copy)
     }
 

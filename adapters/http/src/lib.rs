@@ -23,6 +23,7 @@ pub mod classify;
 pub mod client;
 pub mod endpoint;
 pub mod error;
+pub mod h1;
 pub mod health;
 pub mod pool;
 pub mod proxy;

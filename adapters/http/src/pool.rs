@@ -30,9 +30,15 @@
 //! that one thread; every other thread shares shard 0. `pool_max_idle_per_host` is per
 //! shard.
 //!
+//! A request whose body is already in memory (the replay buffer, or no body) and that is
+//! not an upgrade skips hyper's connection altogether: [`crate::h1`] writes it and reads
+//! the answer in the request's own task, on connections this pool keeps apart ("direct"
+//! connections, same steps, same limits). Streamed bodies and upgrades use hyper's.
+//!
 //! HTTPS and HTTP/2 endpoints keep hyper-util's client (TLS, ALPN, h2 multiplexing).
 
-use crate::body::ProxyBody;
+use crate::body::{Buffered, ProxyBody};
+use crate::h1::{self, Conn, Reading, Step};
 use crate::BoxError;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -101,6 +107,13 @@ struct Inner {
     max_idle: usize,
     /// Per shard (see the module docs), LIFO.
     idle: Box<[Mutex<Vec<Idle>>]>,
+    /// The direct connections ([`crate::h1`]), per shard, LIFO.
+    direct: Box<[Mutex<Vec<IdleConn>>]>,
+}
+
+struct IdleConn {
+    conn: Conn,
+    since: Instant,
 }
 
 struct Idle {
@@ -122,6 +135,7 @@ impl H1Pool {
                 idle_timeout,
                 max_idle,
                 idle: (0..shard_count()).map(|_| Mutex::new(Vec::new())).collect(),
+                direct: (0..shard_count()).map(|_| Mutex::new(Vec::new())).collect(),
             }),
         }
     }
@@ -129,7 +143,7 @@ impl H1Pool {
     /// Connections idle in the pool now.
     pub fn idle_count(&self) -> usize {
         (0..self.inner.idle.len())
-            .map(|shard| self.inner.lock(shard).len())
+            .map(|shard| self.inner.lock(shard).len() + self.inner.lock_direct(shard).len())
             .sum()
     }
 
@@ -138,6 +152,9 @@ impl H1Pool {
         &self,
         mut req: http::Request<ProxyBody>,
     ) -> Result<http::Response<ProxyBody>, SendError> {
+        if let Some(body) = in_memory_body(&req) {
+            return self.send_direct(req, body).await;
+        }
         let shard = this_shard();
         loop {
             let (mut sender, reused) = match self.inner.checkout(shard) {
@@ -157,6 +174,79 @@ impl H1Pool {
                 },
             }
         }
+    }
+
+    /// Sends a request whose whole body is `body` on a direct connection ([`crate::h1`]).
+    async fn send_direct(
+        &self,
+        req: http::Request<ProxyBody>,
+        body: Bytes,
+    ) -> Result<http::Response<ProxyBody>, SendError> {
+        let shard = this_shard();
+        let (parts, _) = req.into_parts();
+        let mut wire = Vec::new();
+        h1::encode_request(&mut wire, &parts.method, &parts.uri, &parts.headers, &body);
+        loop {
+            let (mut conn, reused) = match self.inner.checkout_direct(shard) {
+                Some(conn) => (conn, true),
+                None => (
+                    self.inner
+                        .connect_direct()
+                        .await
+                        .map_err(SendError::Connect)?,
+                    false,
+                ),
+            };
+            if let Err(err) = conn.write_request(&wire).await {
+                // Not all of it went out, so the upstream cannot have acted on it.
+                if reused {
+                    continue;
+                }
+                return Err(SendError::Connect(err.into()));
+            }
+            let head = conn
+                .read_head(&parts.method)
+                .await
+                .map_err(|e| SendError::Sent(e.into()))?;
+            return Ok(self.finish_direct(head, conn, shard));
+        }
+    }
+
+    /// The response of a direct exchange; the connection goes back to the pool with its
+    /// body's last byte (at once when the whole body came with the head).
+    fn finish_direct(
+        &self,
+        head: h1::Head,
+        mut conn: Conn,
+        shard: usize,
+    ) -> http::Response<ProxyBody> {
+        let body = match Reading::new(head.framing) {
+            None => {
+                if head.keep_alive {
+                    self.inner.checkin_direct(conn, shard);
+                }
+                crate::body::empty()
+            }
+            Some(Reading::Length(n)) if conn.buffered() as u64 >= n => {
+                // n fits: it is at most what the buffer holds.
+                let bytes = conn.take(n as usize);
+                if head.keep_alive {
+                    self.inner.checkin_direct(conn, shard);
+                }
+                crate::body::full(bytes)
+            }
+            Some(state) => DirectBody {
+                conn: Some(conn),
+                state,
+                back: head.keep_alive.then(|| (self.inner.clone(), shard)),
+            }
+            .boxed_unsync(),
+        };
+        let mut resp = http::Response::new(body);
+        *resp.status_mut() = head.status;
+        *resp.version_mut() = head.version;
+        *resp.headers_mut() = head.headers;
+        resp
     }
 
     /// Step 4: the response, its body returning the connection to the pool at its end.
@@ -187,6 +277,49 @@ impl H1Pool {
 impl Inner {
     fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Vec<Idle>> {
         self.idle[shard].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_direct(&self, shard: usize) -> std::sync::MutexGuard<'_, Vec<IdleConn>> {
+        self.direct[shard].lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Step 1, for a direct connection (checked outside the lock: it may cost a read).
+    fn checkout_direct(&self, shard: usize) -> Option<Conn> {
+        loop {
+            let IdleConn { mut conn, since } = self.lock_direct(shard).pop()?;
+            if since.elapsed() < self.idle_timeout && conn.is_usable() {
+                return Some(conn);
+            }
+        }
+    }
+
+    /// Steps 4 and 5, for a direct connection; one with bytes after its response is
+    /// closed (nothing may follow a response unasked).
+    fn checkin_direct(&self, conn: Conn, shard: usize) {
+        if conn.buffered() > 0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut idle = self.lock_direct(shard);
+        let stale = idle
+            .iter()
+            .take_while(|i| now.duration_since(i.since) >= self.idle_timeout)
+            .count();
+        if stale > 0 {
+            idle.drain(..stale);
+        }
+        if idle.len() < self.max_idle {
+            idle.push(IdleConn { conn, since: now });
+        }
+    }
+
+    /// Step 2, for a direct connection.
+    async fn connect_direct(&self) -> Result<Conn, BoxError> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*self.addr))
+            .await
+            .map_err(|_| ConnectTimeout(self.connect_timeout))??;
+        stream.set_nodelay(true)?;
+        Ok(Conn::new(stream))
     }
 
     /// Step 1.
@@ -302,5 +435,78 @@ impl Body for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// The whole body of a request that can take a direct exchange: held in memory (the
+/// replay buffer's bytes, or no body at all), and not an upgrade.
+fn in_memory_body(req: &http::Request<ProxyBody>) -> Option<Bytes> {
+    if crate::proxy::is_upgrade(req) || req.method() == http::Method::CONNECT {
+        return None;
+    }
+    if let Some(Buffered(bytes)) = req.extensions().get::<Buffered>() {
+        return Some(bytes.clone());
+    }
+    req.body().is_end_stream().then(Bytes::new)
+}
+
+/// A response body read by the request's task from a direct connection, which goes back
+/// to the pool once the body's end is read (when the upstream keeps it alive).
+struct DirectBody {
+    /// `None` once the body ended (or failed).
+    conn: Option<Conn>,
+    state: Reading,
+    back: Option<(Arc<Inner>, usize)>,
+}
+
+impl DirectBody {
+    fn release(&mut self) {
+        if let (Some(conn), Some((pool, shard))) = (self.conn.take(), self.back.take()) {
+            pool.checkin_direct(conn, shard);
+        }
+    }
+}
+
+impl Body for DirectBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match h1::poll_body(conn, &mut this.state, cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(Step::Frame(frame, last))) => {
+                if last {
+                    this.release();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Ok(Step::End)) => {
+                this.release();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Err(err)) => {
+                // A broken body leaves the connection unusable: dropping it closes it.
+                this.conn = None;
+                Poll::Ready(Some(Err(err.into())))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.conn.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.conn {
+            Some(_) => self.state.size_hint(),
+            None => SizeHint::with_exact(0),
+        }
     }
 }

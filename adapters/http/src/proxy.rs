@@ -29,23 +29,26 @@ pub struct Forwarded {
     pub proto: &'static str,
 }
 
-pub const REQUEST_ID: &str = "x-openstack-request-id";
+pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-openstack-request-id");
 
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
-const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
-const X_FORWARDED_HOST: &str = "x-forwarded-host";
+// Names built once: a `&str` name is parsed again on every map operation.
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: http::HeaderName = http::HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: http::HeaderName = http::HeaderName::from_static("proxy-connection");
 
 /// Hop-by-hop headers (RFC 9110 7.6.1), besides those `Connection` names.
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [http::HeaderName; 9] = [
+    http::header::CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
 ];
 
 /// The client's `X-OpenStack-Request-ID` when it is a valid `req-<uuid>` (as
@@ -191,6 +194,10 @@ fn set_request_id(headers: &mut http::HeaderMap, request_id: &str) {
 }
 
 fn remove_hop_by_hop(headers: &mut http::HeaderMap) {
+    // Most messages have none: one pass over the names says so without a lookup each.
+    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<http::HeaderName> = headers
         .get_all(http::header::CONNECTION)
         .iter()
@@ -201,7 +208,7 @@ fn remove_hop_by_hop(headers: &mut http::HeaderMap) {
         headers.remove(name);
     }
     for name in HOP_BY_HOP {
-        headers.remove(*name);
+        headers.remove(name);
     }
 }
 
