@@ -488,39 +488,101 @@ pub fn guard(
             message,
         }
     })?;
-    let params = Arc::new(params);
-    let svc = tower::service_fn(
-        move |req: Request<ProxyBody>| -> futures_util::future::BoxFuture<
-            'static,
-            Result<Response<ProxyBody>, BoxError>,
-        > {
-            let checks = checks.clone();
-            let params = params.clone();
-            let inner = service.clone();
-            Box::pin(async move {
-                let (mut parts, body) = req.into_parts();
-                checks.authenticate(&mut parts).await?;
-                if checks.has_access_rule() {
-                    // The path as the client sent it (before `strip_prefix`).
-                    let target = match parts.extensions.get::<axum::extract::OriginalUri>() {
-                        Some(original) => params.target(original.0.path()),
-                        None => params.target(parts.uri.path()),
-                    };
-                    checks.authorize(&parts, &target)?;
+    let route = Arc::new(RouteGuard {
+        checks,
+        params,
+        inner: service,
+    });
+    Ok(tower::util::BoxCloneSyncService::new(Guarded { route }))
+}
+
+/// A REST route's guard and the route's stack behind it.
+struct RouteGuard {
+    checks: Guard,
+    params: guard::PathParams,
+    inner: RestService,
+}
+
+/// The guarded route as a service. A clone (one per request, by the router) is one
+/// reference count; the stack behind is cloned once per call, as an unguarded route's is.
+#[derive(Clone)]
+struct Guarded {
+    route: Arc<RouteGuard>,
+}
+
+impl tower::Service<Request<ProxyBody>> for Guarded {
+    type Response = Response<ProxyBody>;
+    type Error = BoxError;
+    type Future = futures_util::future::BoxFuture<'static, Result<Response<ProxyBody>, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // The stack behind is made ready in `forward` (`oneshot`), as before the guard.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ProxyBody>) -> Self::Future {
+        let (mut parts, body) = req.into_parts();
+        // The common case (a cached token) is decided here, with no future of its own.
+        match self.route.checks.authenticate_cached(&mut parts) {
+            Some(Ok(())) => match self.route.authorize(&parts) {
+                Ok(()) => {
+                    let www = self.route.checks.www_source(&parts);
+                    forward(
+                        self.route.inner.clone(),
+                        Request::from_parts(parts, body),
+                        www,
+                    )
                 }
-                let www = checks.www_authenticate(&parts);
-                let mut resp = send(inner, Request::from_parts(parts, body)).await?;
-                // As keystonemiddleware does: a 401 of the service tells where tokens are.
-                if resp.status() == StatusCode::UNAUTHORIZED {
-                    if let Some(value) = www {
-                        resp.headers_mut().append(WWW_AUTHENTICATE, value);
-                    }
-                }
-                Ok(resp)
-            })
-        },
-    );
-    Ok(tower::util::BoxCloneSyncService::new(svc))
+                Err(refused) => Box::pin(std::future::ready(Err(refused.into()))),
+            },
+            Some(Err(refused)) => Box::pin(std::future::ready(Err(refused.into()))),
+            None => {
+                let route = self.route.clone();
+                Box::pin(async move {
+                    route.checks.authenticate(&mut parts).await?;
+                    route.authorize(&parts)?;
+                    let www = route.checks.www_source(&parts);
+                    forward(route.inner.clone(), Request::from_parts(parts, body), www).await
+                })
+            }
+        }
+    }
+}
+
+impl RouteGuard {
+    /// The route's access rule, against the route's `path_params` of the path as the
+    /// client sent it (before `strip_prefix`).
+    fn authorize(&self, parts: &http::request::Parts) -> Result<(), Refused> {
+        if !self.checks.has_access_rule() {
+            return Ok(());
+        }
+        let target = match parts.extensions.get::<axum::extract::OriginalUri>() {
+            Some(original) => self.params.target(original.0.path()),
+            None => self.params.target(parts.uri.path()),
+        };
+        self.checks.authorize(parts, &target)
+    }
+}
+
+/// Sends a checked request through the route's stack. As keystonemiddleware does: a 401
+/// of the service tells where tokens are (`WWW-Authenticate`, built only then).
+fn forward(
+    inner: RestService,
+    req: Request<ProxyBody>,
+    www: guard::WwwSource,
+) -> futures_util::future::BoxFuture<'static, Result<Response<ProxyBody>, BoxError>> {
+    Box::pin(async move {
+        let mut resp = send(inner, req).await?;
+        if resp.status() == StatusCode::UNAUTHORIZED {
+            if let Some(value) = www.value() {
+                resp.headers_mut().append(WWW_AUTHENTICATE, value);
+            }
+        }
+        Ok(resp)
+    })
 }
 
 /// Calls a stack; a plain function so the future's type is named once (see

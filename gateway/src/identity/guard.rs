@@ -72,7 +72,33 @@ pub struct Guard {
     /// `None`: `[identity]` is configured but not running (added by a reload): 503.
     require: Option<RequireTokenLayer>,
     access: Option<Access>,
-    public_url: Option<String>,
+    /// `WWW-Authenticate` when `identity.public_url` is set (built once); `None`: from
+    /// each request's host.
+    public_www: Option<Option<HeaderValue>>,
+}
+
+/// What a 401's `WWW-Authenticate` needs from a request, kept for when the service behind
+/// answers 401: the value is built then, not on every request.
+pub struct WwwSource {
+    fixed: Option<Option<HeaderValue>>,
+    authority: Option<http::uri::Authority>,
+    host: Option<HeaderValue>,
+    tls: bool,
+}
+
+impl WwwSource {
+    /// `Keystone uri="<public /v3 url>"` for this request.
+    pub fn value(&self) -> Option<HeaderValue> {
+        if let Some(fixed) = &self.fixed {
+            return fixed.clone();
+        }
+        let host = match &self.authority {
+            Some(a) => a.as_str(),
+            None => self.host.as_ref()?.to_str().ok()?,
+        };
+        let scheme = if self.tls { "https" } else { "http" };
+        headers::www_authenticate(&format!("{scheme}://{host}/v3"))
+    }
 }
 
 impl Guard {
@@ -82,7 +108,30 @@ impl Guard {
         let Some(require) = &self.require else {
             return Err(Refused::Unavailable);
         };
-        let (decision, identity) = require.decide(&mut parts.headers).await;
+        let (decision, identity) = match require.decide_cached(&mut parts.headers) {
+            Some(decided) => decided,
+            None => require.decide(&mut parts.headers).await,
+        };
+        self.conclude(parts, decision, identity)
+    }
+
+    /// [`authenticate`](Self::authenticate) when the token cache alone decides (the
+    /// common case: a cached token, no service token), with no future; `None` when a
+    /// validator must be asked: then call `authenticate`.
+    pub fn authenticate_cached(&self, parts: &mut Parts) -> Option<Result<(), Refused>> {
+        let Some(require) = &self.require else {
+            return Some(Err(Refused::Unavailable));
+        };
+        let (decision, identity) = require.decide_cached(&mut parts.headers)?;
+        Some(self.conclude(parts, decision, identity))
+    }
+
+    fn conclude(
+        &self,
+        parts: &mut Parts,
+        decision: Decision,
+        identity: quartet_policies::auth::Identity,
+    ) -> Result<(), Refused> {
         match decision {
             Decision::Forward => {
                 parts.extensions.insert(identity);
@@ -123,10 +172,32 @@ impl Guard {
         self.access.is_some()
     }
 
+    /// What `WWW-Authenticate` needs from this request, for a 401 of the service behind
+    /// (cheap: a few reference-counted copies, no formatting).
+    pub fn www_source(&self, parts: &Parts) -> WwwSource {
+        if let Some(fixed) = &self.public_www {
+            return WwwSource {
+                fixed: Some(fixed.clone()),
+                authority: None,
+                host: None,
+                tls: false,
+            };
+        }
+        WwwSource {
+            fixed: None,
+            authority: parts.uri.authority().cloned(),
+            host: parts.headers.get(http::header::HOST).cloned(),
+            tls: parts
+                .extensions
+                .get::<crate::routes::ConnInfo>()
+                .is_some_and(|c| c.tls),
+        }
+    }
+
     /// `Keystone uri="<public /v3 url>"`: `identity.public_url`, else the request's host.
     pub fn www_authenticate(&self, parts: &Parts) -> Option<HeaderValue> {
-        if let Some(url) = &self.public_url {
-            return headers::www_authenticate(url);
+        if let Some(fixed) = &self.public_www {
+            return fixed.clone();
         }
         let host = parts
             .uri
@@ -219,7 +290,7 @@ impl GuardBuilder {
         Ok(Guard {
             require,
             access,
-            public_url: self.public_url.clone(),
+            public_www: self.public_url.as_deref().map(headers::www_authenticate),
         })
     }
 }

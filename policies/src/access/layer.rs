@@ -63,27 +63,27 @@ impl AuthorizeLayer {
         parts: &http::request::Parts,
         target: &Target,
     ) -> Result<(), StatusCode> {
-        let Some(user) = parts
-            .extensions
-            .get::<Identity>()
-            .and_then(|i| i.user.clone())
-        else {
+        let identity = parts.extensions.get::<Identity>();
+        let Some(user) = identity.and_then(|i| i.user.as_deref()) else {
             return Err(StatusCode::UNAUTHORIZED);
         };
-        let mut creds = user.credentials();
-        if let Some(service) = parts
-            .extensions
-            .get::<Identity>()
-            .and_then(|i| i.service.clone())
-        {
-            creds.insert("service_user_id", service.user.id.clone());
-            creds.insert("service_user_domain_id", service.user.domain.id.clone());
-            if let Some(project) = service.project_id() {
-                creds.insert("service_project_id", project.to_owned());
+        // The token's credentials are built once per token (it is the cache's, unchanging);
+        // a copy only when a service token adds its own.
+        let creds = match identity.and_then(|i| i.service.as_deref()) {
+            None => std::borrow::Cow::Borrowed(user.credentials_cached()),
+            Some(service) => {
+                let mut creds = user.credentials_cached().clone();
+                creds.insert("service_user_id", service.user.id.clone());
+                creds.insert("service_user_domain_id", service.user.domain.id.clone());
+                if let Some(project) = service.project_id() {
+                    creds.insert("service_project_id", project.to_owned());
+                }
+                let roles: Vec<serde_json::Value> =
+                    service.role_names().map(|r| r.into()).collect();
+                creds.insert("service_roles", serde_json::Value::Array(roles));
+                std::borrow::Cow::Owned(creds)
             }
-            let roles: Vec<serde_json::Value> = service.role_names().map(|r| r.into()).collect();
-            creds.insert("service_roles", serde_json::Value::Array(roles));
-        }
+        };
         if self.rule.evaluate_with(&creds, target, &self.rules) {
             Ok(())
         } else {

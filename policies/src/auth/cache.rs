@@ -3,11 +3,19 @@
 //! invalid tokens remembered briefly, and one backend call per token however many
 //! requests carry it at once (single flight).
 //!
+//! A cache hit is served from a small copy the thread keeps ([`front`]): no lock, and
+//! nothing another core writes to (each thread has its own copy of the token's facts and
+//! of the headers built from them), so serving threads on different cores do not bounce
+//! cache lines between each other on every request. Revocations and `clear` reach every
+//! thread's copy through a generation number (see [`TokenCache::invalidate`]).
+//!
 //! Time is tokio's [`Instant`] (so tests run with paused time) for the cache's own
 //! clock, and [`SystemTime`] for the token's wall-clock expiry; the functions that
 //! decide take both as arguments.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -81,6 +89,39 @@ struct State {
 pub struct TokenCache {
     config: CacheConfig,
     state: Mutex<State>,
+    /// Tells this cache's entries apart from other caches' in the threads' front copies.
+    id: u64,
+    /// Bumped (under the `state` lock) whenever an answer is withdrawn before its
+    /// deadline: a front copy made under an older generation is not served.
+    generation: AtomicU64,
+}
+
+/// Where cache ids come from.
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The thread's own copies of valid cached tokens.
+///
+/// Each entry is a deep copy of the shared entry's [`TokenInfo`] (its own `Arc`, its own
+/// header values), made on the first hit in the shared map on this thread, and served
+/// until the shared entry's deadline, as long as the cache's generation has not moved.
+/// Only valid answers are copied; a refusal, a pending validation or an `allow_expired`
+/// request always goes to the shared map.
+mod front {
+    use super::*;
+
+    /// Tokens kept per thread, all caches together; past it the copies are dropped and
+    /// made again on the next hits (the shared map still holds the answers).
+    pub(super) const MAX_ENTRIES: usize = 256;
+
+    pub(super) struct Entry {
+        pub(super) info: Arc<TokenInfo>,
+        pub(super) deadline: Instant,
+        pub(super) generation: u64,
+    }
+
+    thread_local! {
+        pub(super) static FRONT: RefCell<HashMap<(u64, Key), Entry>> = RefCell::new(HashMap::new());
+    }
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -103,7 +144,90 @@ impl TokenCache {
         Self {
             config,
             state: Mutex::new(State::default()),
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            generation: AtomicU64::new(0),
         }
+    }
+
+    /// This thread's copy of a valid answer for `key`, if it is still good at `now`.
+    fn front_get(&self, key: &Key, now: Instant) -> Option<Arc<TokenInfo>> {
+        let generation = self.generation.load(Ordering::Acquire);
+        front::FRONT.with(|front| {
+            let front = front.borrow();
+            let entry = front.get(&(self.id, *key))?;
+            (entry.generation == generation && entry.deadline > now).then(|| entry.info.clone())
+        })
+    }
+
+    /// Keeps this thread's own copy of a valid answer read from the shared map at
+    /// `generation`, until `deadline`. Returns the copy.
+    fn front_put(
+        &self,
+        key: Key,
+        info: &TokenInfo,
+        deadline: Instant,
+        generation: u64,
+    ) -> Arc<TokenInfo> {
+        // A deep copy: its `Arc` count and its header values are this thread's alone.
+        let copy = Arc::new(info.clone());
+        front::FRONT.with(|front| {
+            let mut front = front.borrow_mut();
+            if front.len() >= front::MAX_ENTRIES {
+                front.clear();
+            }
+            front.insert(
+                (self.id, key),
+                front::Entry {
+                    info: copy.clone(),
+                    deadline,
+                    generation,
+                },
+            );
+        });
+        copy
+    }
+
+    /// Withdraws every answer given so far from the threads' front copies. Called with
+    /// the `state` lock held, after the shared map changed: a thread that read the old
+    /// shared entry read the old generation too (both under the lock).
+    fn withdraw(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The cached answer for `token`, if there is a live one: what
+    /// [`get_or_validate`](Self::get_or_validate) would answer without asking the
+    /// validator, or `None` when it would have to ask (or wait for a validation under
+    /// way). Never calls the validator, never waits.
+    pub fn cached(&self, token: &str) -> Option<Outcome> {
+        let key = key(token);
+        let now = Instant::now();
+        if let Some(info) = self.front_get(&key, now) {
+            return Some(still_valid(Ok(info), SystemTime::now()));
+        }
+        self.shared_hit(key, now)
+            .map(|outcome| still_valid(outcome, SystemTime::now()))
+    }
+
+    /// A live `Ready` entry of the shared map; a valid one is also copied to this
+    /// thread's front.
+    fn shared_hit(&self, key: Key, now: Instant) -> Option<Outcome> {
+        let (outcome, deadline, generation) = {
+            let state = self.state();
+            match state.slots.get(&key) {
+                Some(Slot::Ready {
+                    outcome, deadline, ..
+                }) if *deadline > now => (
+                    outcome.clone(),
+                    *deadline,
+                    self.generation.load(Ordering::Acquire),
+                ),
+                _ => return None,
+            }
+        };
+        Some(match outcome {
+            Ok(info) => Ok(self.front_put(key, &info, deadline, generation)),
+            refused => refused,
+        })
     }
 
     pub fn config(&self) -> &CacheConfig {
@@ -161,7 +285,8 @@ impl TokenCache {
         }
     }
 
-    /// Remembers an outcome (if it may be cached).
+    /// Remembers an outcome (if it may be cached), replacing what was known (the
+    /// threads' front copies of a valid answer it replaces are withdrawn).
     pub fn insert(&self, token: &str, outcome: Outcome, now: Instant, wall: SystemTime) {
         self.insert_as(token, outcome, now, wall, false);
     }
@@ -176,7 +301,7 @@ impl TokenCache {
     ) {
         let key = key(token);
         let mut state = self.state();
-        match self.deadline(&outcome, now, wall) {
+        let replaced = match self.deadline(&outcome, now, wall) {
             Some(deadline) => {
                 self.make_room(&mut state, now);
                 state.slots.insert(
@@ -186,24 +311,36 @@ impl TokenCache {
                         deadline,
                         allow_expired,
                     },
-                );
+                )
             }
             None => {
                 if matches!(state.slots.get(&key), Some(Slot::Ready { .. })) {
-                    state.slots.remove(&key);
+                    state.slots.remove(&key)
+                } else {
+                    None
                 }
             }
+        };
+        // A valid answer replaced before its deadline may have front copies.
+        if matches!(replaced, Some(Slot::Ready { outcome: Ok(_), .. })) {
+            self.withdraw();
         }
     }
 
-    /// Forgets a token (it was revoked here).
+    /// Forgets a token (it was revoked here). The threads' front copies of every token
+    /// are dropped too (they cannot be told apart from here without the token's key in
+    /// each thread; revocations are rare, and the copies are made again on the next hit).
     pub fn invalidate(&self, token: &str) {
-        self.state().slots.remove(&key(token));
+        let mut state = self.state();
+        state.slots.remove(&key(token));
+        self.withdraw();
     }
 
     /// Forgets everything.
     pub fn clear(&self) {
-        self.state().slots.clear();
+        let mut state = self.state();
+        state.slots.clear();
+        self.withdraw();
     }
 
     fn make_room(&self, state: &mut State, now: Instant) {
@@ -227,6 +364,13 @@ impl TokenCache {
     /// confirmed them.
     pub async fn get_or_validate(&self, token: &str, validator: Arc<dyn Validator>) -> Outcome {
         let key = key(token);
+        let now = Instant::now();
+        if let Some(info) = self.front_get(&key, now) {
+            return still_valid(Ok(info), SystemTime::now());
+        }
+        if let Some(outcome) = self.shared_hit(key, now) {
+            return still_valid(outcome, SystemTime::now());
+        }
         let (flight, shared) = {
             let mut state = self.state();
             let now = Instant::now();

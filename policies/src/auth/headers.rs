@@ -94,18 +94,26 @@ pub fn www_authenticate(uri: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(&format!("Keystone uri=\"{uri}\"")).ok()
 }
 
+// The names above as `HeaderName`s: a lookup by `&str` parses the name on every call.
+const AUTH_TOKEN: HeaderName = HeaderName::from_static(X_AUTH_TOKEN);
+const STORAGE_TOKEN: HeaderName = HeaderName::from_static(X_STORAGE_TOKEN);
+const SERVICE_TOKEN: HeaderName = HeaderName::from_static(X_SERVICE_TOKEN);
+const IDENTITY_STATUS: HeaderName = HeaderName::from_static(X_IDENTITY_STATUS);
+const SERVICE_IDENTITY_STATUS: HeaderName = HeaderName::from_static(X_SERVICE_IDENTITY_STATUS);
+const SERVICE_CATALOG: HeaderName = HeaderName::from_static(X_SERVICE_CATALOG);
+
 /// The user token: `X-Auth-Token`, else `X-Storage-Token`, whitespace stripped. An empty
 /// or non-text value counts as no token.
 pub fn user_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers
-        .get(X_AUTH_TOKEN)
-        .or_else(|| headers.get(X_STORAGE_TOKEN))?;
+        .get(AUTH_TOKEN)
+        .or_else(|| headers.get(STORAGE_TOKEN))?;
     non_empty(value)
 }
 
 /// The service token from `X-Service-Token`, whitespace stripped.
 pub fn service_token(headers: &HeaderMap) -> Option<&str> {
-    non_empty(headers.get(X_SERVICE_TOKEN)?)
+    non_empty(headers.get(SERVICE_TOKEN)?)
 }
 
 fn non_empty(value: &HeaderValue) -> Option<&str> {
@@ -114,20 +122,38 @@ fn non_empty(value: &HeaderValue) -> Option<&str> {
 }
 
 /// Removes every identity header a client could use to pretend to be someone.
+///
+/// One pass over the names the request has (a handful) rather than one lookup per name
+/// of [`REMOVED_HEADERS`] (32): a request without spoofed headers costs a few byte
+/// comparisons, and nothing is allocated unless a spoofed header is found.
 pub fn remove_auth_headers(headers: &mut HeaderMap) {
-    for name in REMOVED_HEADERS {
+    let mut spoofed: Vec<HeaderName> = Vec::new();
+    for name in headers.keys() {
+        if is_removed(name) {
+            spoofed.push(name.clone());
+        }
+    }
+    for name in spoofed {
         headers.remove(name);
     }
 }
 
+/// Whether `name` is one of [`REMOVED_HEADERS`]. Names are lowercase in a `HeaderName`;
+/// every removed name starts with `x-` or `openstack-`, which rules out the standard
+/// headers (`host`, `accept`, ...) at the first byte.
+fn is_removed(name: &HeaderName) -> bool {
+    let name = name.as_str();
+    (name.starts_with("x-") || name.starts_with("openstack-")) && REMOVED_HEADERS.contains(&name)
+}
+
 /// `X-Identity-Status: Confirmed | Invalid`.
 pub fn set_identity_status(headers: &mut HeaderMap, valid: bool) {
-    headers.insert(X_IDENTITY_STATUS, status(valid));
+    headers.insert(IDENTITY_STATUS, status(valid));
 }
 
 /// `X-Service-Identity-Status: Confirmed | Invalid`, set only when a service token came.
 pub fn set_service_identity_status(headers: &mut HeaderMap, valid: bool) {
-    headers.insert(X_SERVICE_IDENTITY_STATUS, status(valid));
+    headers.insert(SERVICE_IDENTITY_STATUS, status(valid));
 }
 
 fn status(valid: bool) -> HeaderValue {
@@ -143,28 +169,29 @@ pub fn set_user_headers(headers: &mut HeaderMap, token: &TokenInfo) {
 }
 
 /// [`set_user_headers`] for a token that no longer changes (a validated token, shared in
-/// an `Arc` by the cache): the headers are built on first use and kept with the token.
+/// an `Arc` by the cache): the headers are built on first use and kept with the token,
+/// the ones set apart from the ones removed, so a request pays one insert per header set
+/// (room for all of them reserved at once) and one removal per header left unset.
 pub fn set_user_headers_cached(headers: &mut HeaderMap, token: &TokenInfo) {
     let prepared = token.forward_headers.user.get_or_init(|| {
         let mut built = HeaderMap::new();
         build_user_headers(&mut built, token);
-        user_header_names()
-            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-            .map(|name| {
-                let value = built.get(&name).cloned();
-                (name, value)
-            })
-            .collect()
-    });
-    for (name, value) in prepared {
-        match value {
-            Some(v) => {
-                headers.insert(name.clone(), v.clone());
-            }
-            None => {
-                headers.remove(name);
+        let mut prepared = super::token::UserHeaders::default();
+        for name in user_header_names().filter_map(|n| header_name(&n)) {
+            match built.get(&name) {
+                Some(value) => prepared.set.push((name, value.clone())),
+                None => prepared.unset.push(name),
             }
         }
+        prepared
+    });
+    // The catalog and the identity status come next to these: room for them too.
+    headers.reserve(prepared.set.len() + 2);
+    for name in &prepared.unset {
+        headers.remove(name);
+    }
+    for (name, value) in &prepared.set {
+        headers.insert(name.clone(), value.clone());
     }
 }
 
@@ -235,10 +262,10 @@ pub fn set_service_catalog_header_cached(headers: &mut HeaderMap, token: &TokenI
     });
     match value {
         Some(v) => {
-            headers.insert(X_SERVICE_CATALOG, v.clone());
+            headers.insert(SERVICE_CATALOG, v.clone());
         }
         None => {
-            headers.remove(X_SERVICE_CATALOG);
+            headers.remove(SERVICE_CATALOG);
         }
     }
 }
@@ -278,16 +305,35 @@ fn set_auth_headers(headers: &mut HeaderMap, token: &TokenInfo, prefix: &str) {
 /// Sets `name` to `value`, or removes it for `None` (webob's `headers[name] = None`).
 /// A value that is not a valid header value is left out rather than sent mangled.
 fn set(headers: &mut HeaderMap, name: &str, value: Option<&str>) {
-    let Ok(name) = HeaderName::from_bytes(name.as_bytes()) else {
+    let Some(name) = header_name(name) else {
         return;
     };
-    match value.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
+    match value.and_then(header_value) {
         Some(v) => {
             headers.insert(name, v);
         }
         None => {
             headers.remove(name);
         }
+    }
+}
+
+/// `name` as a `HeaderName`; for the names RequireToken sets (all in [`REMOVED_HEADERS`])
+/// a static one, whose copies (one per request, and the proxy's own) count no references.
+fn header_name(name: &str) -> Option<HeaderName> {
+    match REMOVED_HEADERS.iter().find(|n| **n == name) {
+        Some(known) => Some(HeaderName::from_static(known)),
+        None => HeaderName::from_bytes(name.as_bytes()).ok(),
+    }
+}
+
+/// `value` as a `HeaderValue`; the fixed ones (`True`, `False`, `all`) static, as names.
+fn header_value(value: &str) -> Option<HeaderValue> {
+    match value {
+        "True" => Some(HeaderValue::from_static("True")),
+        "False" => Some(HeaderValue::from_static("False")),
+        "all" => Some(HeaderValue::from_static("all")),
+        other => HeaderValue::from_bytes(other.as_bytes()).ok(),
     }
 }
 

@@ -128,6 +128,13 @@ impl RequireTokenLayer {
     pub async fn decide(&self, headers: &mut HeaderMap) -> (Decision, Identity) {
         decide(&self.shared, headers).await
     }
+
+    /// [`decide`](Self::decide) when it needs no validator (no service token, and the
+    /// user token's answer is in the token cache: the common case), without a future;
+    /// `None` when a validator must be asked: then call `decide` with the same headers.
+    pub fn decide_cached(&self, headers: &mut HeaderMap) -> Option<(Decision, Identity)> {
+        decide_cached(&self.shared, headers)
+    }
 }
 
 impl<S> Layer<S> for RequireTokenLayer {
@@ -242,21 +249,60 @@ async fn check(shared: &Shared, token: &str, allow_expired: bool) -> Check {
     }
 }
 
-async fn decide(shared: &Shared, headers: &mut HeaderMap) -> (Decision, Identity) {
-    let config = &shared.config;
+/// The decision when the cache alone gives it, with nothing to wait for: no service
+/// token, and the user token (if any) answered by the cache. `None`: a validator must be
+/// asked ([`decide`] does). Either way the spoofed headers have been removed.
+fn decide_cached(shared: &Shared, headers: &mut HeaderMap) -> Option<(Decision, Identity)> {
     headers::remove_auth_headers(headers);
     debug_assert!(REMOVED_HEADERS.iter().all(|h| !headers.contains_key(*h)));
-    if config.mode == AuthMode::None {
-        return (Decision::Forward, Identity::default());
+    if shared.config.mode == AuthMode::None {
+        return Some((Decision::Forward, Identity::default()));
     }
-    let delay = config.mode == AuthMode::Delay;
-    let user_token = headers::user_token(headers).map(str::to_owned);
-    let service_token = headers::service_token(headers).map(str::to_owned);
+    if headers::service_token(headers).is_some() {
+        return None;
+    }
+    let user = match headers::user_token(headers) {
+        None => None,
+        Some(token) => match shared.cache.cached(token)? {
+            Ok(info) => Some(info),
+            Err(ValidateError::Invalid(reason)) => {
+                tracing::debug!(%reason, "token refused");
+                None
+            }
+            // Never cached; ask the validator.
+            Err(ValidateError::Unavailable(_)) => return None,
+        },
+    };
+    let identity = Identity {
+        user,
+        service: None,
+    };
+    Some(finish(shared, headers, identity, None))
+}
 
+async fn decide(shared: &Shared, headers: &mut HeaderMap) -> (Decision, Identity) {
+    if let Some(decided) = decide_cached(shared, headers) {
+        return decided;
+    }
+    // The headers are borrowed (not copied) while the validators are asked.
+    match validate(shared, headers).await {
+        Ok((identity, service_valid)) => finish(shared, headers, identity, service_valid),
+        Err(decision) => (decision, Identity::default()),
+    }
+}
+
+/// Steps 2 and 3: the tokens of `headers` validated. `Ok` with the valid tokens and, when
+/// a service token came, whether it counts; `Err(Unavailable)` when the answer is 503.
+async fn validate(
+    shared: &Shared,
+    headers: &HeaderMap,
+) -> Result<(Identity, Option<bool>), Decision> {
+    let config = &shared.config;
+    let delay = config.mode == AuthMode::Delay;
     let mut identity = Identity::default();
     let mut service_valid = None;
     let mut allow_expired = false;
-    if let Some(token) = &service_token {
+    if let Some(token) = headers::service_token(headers) {
         match check(shared, token, false).await {
             Check::Valid(info) => {
                 let passed = config
@@ -274,18 +320,29 @@ async fn decide(shared: &Shared, headers: &mut HeaderMap) -> (Decision, Identity
             }
             Check::Invalid => service_valid = Some(false),
             Check::Unavailable if delay => service_valid = Some(false),
-            Check::Unavailable => return (Decision::Unavailable, identity),
+            Check::Unavailable => return Err(Decision::Unavailable),
         }
     }
-    if let Some(token) = &user_token {
+    if let Some(token) = headers::user_token(headers) {
         match check(shared, token, allow_expired).await {
             Check::Valid(info) => identity.user = Some(info),
             Check::Invalid => {}
             Check::Unavailable if delay => {}
-            Check::Unavailable => return (Decision::Unavailable, Identity::default()),
+            Check::Unavailable => return Err(Decision::Unavailable),
         }
     }
+    Ok((identity, service_valid))
+}
 
+/// Steps 4 and 6: the status headers, the refusal, or the headers of the valid tokens.
+fn finish(
+    shared: &Shared,
+    headers: &mut HeaderMap,
+    identity: Identity,
+    service_valid: Option<bool>,
+) -> (Decision, Identity) {
+    let config = &shared.config;
+    let delay = config.mode == AuthMode::Delay;
     headers::set_identity_status(headers, identity.user.is_some());
     if let Some(valid) = service_valid {
         headers::set_service_identity_status(headers, valid);

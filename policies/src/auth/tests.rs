@@ -370,6 +370,129 @@ async fn cache_single_flight() {
     assert!(cache.is_empty());
 }
 
+#[tokio::test(start_paused = true)]
+async fn cached_answers_without_asking_and_front_copies_follow_revocation() {
+    let table = Table::new(Duration::ZERO);
+    table.set("t", Ok(far_future(sample(VALIDATE_BODY))));
+    let cache = TokenCache::default();
+    let v: Arc<dyn Validator> = table.clone();
+    assert!(cache.cached("t").is_none(), "nothing cached yet");
+    assert!(cache.cached("bad").is_none());
+    cache.get_or_validate("t", v.clone()).await.unwrap();
+    cache.get_or_validate("bad", v.clone()).await.unwrap_err();
+    // The second hit is served from this thread's copy: the same facts, another Arc.
+    let shared = cache.get_or_validate("t", v.clone()).await.unwrap();
+    let front = cache.cached("t").unwrap().unwrap();
+    assert_eq!(*front, *shared);
+    assert!(Arc::ptr_eq(&front, &cache.cached("t").unwrap().unwrap()));
+    assert_eq!(
+        cache.cached("bad").unwrap().unwrap_err().reason(),
+        Some(InvalidReason::NotFound)
+    );
+    assert_eq!(table.calls(), 2);
+
+    // A revocation reaches the copy at once.
+    cache.invalidate("t");
+    assert!(cache.cached("t").is_none());
+    cache.get_or_validate("t", v.clone()).await.unwrap();
+    assert_eq!(table.calls(), 3);
+    cache.get_or_validate("t", v.clone()).await.unwrap();
+    cache.clear();
+    assert!(cache.cached("t").is_none(), "clear reaches the copy too");
+
+    // An explicit insert replaces the answer everywhere.
+    cache.get_or_validate("t", v.clone()).await.unwrap();
+    cache.get_or_validate("t", v.clone()).await.unwrap();
+    cache.insert(
+        "t",
+        Err(InvalidReason::Revoked.into()),
+        tokio::time::Instant::now(),
+        SystemTime::now(),
+    );
+    assert_eq!(
+        cache.cached("t").unwrap().unwrap_err().reason(),
+        Some(InvalidReason::Revoked)
+    );
+
+    // Never past the deadline of the shared entry (the TTL).
+    cache.invalidate("t");
+    cache.get_or_validate("t", v.clone()).await.unwrap();
+    cache.get_or_validate("t", v.clone()).await.unwrap();
+    tokio::time::advance(Duration::from_secs(301)).await;
+    assert!(cache.cached("t").is_none());
+}
+
+#[test]
+fn a_revocation_reaches_the_copies_of_other_threads() {
+    let table = Table::new(Duration::ZERO);
+    table.set("t", Ok(far_future(sample(VALIDATE_BODY))));
+    let cache = Arc::new(TokenCache::default());
+    let v: Arc<dyn Validator> = table.clone();
+    let (to_worker, from_main) = std::sync::mpsc::channel::<()>();
+    let (to_main, from_worker) = std::sync::mpsc::channel::<bool>();
+    let worker = {
+        let cache = cache.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(cache.get_or_validate("t", v.clone())).unwrap();
+            rt.block_on(cache.get_or_validate("t", v.clone())).unwrap();
+            to_main.send(cache.cached("t").is_some()).unwrap();
+            from_main.recv().unwrap();
+            to_main.send(cache.cached("t").is_some()).unwrap();
+        })
+    };
+    assert!(from_worker.recv().unwrap(), "the worker holds a copy");
+    cache.invalidate("t");
+    to_worker.send(()).unwrap();
+    assert!(
+        !from_worker.recv().unwrap(),
+        "the worker's copy is withdrawn"
+    );
+    worker.join().unwrap();
+}
+
+#[tokio::test]
+async fn decide_cached_only_when_no_validator_is_needed() {
+    let table = table_with_users();
+    let layer = RequireTokenLayer::new(
+        RequireTokenConfig::new(AuthMode::Required, "http://127.0.0.1:5000/v3"),
+        Arc::new(TokenCache::default()),
+        table.clone(),
+    );
+    let headers_of = |pairs: &[(&str, &str)]| {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    };
+    // Not cached yet: the validator must be asked; the spoofed header is gone anyway.
+    let mut h = headers_of(&[("x-auth-token", "user"), ("X-User-Id", "spoofed")]);
+    assert!(layer.decide_cached(&mut h).is_none());
+    assert!(h.get("x-user-id").is_none());
+    let (decision, _) = layer.decide(&mut h).await;
+    assert_eq!(decision, Decision::Forward);
+    // Cached: decided at once, with the same headers as the validated request got.
+    let mut again = headers_of(&[("x-auth-token", "user"), ("X-User-Id", "spoofed")]);
+    let (decision, identity) = layer.decide_cached(&mut again).unwrap();
+    assert_eq!(decision, Decision::Forward);
+    assert!(identity.user.is_some());
+    assert_eq!(again, h);
+    // No token: 401 at once.
+    let (decision, _) = layer.decide_cached(&mut HeaderMap::new()).unwrap();
+    assert_eq!(decision, Decision::Unauthorized);
+    // A service token always goes to `decide`.
+    let mut h = headers_of(&[("x-auth-token", "user"), ("x-service-token", "svc")]);
+    assert!(layer.decide_cached(&mut h).is_none());
+    assert_eq!(table.calls(), 1);
+}
+
 #[test]
 fn cache_key_is_sha256() {
     assert_eq!(

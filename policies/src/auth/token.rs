@@ -85,18 +85,29 @@ pub struct TokenInfo {
     pub expires_at: SystemTime,
     /// `is_admin_project` of the token body; keystoneauth reads an absent one as true.
     pub is_admin_project: bool,
-    /// The headers RequireToken sets for this token, built on first use and kept with the
-    /// token (in the token cache), so a cache hit does not rebuild them.
+    /// The headers RequireToken sets for this token and the access rules' credentials,
+    /// built on first use and kept with the token (in the token cache), so a cache hit
+    /// does not rebuild them.
     pub forward_headers: ForwardHeaders,
 }
 
 /// The request headers derived from a token, computed once per token: the user headers
-/// (`X-Roles`, the ten identity headers, the aliases...) and `X-Service-Catalog`. Never
+/// (`X-Roles`, the ten identity headers, the aliases...) and `X-Service-Catalog`; and the
+/// token's credentials for the access rules. Never
 /// part of a token's equality, and not copied by `clone` (a copy may be changed).
 #[derive(Debug, Default)]
 pub struct ForwardHeaders {
-    pub(crate) user: std::sync::OnceLock<Vec<(http::HeaderName, Option<http::HeaderValue>)>>,
+    pub(crate) user: std::sync::OnceLock<UserHeaders>,
     pub(crate) catalog: std::sync::OnceLock<Option<http::HeaderValue>>,
+    /// [`TokenInfo::credentials`], for the access rules.
+    pub(crate) credentials: std::sync::OnceLock<crate::access::Credentials>,
+}
+
+/// The user headers of one token, ready to apply: those set, and those left unset.
+#[derive(Debug, Default)]
+pub(crate) struct UserHeaders {
+    pub(crate) set: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub(crate) unset: Vec<http::HeaderName>,
 }
 
 impl PartialEq for ForwardHeaders {
@@ -132,6 +143,14 @@ impl TokenInfo {
 
     pub fn is_expired(&self, now: SystemTime) -> bool {
         self.expires_at <= now
+    }
+
+    /// [`credentials`](Self::credentials) for a token that no longer changes (a
+    /// validated token, shared by the cache): built on first use and kept with the token.
+    pub fn credentials_cached(&self) -> &crate::access::Credentials {
+        self.forward_headers
+            .credentials
+            .get_or_init(|| self.credentials())
     }
 
     /// oslo.context's `to_policy_values()` for this token, as credentials for the access
