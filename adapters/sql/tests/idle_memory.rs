@@ -85,6 +85,7 @@ fn an_idle_client_holds_little_heap() {
     spec.users.clear();
     spec.max_clients = CLIENTS + 10;
     spec.health_interval = Duration::from_secs(3600);
+    spec.client_park_after = Duration::from_millis(10);
     let (addr, handle) = rt.block_on(async {
         let _ = direct().await;
         let l = PgListener::bind(spec, SqlContext::default())
@@ -94,9 +95,10 @@ fn an_idle_client_holds_little_heap() {
         tokio::spawn(l.run(std::future::pending()));
         (addr, handle)
     });
+    // Idle: no server lent out, and every client parked.
     let idle = || {
         let st = handle.state();
-        st.pools.iter().all(|p| p.servers_active == 0)
+        st.pools.iter().all(|p| p.servers_active == 0) && st.clients_parked == st.clients
     };
     let wait_idle = || {
         while !idle() {

@@ -18,12 +18,15 @@ use super::auth::{md5_check, md5_stored, ScramSecret, ScramServer, MECHANISM};
 use super::codec::{self, Frame, ProtocolError, Severity, StartupFrame};
 use super::server::{forward_io, send_cancel, ServerConn, SERVER_MAX_MESSAGE};
 use crate::config::{AuthMethod, PoolMode};
-use crate::listener::Shared;
+use crate::listener::{ClientGuard, Shared};
+use crate::park::Parked;
 use crate::pool::{Lease, Pool};
 use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -147,22 +150,82 @@ struct Login {
     params: Vec<(String, String)>,
 }
 
-/// Entry point for one accepted connection.
-pub(crate) fn handle(shared: Arc<Shared>, stream: TcpStream) -> impl Future<Output = ()> {
+/// Entry point for one accepted connection; `guard` is released when the client ends.
+pub(crate) fn handle(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    guard: ClientGuard,
+) -> impl Future<Output = ()> {
     // What an idle client's task holds is the session and the proxy loop: every rare
     // and deep path (logging in, connecting, reporting an error, cleaning up) runs
     // boxed, so thousands of idle clients stay small. The arguments go into the boxed
     // login at once: an async fn would keep their places for the task's whole life.
     let opening = Box::pin(open(shared, stream));
     async move {
-        let Some(mut session) = opening.await else {
+        let Some(session) = opening.await else {
             return;
         };
-        if let Err(e) = session.run().await {
+        serve(session, guard).await;
+    }
+}
+
+/// Serves a logged-in client until it ends or is parked.
+async fn serve(mut session: Session, guard: ClientGuard) {
+    match session.run().await {
+        Ok(Next::Park) => return session.park(guard),
+        Ok(Next::End) => {}
+        Err(e) => {
             tracing::debug!(error = %e, "client session ended");
             Box::pin(session.fatal(&e)).await;
         }
-        Box::pin(session.close()).await;
+    }
+    Box::pin(session.close()).await;
+    drop(guard);
+}
+
+/// What a session does once its loop returns.
+enum Next {
+    /// The client is gone or said goodbye.
+    End,
+    /// The client is idle with no server: park it (see [`crate::park`]).
+    Park,
+}
+
+/// A session parked outside tokio, with its socket and its guard.
+struct ParkedSession {
+    session: Session,
+    stream: std::net::TcpStream,
+    guard: ClientGuard,
+}
+
+impl Parked for ParkedSession {
+    fn fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    fn resume(self: Box<Self>) -> BoxFuture<'static, ()> {
+        let ParkedSession {
+            mut session,
+            stream,
+            guard,
+        } = *self;
+        Box::pin(async move {
+            // Registers the socket with this runtime's reactor again; bytes that came
+            // while parked are still in it and make it readable at once.
+            match TcpStream::from_std(stream) {
+                Ok(tcp) => {
+                    session.client = ClientStream::Plain(tcp);
+                    // Woken by the client: it gets `client_park_after` again to send.
+                    session.last_client = Instant::now();
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot resume a parked client: closing it");
+                    session.forget_key();
+                    return;
+                }
+            }
+            serve(session, guard).await;
+        })
     }
 }
 
@@ -566,24 +629,30 @@ impl Session {
         }
     }
 
-    async fn run(&mut self) -> Result<(), ClientError> {
+    async fn run(&mut self) -> Result<Next, ClientError> {
         loop {
-            let wake = if self.lease.is_none() {
-                // Idle (no server, so no timer either): only the client can wake the
-                // session, and the smallest future waits for it. The wait with a server
-                // is boxed so that it does not size every idle client's task.
-                Wake::client(self.client.read_some(&mut self.cbuf).await?)
-            } else {
+            let wake = if self.lease.is_some() {
+                // The wait with a server is boxed so that it does not size every idle
+                // client's task.
                 Box::pin(self.wait_active()).await?
+            } else if self.parkable() {
+                match Box::pin(self.wait_idle()).await? {
+                    Some(wake) => wake,
+                    None => return Ok(Next::Park),
+                }
+            } else {
+                // Idle (no server, so no timer either) and not to be parked: only the
+                // client can wake the session, and the smallest future waits for it.
+                Wake::client(self.client.read_some(&mut self.cbuf).await?)
             };
             match wake {
-                Wake::ClientGone => return Ok(()),
+                Wake::ClientGone => return Ok(Next::End),
                 Wake::Client => {
                     self.last_client = Instant::now();
                     // Boxed, like the other deep awaits here: one small allocation
                     // per message, against some 200 bytes in every idle task.
                     if !Box::pin(self.forward_client()).await? {
-                        return Ok(());
+                        return Ok(Next::End);
                     }
                     if self.cbuf.is_empty() {
                         self.cbuf = BytesMut::new();
@@ -598,6 +667,69 @@ impl Session {
                 Wake::Timer => self.on_timer().await?,
             }
         }
+    }
+
+    /// Whether this session, idle with no server, is parked once quiet for
+    /// `client_park_after`: plain TCP clients only (a TLS session keeps state of its
+    /// own in rustls), and only where the listener parks.
+    fn parkable(&self) -> bool {
+        self.shared.parker.is_some() && matches!(self.client, ClientStream::Plain(_))
+    }
+
+    /// Idle with no server: waits for the client until it has been quiet for
+    /// `client_park_after`. `None`: time to park. The timer is moved only when it would
+    /// fire late, so a busy client does not touch it on every message: an early firing
+    /// just looks again.
+    async fn wait_idle(&mut self) -> std::io::Result<Option<Wake>> {
+        loop {
+            let due = self.last_client + self.shared.spec.client_park_after;
+            if Instant::now() >= due {
+                return Ok(None);
+            }
+            match self.timer.as_mut() {
+                Some(t) if !t.is_elapsed() && t.deadline() <= due => {}
+                Some(t) => t.as_mut().reset(due),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(due))),
+            }
+            let Some(timer) = self.timer.as_mut() else {
+                return Ok(None);
+            };
+            tokio::select! {
+                biased;
+                r = self.client.read_some(&mut self.cbuf) => return Ok(Some(Wake::client(r?))),
+                _ = timer.as_mut() => {}
+            }
+        }
+    }
+
+    /// Takes the client out of tokio and hands it to the listener's table of parked
+    /// clients; it comes back as a task of its own when it sends or closes.
+    fn park(mut self, guard: ClientGuard) {
+        // Nothing of a wait is kept while parked.
+        self.timer = None;
+        let Some(parker) = self.shared.parker.clone() else {
+            return self.forget_key();
+        };
+        let client = std::mem::replace(&mut self.client, ClientStream::Closed(tokio::io::empty()));
+        let ClientStream::Plain(tcp) = client else {
+            return self.forget_key();
+        };
+        match tcp.into_std() {
+            Ok(stream) => parker.park(Box::new(ParkedSession {
+                session: self,
+                stream,
+                guard,
+            })),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot park an idle client: closing it");
+                self.forget_key();
+            }
+        }
+    }
+
+    /// A session without a server that ends here: its cancel key is forgotten.
+    fn forget_key(&self) {
+        self.shared.cancels().remove(&self.key);
     }
 
     /// With a server attached: waits for the client, the server or the query or
