@@ -914,6 +914,6 @@ mod tests {
         let fut = client::handle(shared, stream, ClientGuard::new(permit, None));
         let size = std::mem::size_of_val(&fut);
         eprintln!("client task future: {size} bytes, {:?}", client::sizes());
-        assert!(size <= 512, "a client's future takes {size} bytes");
+        assert!(size <= 448, "a client's future takes {size} bytes");
     }
 }

@@ -22,7 +22,8 @@ use crate::listener::{ClientGuard, Shared};
 use crate::park::Parked;
 use crate::pool::{Lease, Pool};
 use bytes::{Bytes, BytesMut};
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either};
+use futures_util::FutureExt;
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -160,27 +161,30 @@ pub(crate) fn handle(
     // and deep path (logging in, connecting, reporting an error, cleaning up) runs
     // boxed, so thousands of idle clients stay small. The arguments go into the boxed
     // login at once: an async fn would keep their places for the task's whole life.
+    // `then`, not an async block: the block would keep the session it got from the
+    // login apart from the one `serve` holds, twice the session in every task.
     let opening = Box::pin(open(shared, stream));
-    async move {
-        let Some(session) = opening.await else {
-            return;
-        };
-        serve(session, guard).await;
-    }
+    opening.then(move |session| match session {
+        Some(session) => Either::Left(serve(session, guard)),
+        None => Either::Right(std::future::ready(())),
+    })
 }
 
-/// Serves a logged-in client until it ends or is parked.
-async fn serve(mut session: Session, guard: ClientGuard) {
-    match session.run().await {
-        Ok(Next::Park) => return session.park(guard),
-        Ok(Next::End) => {}
-        Err(e) => {
-            tracing::debug!(error = %e, "client session ended");
-            Box::pin(session.fatal(&e)).await;
+/// Serves a logged-in client until it ends or is parked. Not an `async fn`: one keeps
+/// its arguments and their moved copies apart, the session twice in every task.
+fn serve(mut session: Session, guard: ClientGuard) -> impl Future<Output = ()> + Send {
+    async move {
+        match session.run().await {
+            Ok(Next::Park) => return session.park(guard),
+            Ok(Next::End) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "client session ended");
+                Box::pin(session.fatal(&e)).await;
+            }
         }
+        Box::pin(session.close()).await;
+        drop(guard);
     }
-    Box::pin(session.close()).await;
-    drop(guard);
 }
 
 /// What a session does once its loop returns.
@@ -203,29 +207,28 @@ impl Parked for ParkedSession {
         self.stream.as_raw_fd()
     }
 
+    /// Called on the listener's runtime (the accept loop), which the socket joins.
     fn resume(self: Box<Self>) -> BoxFuture<'static, ()> {
         let ParkedSession {
             mut session,
             stream,
             guard,
         } = *self;
-        Box::pin(async move {
-            // Registers the socket with this runtime's reactor again; bytes that came
-            // while parked are still in it and make it readable at once.
-            match TcpStream::from_std(stream) {
-                Ok(tcp) => {
-                    session.client = ClientStream::Plain(tcp);
-                    // Woken by the client: it gets `client_park_after` again to send.
-                    session.last_client = Instant::now();
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot resume a parked client: closing it");
-                    session.forget_key();
-                    return;
-                }
+        // Registers the socket with this runtime's reactor again; bytes that came while
+        // parked are still in it and make it readable at once.
+        match TcpStream::from_std(stream) {
+            Ok(tcp) => {
+                session.client = ClientStream::Plain(tcp);
+                // Woken by the client: it gets `client_park_after` again to send.
+                session.last_client = Instant::now();
+                Box::pin(serve(session, guard))
             }
-            serve(session, guard).await;
-        })
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot resume a parked client: closing it");
+                session.forget_key();
+                Box::pin(std::future::ready(()))
+            }
+        }
     }
 }
 
