@@ -881,6 +881,7 @@ impl Session {
                     }
                     self.pending += 1;
                     self.shared.stats.query();
+                    self.pool.count_query();
                     if h.tag == b'Q' && self.mode == PoolMode::Transaction {
                         let body = &self.cbuf[run + 5..run + h.size];
                         if mentions_discard(body) {
@@ -1067,6 +1068,7 @@ impl Session {
                     if self.pending == 0 {
                         if status == b'I' {
                             self.shared.stats.transaction();
+                            self.pool.count_transaction();
                         }
                         self.query_started = None;
                         self.cancel_sent = false;
