@@ -902,6 +902,61 @@ async fn queries_and_transactions_are_counted_per_pool() {
 }
 
 #[tokio::test]
+async fn sql_prepare_in_transaction_mode_keeps_the_server_until_deallocate_all() {
+    let proxy = Proxy::start(spec(PoolMode::Transaction, 2)).await;
+    let active = |proxy: &Proxy| {
+        proxy
+            .handle
+            .state()
+            .pools
+            .iter()
+            .map(|p| p.servers_active)
+            .sum::<usize>()
+    };
+    let a = proxy.connect("sql_prepare_a").await;
+    let b = proxy.connect("sql_prepare_b").await;
+    a.batch_execute("PREPARE q(int) AS SELECT $1 + 1")
+        .await
+        .expect("prepare");
+    // `a` keeps its server: `b` opening a transaction takes the other one, and `a`'s
+    // statement is still where its EXECUTE goes.
+    assert_eq!(active(&proxy), 1);
+    b.batch_execute("begin").await.unwrap();
+    for i in 0..3 {
+        let rows = a
+            .simple_query(&format!("EXECUTE q({i})"))
+            .await
+            .expect("execute on the server that prepared it");
+        let value = rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        });
+        assert_eq!(value, Some((i + 1).to_string()));
+    }
+    b.batch_execute("commit").await.unwrap();
+    // DEALLOCATE ALL: nothing prepared by SQL is left, `a` shares servers again.
+    a.batch_execute("DEALLOCATE ALL").await.unwrap();
+    assert_eq!(active(&proxy), 0);
+    proxy.stop().await;
+
+    // A pinned client that leaves: its server is cleaned with DEALLOCATE ALL before it
+    // serves anyone else (one server, so the next client gets the same one).
+    let proxy = Proxy::start(spec(PoolMode::Transaction, 1)).await;
+    let a = proxy.connect("sql_prepare_c").await;
+    a.batch_execute("prepare r as select 1").await.unwrap();
+    drop(a);
+    wait_for(BOUND, "the pinned server back in the pool", || async {
+        active(&proxy) == 0
+    })
+    .await;
+    let c = proxy.connect("sql_prepare_d").await;
+    c.batch_execute("prepare r as select 2")
+        .await
+        .expect("the name is free on the reused server connection");
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn auth_query_looks_users_up_in_the_database() {
     let direct = direct().await;
     for (role, password, encryption) in [

@@ -537,6 +537,8 @@ struct Session {
     cancel_sent: bool,
     last_client: Instant,
     forget_prepared: bool,
+    /// Transaction mode: the client used SQL `PREPARE` and keeps its server connection.
+    pinned: bool,
     /// The query or idle-in-transaction timer, made the first time one is needed and
     /// moved after (boxed: most sessions never need one).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -565,6 +567,7 @@ impl Session {
             cancel_sent: false,
             last_client: Instant::now(),
             forget_prepared: false,
+            pinned: false,
             timer: None,
             unsynced: false,
         }
@@ -887,10 +890,15 @@ impl Session {
                         if mentions_discard(body) {
                             self.forget_prepared = true;
                         }
+                        watch_sql_prepare(&mut self.pinned, body);
                     }
                     run += h.size;
                 }
                 b'P' | b'B' | b'D' | b'C' if self.mode == PoolMode::Transaction => {
+                    if h.tag == b'P' {
+                        let (_, rest) = codec::parse_parse(&self.cbuf[run + 5..run + h.size])?;
+                        watch_sql_prepare(&mut self.pinned, rest);
+                    }
                     if !self.cbuf.is_empty() && run > 0 {
                         out.push(self.cbuf.split_to(run).freeze());
                     }
@@ -1077,7 +1085,11 @@ impl Session {
                         }
                         // Messages sent after the last Sync still await their
                         // answers on this connection: it stays with the client.
-                        if self.mode == PoolMode::Transaction && status == b'I' && !self.unsynced {
+                        if self.mode == PoolMode::Transaction
+                            && status == b'I'
+                            && !self.unsynced
+                            && !self.pinned
+                        {
                             release = true;
                         }
                     }
@@ -1126,40 +1138,35 @@ impl Session {
         if self.pending > 0 {
             return;
         }
-        let reset = match (self.mode, self.status) {
-            (PoolMode::Session, _) => {
+        // An open transaction is rolled back; then session mode's reset query, or, for
+        // a transaction-mode client pinned by SQL `PREPARE`, `DEALLOCATE ALL`.
+        let mut resets: Vec<String> = Vec::new();
+        if self.status != b'I' {
+            resets.push("ROLLBACK".into());
+        }
+        match self.mode {
+            PoolMode::Session => {
                 let q = self.shared.spec.reset_query.trim();
-                if self.status != b'I' {
-                    Some("ROLLBACK")
-                } else if q.is_empty() {
-                    None
-                } else {
-                    Some(q)
+                if !q.is_empty() {
+                    resets.push(q.to_string());
                 }
             }
-            (PoolMode::Transaction, b'I') => None,
-            (PoolMode::Transaction, _) => Some("ROLLBACK"),
-        };
+            PoolMode::Transaction if self.pinned => resets.push("DEALLOCATE ALL".into()),
+            PoolMode::Transaction => {}
+        }
         let mut ok = true;
-        if let Some(q) = reset {
-            let q = q.to_string();
-            let wait = Duration::from_secs(5).min(self.shared.spec.connect_timeout);
+        let wait = Duration::from_secs(5).min(self.shared.spec.connect_timeout);
+        for q in &resets {
             ok = matches!(
-                tokio::time::timeout(wait, lease.conn.simple(&q)).await,
+                tokio::time::timeout(wait, lease.conn.simple(q)).await,
                 Ok(Ok(b'I'))
             );
-            if ok && self.mode == PoolMode::Session && q == "ROLLBACK" {
-                let reset = self.shared.spec.reset_query.trim().to_string();
-                if !reset.is_empty() {
-                    ok = matches!(
-                        tokio::time::timeout(wait, lease.conn.simple(&reset)).await,
-                        Ok(Ok(b'I'))
-                    );
-                }
+            if !ok {
+                break;
             }
-            if ok && self.mode == PoolMode::Session {
-                lease.conn.prepared.clear();
-            }
+        }
+        if ok && !resets.is_empty() && (self.mode == PoolMode::Session || self.pinned) {
+            lease.conn.prepared.clear();
         }
         if ok {
             self.pool.put(lease);
@@ -1183,6 +1190,77 @@ fn ensure_prepared(
     });
     out.push(codec::build_parse(&s.server_name, &s.rest));
     true
+}
+
+/// Transaction mode: SQL-level `PREPARE` makes a statement that lives on one server
+/// connection, under the client's own name, where Quartet cannot follow it. The client
+/// keeps its server connection from then on (as in session mode), so its `EXECUTE`s
+/// find the statement; `DEALLOCATE ALL` or `DISCARD ALL` lets it go back to sharing at
+/// the end of the transaction.
+fn watch_sql_prepare(pinned: &mut bool, sql: &[u8]) {
+    if let Some(pin) = sql_prepare_effect(sql) {
+        if pin && !*pinned {
+            tracing::debug!("sql PREPARE in transaction mode: the client keeps its server");
+        }
+        *pinned = pin;
+    }
+}
+
+/// What a query text means for SQL-level prepared statements: `Some(true)` when a
+/// statement in it is `PREPARE`, `Some(false)` when the last such statement is
+/// `DEALLOCATE ALL` or `DISCARD ALL` (nothing prepared by SQL is left), `None` when it
+/// has neither. Statements are split at `;` and their comments skipped; a `;` or a
+/// keyword inside a string literal can only make a client keep its server longer.
+fn sql_prepare_effect(sql: &[u8]) -> Option<bool> {
+    let sql = sql.split(|b| *b == 0).next().unwrap_or_default();
+    let mut effect = None;
+    for stmt in sql.split(|b| *b == b';') {
+        let words: Vec<Vec<u8>> = leading_words(stmt, 3)
+            .iter()
+            .map(|w| w.to_ascii_lowercase())
+            .collect();
+        let words: Vec<&[u8]> = words.iter().map(Vec::as_slice).collect();
+        match words.as_slice() {
+            [b"prepare", ..] => effect = Some(true),
+            [b"deallocate", b"all", ..]
+            | [b"deallocate", b"prepare", b"all"]
+            | [b"discard", b"all", ..] => effect = Some(false),
+            _ => {}
+        }
+    }
+    effect
+}
+
+/// The first `n` words of a statement, after whitespace and comments.
+fn leading_words(stmt: &[u8], n: usize) -> Vec<&[u8]> {
+    let mut words = Vec::new();
+    let mut i = 0;
+    while i < stmt.len() && words.len() < n {
+        match stmt[i] {
+            c if c.is_ascii_whitespace() => i += 1,
+            b'-' if stmt.get(i + 1) == Some(&b'-') => {
+                while i < stmt.len() && stmt[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if stmt.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < stmt.len() && !(stmt[i] == b'*' && stmt[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 2;
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let start = i;
+                while i < stmt.len() && (stmt[i].is_ascii_alphanumeric() || stmt[i] == b'_') {
+                    i += 1;
+                }
+                words.push(&stmt[start..i]);
+            }
+            _ => break,
+        }
+    }
+    words
 }
 
 /// Whether a simple query may drop the server's prepared statements.
@@ -1232,4 +1310,33 @@ pub(crate) fn sizes() -> Vec<(&'static str, usize)> {
         ("checkout", ret::<S, _>(Session::checkout)),
         ("sleep", std::mem::size_of::<tokio::time::Sleep>()),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sql_prepare_effect;
+
+    #[test]
+    fn sql_prepare_pins_and_deallocate_all_unpins() {
+        assert_eq!(sql_prepare_effect(b"PREPARE q AS select 1\0"), Some(true));
+        assert_eq!(
+            sql_prepare_effect(b"  /* c */ -- x\n prepare q(int) as select $1"),
+            Some(true)
+        );
+        assert_eq!(
+            sql_prepare_effect(b"select 1; Prepare q as select 2"),
+            Some(true)
+        );
+        assert_eq!(sql_prepare_effect(b"DEALLOCATE ALL"), Some(false));
+        assert_eq!(sql_prepare_effect(b"deallocate prepare all"), Some(false));
+        assert_eq!(sql_prepare_effect(b"discard all"), Some(false));
+        assert_eq!(
+            sql_prepare_effect(b"prepare q as select 1; deallocate all"),
+            Some(false)
+        );
+        assert_eq!(sql_prepare_effect(b"deallocate q"), None);
+        assert_eq!(sql_prepare_effect(b"select prepared from t"), None);
+        assert_eq!(sql_prepare_effect(b"EXECUTE q(1)"), None);
+        assert_eq!(sql_prepare_effect(b""), None);
+    }
 }
