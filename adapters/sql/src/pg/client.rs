@@ -171,7 +171,9 @@ pub(crate) fn handle(
 }
 
 /// Serves a logged-in client until it ends or is parked. Not an `async fn`: one keeps
-/// its arguments and their moved copies apart, the session twice in every task.
+/// its arguments and their moved copies apart, the session twice in every task (the
+/// unit test `a_client_task_is_small` measures it: 664 bytes against 400).
+#[allow(clippy::manual_async_fn)]
 fn serve(mut session: Session, guard: ClientGuard) -> impl Future<Output = ()> + Send {
     async move {
         match session.run().await {
