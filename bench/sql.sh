@@ -12,6 +12,7 @@
 #   ROUNDS=1 DURATION=5 IDLE=2000 bash bench/sql.sh
 #   ROUNDS=0 QUARTET=/tmp/quartet-before bash bench/sql.sh   # memory only, a given binary
 #   SETTLE=3: seconds between the idle clients' login and the reading of VmRSS
+#   PARK_AFTER=0s: Quartet's client_park_after ("0s": idle clients are never parked)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -92,6 +93,7 @@ pool_size = $POOL
 max_clients = $((IDLE + 1000))
 backends = ["postgres://postgres@127.0.0.1:5432/$DB"]
 auth = "trust"
+client_park_after = "${PARK_AFTER:-1s}"
 TOML
 
 "$PGBOUNCER" -u postgres "$WORK/pgbouncer.ini" >"$WORK/pgbouncer.out" 2>&1 & pids+=($!)
