@@ -270,3 +270,17 @@ async fn shutdown_without_grace_closes_parked_clients() {
         .await
         .expect("the parked client was closed");
 }
+
+#[tokio::test]
+async fn a_new_client_that_stays_quiet_is_parked_soon_whatever_client_park_after_says() {
+    let mut s = parking_spec();
+    s.client_park_after = Duration::from_secs(3600);
+    let proxy = Proxy::start(s).await;
+    let mut c = login(proxy.addr).await;
+    // Parked after 10 ms of quiet following its login, not after an hour.
+    parked(&proxy.handle, 1).await;
+    c.write_all(&query("select 'awake'")).await.unwrap();
+    let (rows, error) = answer(&mut c).await.expect("answered");
+    assert_eq!((rows, error), (vec!["awake".to_string()], None));
+    proxy.stop().await;
+}
