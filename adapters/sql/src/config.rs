@@ -148,7 +148,8 @@ pub struct ListenerSpec {
     pub health_interval: Duration,
     /// A plain-TCP client with no server attached (transaction mode, between
     /// transactions) and quiet this long is parked: its task and its socket's place in
-    /// tokio are given up until it sends again (see `park`). `"0s"`: never park.
+    /// tokio are given up until it sends again (see `park`); a new client that has sent
+    /// nothing since its login, after 10 ms (or this, if shorter). `"0s"`: never park.
     #[serde(default = "d_client_park_after", with = "humantime_serde")]
     pub client_park_after: Duration,
     /// The named policy whose breaker applies to this listener's backends.
