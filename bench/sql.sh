@@ -11,6 +11,8 @@
 #   bash bench/sql.sh                         # 3 rounds of 10 s per way and case
 #   ROUNDS=1 DURATION=5 IDLE=2000 bash bench/sql.sh
 #   ROUNDS=0 QUARTET=/tmp/quartet-before bash bench/sql.sh   # memory only, a given binary
+#   SETTLE=3: seconds between the idle clients' login and the reading of VmRSS
+#   PARK_AFTER=0s: Quartet's client_park_after ("0s": idle clients are never parked)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -91,6 +93,7 @@ pool_size = $POOL
 max_clients = $((IDLE + 1000))
 backends = ["postgres://postgres@127.0.0.1:5432/$DB"]
 auth = "trust"
+client_park_after = "${PARK_AFTER:-1s}"
 TOML
 
 "$PGBOUNCER" -u postgres "$WORK/pgbouncer.ini" >"$WORK/pgbouncer.out" 2>&1 & pids+=($!)
@@ -160,7 +163,9 @@ idle_rss() {
   before=$(rss_kb "$pid")
   coproc IDLER { python3 bench/pg_idle.py 127.0.0.1 "$port" "$IDLE" postgres "$DB"; }
   read -r ready _ <&"${IDLER[0]}" || { echo "idle clients failed on port $port" >&2; exit 1; }
-  sleep 1
+  # Settle: Quartet parks a client quiet for client_park_after (1 s by default), so
+  # the last clients to log in are parked too (PgBouncer is measured the same way).
+  sleep "${SETTLE:-3}"
   after=$(rss_kb "$pid")
   echo >&"${IDLER[1]}"
   wait "$IDLER_PID" 2>/dev/null || true

@@ -274,6 +274,7 @@ fn listener_json(entry: &Entry, include_stats: bool) -> (bool, Value) {
         "role": entry.spec.role,
         "ready": ready,
         "clients": state.clients,
+        "clients_parked": state.clients_parked,
         "backends": state.backends,
         "pools": state.pools,
     });

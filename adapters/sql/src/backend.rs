@@ -444,12 +444,27 @@ impl Backends {
     }
 }
 
-/// sqlx options for side-channel work on a backend (health, auth_query).
+/// sqlx options for side-channel work on a backend (health, auth_query): TLS as the
+/// proxy's own server connections do it, from the URL's `sslmode` and `sslrootcert`
+/// (set here, never from `PGSSLMODE` and the like in the environment).
 pub fn pg_options(url: &BackendUrl, application_name: &str) -> sqlx::postgres::PgConnectOptions {
+    use sqlx::postgres::PgSslMode;
+    let ssl_mode = match url.sslmode {
+        SslMode::Disable => PgSslMode::Disable,
+        SslMode::Allow => PgSslMode::Allow,
+        SslMode::Prefer => PgSslMode::Prefer,
+        SslMode::Require => PgSslMode::Require,
+        SslMode::VerifyCa => PgSslMode::VerifyCa,
+        SslMode::VerifyFull => PgSslMode::VerifyFull,
+    };
     let mut opts = sqlx::postgres::PgConnectOptions::new()
         .host(&url.host)
         .port(url.port)
-        .application_name(application_name);
+        .application_name(application_name)
+        .ssl_mode(ssl_mode);
+    if let Some(root) = &url.sslrootcert {
+        opts = opts.ssl_root_cert(root);
+    }
     if let Some(u) = &url.user {
         opts = opts.username(u);
     }

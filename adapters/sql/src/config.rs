@@ -146,6 +146,12 @@ pub struct ListenerSpec {
     /// How often each backend's role and health are checked.
     #[serde(default = "d_health_interval", with = "humantime_serde")]
     pub health_interval: Duration,
+    /// A plain-TCP client with no server attached (transaction mode, between
+    /// transactions) and quiet this long is parked: its task and its socket's place in
+    /// tokio are given up until it sends again (see `park`); a new client that has sent
+    /// nothing since its login, after 10 ms (or this, if shorter). `"0s"`: never park.
+    #[serde(default = "d_client_park_after", with = "humantime_serde")]
+    pub client_park_after: Duration,
     /// The named policy whose breaker applies to this listener's backends.
     #[serde(default)]
     pub policy: Option<String>,
@@ -203,6 +209,9 @@ fn d_client_login_timeout() -> Duration {
 fn d_health_interval() -> Duration {
     Duration::from_secs(5)
 }
+fn d_client_park_after() -> Duration {
+    Duration::from_secs(1)
+}
 
 impl ListenerSpec {
     /// A listener with every default, for code and tests.
@@ -232,6 +241,7 @@ impl ListenerSpec {
             server_idle_timeout: d_server_idle_timeout(),
             client_login_timeout: d_client_login_timeout(),
             health_interval: d_health_interval(),
+            client_park_after: d_client_park_after(),
             policy: None,
             tls: None,
         }

@@ -9,6 +9,7 @@
 //!   through a circuit breaker per backend with retries;
 //! - [`listener`]: one `[[sql.listeners]]` entry bound and served ([`PgListener`], [`serve`]);
 //! - [`mysql`]: MariaDB/MySQL connections proxied to the current writer;
+//! - `park`: idle clients kept outside tokio (one epoll set per listener);
 //! - [`tls`]: TLS toward clients (`tls = { cert, key }`) and servers (`sslmode`);
 //! - [`metrics`]: the channel's Prometheus metrics;
 //! - [`config`]: the config types and their validation.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod listener;
 pub mod metrics;
 pub mod mysql;
+mod park;
 pub mod pg;
 pub mod pool;
 pub mod tls;

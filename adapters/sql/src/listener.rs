@@ -5,6 +5,7 @@ use crate::backend::{health_loop, Backend, BackendState, BackendUrl, Backends};
 use crate::config::{ConfigError, ListenerSpec, Protocol};
 use crate::metrics::{ListenerMetrics, SqlMetrics};
 use crate::mysql::{self, MysqlBackend, MysqlBackends};
+use crate::park::{ParkSender, Parking};
 use crate::pg::client::{self, CancelSlot, UserSecret};
 use crate::pg::codec::{self, Severity};
 use crate::pg::server::Login;
@@ -63,6 +64,8 @@ pub enum SqlError {
     Config(#[from] ConfigError),
     #[error("tls of the listener or of a backend")]
     Tls(#[from] crate::tls::TlsError),
+    #[error("cannot make the epoll set for idle clients")]
+    Parking(#[source] std::io::Error),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: SocketAddr,
@@ -156,6 +159,8 @@ pub(crate) struct Shared {
     pub backends: Arc<Backends>,
     /// Set when the listener has `tls`: `SSLRequest` is answered `S`.
     pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// Where idle clients park (none when `client_park_after` is 0).
+    pub parker: Option<ParkSender>,
     pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
     cancels: Mutex<HashMap<(i32, i32), Arc<CancelSlot>>>,
     statements: Mutex<HashMap<Bytes, Arc<str>>>,
@@ -260,6 +265,8 @@ impl Shared {
 pub struct ListenerState {
     pub listen: SocketAddr,
     pub clients: usize,
+    /// Of `clients`, those parked: idle, with no task and no place in tokio's reactor.
+    pub clients_parked: usize,
     pub backends: Vec<BackendState>,
     pub pools: Vec<PoolState>,
     pub stats: StatsSnapshot,
@@ -318,6 +325,7 @@ impl SqlHandle {
                 ListenerState {
                     listen: self.local,
                     clients,
+                    clients_parked: shared.parker.as_ref().map_or(0, ParkSender::parked),
                     backends: shared.backends.states(),
                     pools,
                     stats: shared.stats.snapshot(),
@@ -326,6 +334,7 @@ impl SqlHandle {
             HandleKind::Mysql(backends) => ListenerState {
                 listen: self.local,
                 clients,
+                clients_parked: 0,
                 backends: backends.states(),
                 pools: Vec::new(),
                 stats: StatsSnapshot::default(),
@@ -383,9 +392,9 @@ async fn bind_socket(spec: &ListenerSpec) -> Result<(TcpListener, SocketAddr), S
     Ok((listener, local))
 }
 
-/// What a client's task holds until it ends or is dropped (at shutdown): its place under
-/// `max_clients` and its count in the clients gauge.
-struct ClientGuard {
+/// What a client holds until it ends or is dropped (at shutdown): its place under
+/// `max_clients` and its count in the clients gauge. It moves with a parked client.
+pub(crate) struct ClientGuard {
     _permit: OwnedSemaphorePermit,
     gauge: Option<IntGauge>,
 }
@@ -410,8 +419,9 @@ impl Drop for ClientGuard {
     }
 }
 
-/// Accepts until `shutdown`, giving each client to `serve_client` under the
-/// `max_clients` limit (more are refused with `refusal`); then ends every task.
+/// Accepts until `shutdown`, giving each client and its guard to `serve_client` under
+/// the `max_clients` limit (more are refused with `refusal`), and resumes the parked
+/// clients of `parking` that woke up as tasks of the same set; then ends every task.
 // Private, called from two places; a struct for the arguments would only rename them.
 #[allow(clippy::too_many_arguments)]
 async fn accept_loop<F, Fut>(
@@ -421,19 +431,27 @@ async fn accept_loop<F, Fut>(
     refusal: Vec<u8>,
     metrics: Option<ListenerMetrics>,
     serve_client: F,
+    mut parking: Option<Parking>,
     shutdown: impl Future<Output = ()>,
     grace: Duration,
 ) where
-    F: Fn(tokio::net::TcpStream) -> Fut,
+    F: Fn(tokio::net::TcpStream, ClientGuard) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut tasks = JoinSet::new();
     let clients_gauge = metrics.map(|m| m.clients());
+    let mut woken = Vec::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
             Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            () = async { parking.as_mut()?.turn(&mut woken).await; Some(()) }
+                .map(|o| o.unwrap_or(())), if parking.is_some() => {
+                for client in woken.drain(..) {
+                    tasks.spawn(client.resume());
+                }
+            }
             r = listener.accept() => {
                 let (mut stream, peer) = match r {
                     Ok(x) => x,
@@ -444,11 +462,8 @@ async fn accept_loop<F, Fut>(
                 };
                 match clients.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        // Not `async move { fut.await; drop(guard) }`: an async block
-                        // keeps the future it captured and the one it awaits apart,
-                        // which doubled every idle client's task. `map` holds it once.
                         let guard = ClientGuard::new(permit, clients_gauge.clone());
-                        tasks.spawn(serve_client(stream).map(move |()| drop(guard)));
+                        tasks.spawn(serve_client(stream, guard));
                     }
                     Err(_) => {
                         tracing::debug!(%peer, "too many clients");
@@ -461,20 +476,34 @@ async fn accept_loop<F, Fut>(
             }
         }
     }
-    // Stop accepting, then let the sessions end by themselves within the grace period;
-    // whatever is left is closed.
+    // Stop accepting, then let the sessions end by themselves within the grace period
+    // (parked clients that wake up are served too); whatever is left is closed.
     drop(listener);
-    if !grace.is_zero() && !tasks.is_empty() {
-        let drained =
-            tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
-        if drained.is_err() {
+    let parked = |p: &Option<Parking>| p.as_ref().map_or(0, Parking::len);
+    if !grace.is_zero() && (!tasks.is_empty() || parked(&parking) > 0) {
+        let drain = async {
+            while !tasks.is_empty() || parked(&parking) > 0 {
+                tokio::select! {
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                    () = async { parking.as_mut()?.turn(&mut woken).await; Some(()) }
+                        .map(|o| o.unwrap_or(())), if parking.is_some() => {
+                        for client in woken.drain(..) {
+                            tasks.spawn(client.resume());
+                        }
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout(grace, drain).await.is_err() {
             tracing::info!(
-                sessions = tasks.len(),
+                sessions = tasks.len() + parked(&parking),
                 "grace period over: closing sql sessions"
             );
         }
     }
     tasks.shutdown().await;
+    // Parked clients are closed with their sockets.
+    drop(parking);
     background.shutdown().await;
 }
 
@@ -520,6 +549,8 @@ fn chance(percent: f64) -> bool {
 pub struct PgListener {
     listener: TcpListener,
     handle: SqlHandle,
+    /// The table of parked idle clients (none when `client_park_after` is 0).
+    parking: Option<Parking>,
 }
 
 impl PgListener {
@@ -587,7 +618,14 @@ impl PgListener {
                     .connect_lazy_with(crate::backend::pg_options(&b.url, "quartet-auth"))
             })
             .collect();
+        let (parking, parker) = if spec.client_park_after.is_zero() {
+            (None, None)
+        } else {
+            let (parking, parker) = Parking::new().map_err(SqlError::Parking)?;
+            (Some(parking), Some(parker))
+        };
         let shared = Arc::new(Shared {
+            parker,
             auth_pools,
             stats: Stats {
                 metrics: listener_metrics.clone(),
@@ -606,6 +644,7 @@ impl PgListener {
         });
         Ok(Self {
             listener,
+            parking,
             handle: SqlHandle {
                 kind: HandleKind::Postgres(shared),
                 target,
@@ -674,7 +713,8 @@ impl PgListener {
             background,
             refusal,
             shared.metrics.clone(),
-            move |stream| client::handle(shared.clone(), stream),
+            move |stream, guard| client::handle(shared.clone(), stream, guard),
+            self.parking,
             shutdown,
             grace,
         )
@@ -772,14 +812,18 @@ impl MysqlListener {
             background,
             refusal,
             self.metrics,
-            move |stream| {
+            move |stream, guard| {
+                // `map`, not `async move { fut.await; drop(guard) }`: an async block
+                // keeps the future it captured and the one it awaits apart.
                 mysql::handle(
                     backends.clone(),
                     stream,
                     fault.clone(),
                     policy_metrics.clone(),
                 )
+                .map(move |()| drop(guard))
             },
+            None,
             shutdown,
             grace,
         )
@@ -866,9 +910,10 @@ mod tests {
         let stream = tokio::net::TcpStream::connect(l.local_addr())
             .await
             .unwrap();
-        let fut = client::handle(shared, stream);
+        let permit = Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap();
+        let fut = client::handle(shared, stream, ClientGuard::new(permit, None));
         let size = std::mem::size_of_val(&fut);
         eprintln!("client task future: {size} bytes, {:?}", client::sizes());
-        assert!(size <= 512, "a client's future takes {size} bytes");
+        assert!(size <= 448, "a client's future takes {size} bytes");
     }
 }

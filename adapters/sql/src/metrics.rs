@@ -20,6 +20,10 @@ pub struct SqlMetrics {
     pub queries: IntCounterVec,
     /// `quartet_sql_transactions_total{listener}`: units of work ended idle.
     pub transactions: IntCounterVec,
+    /// `quartet_sql_pool_queries_total{listener,database,user}`: the same, per pool.
+    pub pool_queries: IntCounterVec,
+    /// `quartet_sql_pool_transactions_total{listener,database,user}`: the same, per pool.
+    pub pool_transactions: IntCounterVec,
     /// `quartet_sql_errors_total{listener,class}`: errors sent to clients by SQLSTATE class.
     pub errors: IntCounterVec,
     /// `quartet_sql_server_connections{listener,state}`: server connections `active`
@@ -86,6 +90,16 @@ impl SqlMetrics {
                 "Units of work that ended with the server idle.",
                 &["listener"],
             )?,
+            pool_queries: counter(
+                "quartet_sql_pool_queries_total",
+                "Simple queries and extended-protocol syncs sent to servers, per pool.",
+                &["listener", "database", "user"],
+            )?,
+            pool_transactions: counter(
+                "quartet_sql_pool_transactions_total",
+                "Units of work that ended with the server idle, per pool.",
+                &["listener", "database", "user"],
+            )?,
             errors: counter(
                 "quartet_sql_errors_total",
                 "Errors sent to SQL clients, by SQLSTATE class.",
@@ -145,6 +159,14 @@ impl ListenerMetrics {
             .with_label_values(&[&self.listener, class])
             .inc();
     }
+    /// The counters of one (database, user) pool of this listener, labels applied.
+    pub fn pool(&self, database: &str, user: &str) -> PoolMetrics {
+        let l = [self.listener.as_str(), database, user];
+        PoolMetrics {
+            queries: self.metrics.pool_queries.with_label_values(&l),
+            transactions: self.metrics.pool_transactions.with_label_values(&l),
+        }
+    }
     /// Sets the sampled gauges: server connections active and idle, clients waiting.
     pub fn pools(&self, active: usize, idle: usize, waiting: usize) {
         let servers = &self.metrics.servers;
@@ -158,5 +180,21 @@ impl ListenerMetrics {
             .waiting
             .with_label_values(&[&self.listener])
             .set(waiting as i64);
+    }
+}
+
+/// The counters of one pool, labels applied once.
+#[derive(Clone)]
+pub(crate) struct PoolMetrics {
+    queries: IntCounter,
+    transactions: IntCounter,
+}
+
+impl PoolMetrics {
+    pub fn query(&self) {
+        self.queries.inc();
+    }
+    pub fn transaction(&self) {
+        self.transactions.inc();
     }
 }

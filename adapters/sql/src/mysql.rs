@@ -259,7 +259,12 @@ pub async fn health_loop(backends: Arc<MysqlBackends>, index: usize, interval: D
         return;
     };
     let url = &backend.url;
-    let mut opts = MySqlConnectOptions::new().host(&url.host).port(url.port);
+    // Plain, as before sqlx had TLS here: a mysql:// backend URL says nothing of TLS
+    // (clients' TLS is passed through to the writer untouched).
+    let mut opts = MySqlConnectOptions::new()
+        .host(&url.host)
+        .port(url.port)
+        .ssl_mode(sqlx::mysql::MySqlSslMode::Disabled);
     if let Some(u) = &url.user {
         opts = opts.username(u);
     }

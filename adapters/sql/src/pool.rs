@@ -3,10 +3,10 @@
 //! (the most recently used is the warmest), closed when too old or idle too long.
 
 use crate::backend::{BackendError, Backends};
-use crate::metrics::ListenerMetrics;
+use crate::metrics::{ListenerMetrics, PoolMetrics};
 use crate::pg::server::{Login, ServerConn};
 use serde::Serialize;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -67,6 +67,10 @@ pub struct Pool {
     waiting: AtomicUsize,
     max_wait_us: AtomicUsize,
     metrics: Option<ListenerMetrics>,
+    /// Queries and transactions of this pool's clients (also counted per listener).
+    queries: AtomicU64,
+    transactions: AtomicU64,
+    counters: Option<PoolMetrics>,
 }
 
 /// A server connection lent to a client. Dropped without [`Pool::put`], the connection
@@ -87,6 +91,10 @@ pub struct PoolState {
     pub servers_active: usize,
     pub servers_idle: usize,
     pub max_wait_seconds: f64,
+    /// Simple queries and extended-protocol `Sync`s this pool's clients sent.
+    pub queries: u64,
+    /// Units of work of this pool's clients that ended with the server idle.
+    pub transactions: u64,
 }
 
 impl Pool {
@@ -98,6 +106,9 @@ impl Pool {
         metrics: Option<ListenerMetrics>,
     ) -> Self {
         Self {
+            counters: metrics.as_ref().map(|m| m.pool(&key.database, &key.user)),
+            queries: AtomicU64::new(0),
+            transactions: AtomicU64::new(0),
             metrics,
             key,
             login,
@@ -107,6 +118,22 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             waiting: AtomicUsize::new(0),
             max_wait_us: AtomicUsize::new(0),
+        }
+    }
+
+    /// A query (simple, or a `Sync`) sent by one of this pool's clients.
+    pub fn count_query(&self) {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.counters {
+            m.query();
+        }
+    }
+
+    /// A unit of work of one of this pool's clients ended with the server idle.
+    pub fn count_transaction(&self) {
+        self.transactions.fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.counters {
+            m.transaction();
         }
     }
 
@@ -212,6 +239,8 @@ impl Pool {
             servers_active: in_use,
             servers_idle: idle,
             max_wait_seconds: self.max_wait_us.load(Ordering::Relaxed) as f64 / 1e6,
+            queries: self.queries.load(Ordering::Relaxed),
+            transactions: self.transactions.load(Ordering::Relaxed),
         }
     }
 }

@@ -843,6 +843,120 @@ async fn prometheus_metrics_count_clients_queries_and_errors() {
 }
 
 #[tokio::test]
+async fn queries_and_transactions_are_counted_per_pool() {
+    use prometheus::Encoder;
+    let registry = prometheus::Registry::new();
+    let ctx = quartet_sql::SqlContext {
+        sql_metrics: Some(quartet_sql::SqlMetrics::register(&registry).unwrap()),
+        ..Default::default()
+    };
+    let mut s = spec(PoolMode::Transaction, 2);
+    s.users.push(quartet_sql::UserSpec {
+        name: "app2".into(),
+        password: "secret2".into(),
+    });
+    let proxy = Proxy::start_with(s, ctx).await;
+    // Pool (test, app): two queries, each its own transaction.
+    let a = proxy.connect("pool_counts_a").await;
+    a.simple_query("select 1").await.unwrap();
+    a.simple_query("select 2").await.unwrap();
+    // Pool (test, app2): three queries, one transaction.
+    let b = proxy
+        .try_connect("app2", "secret2", "pool_counts_b")
+        .await
+        .expect("login as app2");
+    b.batch_execute("begin").await.unwrap();
+    b.simple_query("select 1").await.unwrap();
+    b.batch_execute("commit").await.unwrap();
+
+    let pools = proxy.handle.state().pools;
+    let counts = |user: &str| {
+        let p = pools
+            .iter()
+            .find(|p| p.user == user && p.database == "test")
+            .unwrap_or_else(|| panic!("no pool for {user}: {pools:?}"));
+        (p.queries, p.transactions)
+    };
+    assert_eq!(counts("app"), (2, 2));
+    assert_eq!(counts("app2"), (3, 1));
+    // The listener's totals are the sum.
+    let stats = proxy.handle.state().stats;
+    assert_eq!((stats.queries, stats.transactions), (5, 3));
+
+    let mut text = Vec::new();
+    prometheus::TextEncoder::new()
+        .encode(&registry.gather(), &mut text)
+        .unwrap();
+    let text = String::from_utf8(text).unwrap();
+    let listener = proxy.addr.to_string();
+    for (user, queries, transactions) in [("app", 2, 2), ("app2", 3, 1)] {
+        let labels = format!("database=\"test\",listener=\"{listener}\",user=\"{user}\"");
+        for line in [
+            format!("quartet_sql_pool_queries_total{{{labels}}} {queries}"),
+            format!("quartet_sql_pool_transactions_total{{{labels}}} {transactions}"),
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
+    }
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn sql_prepare_in_transaction_mode_keeps_the_server_until_deallocate_all() {
+    let proxy = Proxy::start(spec(PoolMode::Transaction, 2)).await;
+    let active = |proxy: &Proxy| {
+        proxy
+            .handle
+            .state()
+            .pools
+            .iter()
+            .map(|p| p.servers_active)
+            .sum::<usize>()
+    };
+    let a = proxy.connect("sql_prepare_a").await;
+    let b = proxy.connect("sql_prepare_b").await;
+    a.batch_execute("PREPARE q(int) AS SELECT $1 + 1")
+        .await
+        .expect("prepare");
+    // `a` keeps its server: `b` opening a transaction takes the other one, and `a`'s
+    // statement is still where its EXECUTE goes.
+    assert_eq!(active(&proxy), 1);
+    b.batch_execute("begin").await.unwrap();
+    for i in 0..3 {
+        let rows = a
+            .simple_query(&format!("EXECUTE q({i})"))
+            .await
+            .expect("execute on the server that prepared it");
+        let value = rows.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+            _ => None,
+        });
+        assert_eq!(value, Some((i + 1).to_string()));
+    }
+    b.batch_execute("commit").await.unwrap();
+    // DEALLOCATE ALL: nothing prepared by SQL is left, `a` shares servers again.
+    a.batch_execute("DEALLOCATE ALL").await.unwrap();
+    assert_eq!(active(&proxy), 0);
+    proxy.stop().await;
+
+    // A pinned client that leaves: its server is cleaned with DEALLOCATE ALL before it
+    // serves anyone else (one server, so the next client gets the same one).
+    let proxy = Proxy::start(spec(PoolMode::Transaction, 1)).await;
+    let a = proxy.connect("sql_prepare_c").await;
+    a.batch_execute("prepare r as select 1").await.unwrap();
+    drop(a);
+    wait_for(BOUND, "the pinned server back in the pool", || async {
+        active(&proxy) == 0
+    })
+    .await;
+    let c = proxy.connect("sql_prepare_d").await;
+    c.batch_execute("prepare r as select 2")
+        .await
+        .expect("the name is free on the reused server connection");
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn auth_query_looks_users_up_in_the_database() {
     let direct = direct().await;
     for (role, password, encryption) in [

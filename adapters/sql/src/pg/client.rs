@@ -18,12 +18,16 @@ use super::auth::{md5_check, md5_stored, ScramSecret, ScramServer, MECHANISM};
 use super::codec::{self, Frame, ProtocolError, Severity, StartupFrame};
 use super::server::{forward_io, send_cancel, ServerConn, SERVER_MAX_MESSAGE};
 use crate::config::{AuthMethod, PoolMode};
-use crate::listener::Shared;
+use crate::listener::{ClientGuard, Shared};
+use crate::park::Parked;
 use crate::pool::{Lease, Pool};
 use bytes::{Bytes, BytesMut};
+use futures_util::future::{BoxFuture, Either};
+use futures_util::FutureExt;
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -147,22 +151,95 @@ struct Login {
     params: Vec<(String, String)>,
 }
 
-/// Entry point for one accepted connection.
-pub(crate) fn handle(shared: Arc<Shared>, stream: TcpStream) -> impl Future<Output = ()> {
+/// Entry point for one accepted connection; `guard` is released when the client ends.
+pub(crate) fn handle(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    guard: ClientGuard,
+) -> impl Future<Output = ()> {
     // What an idle client's task holds is the session and the proxy loop: every rare
     // and deep path (logging in, connecting, reporting an error, cleaning up) runs
     // boxed, so thousands of idle clients stay small. The arguments go into the boxed
     // login at once: an async fn would keep their places for the task's whole life.
+    // `then`, not an async block: the block would keep the session it got from the
+    // login apart from the one `serve` holds, twice the session in every task.
     let opening = Box::pin(open(shared, stream));
+    opening.then(move |session| match session {
+        Some(session) => Either::Left(serve(session, guard)),
+        None => Either::Right(std::future::ready(())),
+    })
+}
+
+/// Serves a logged-in client until it ends or is parked. Not an `async fn`: one keeps
+/// its arguments and their moved copies apart, the session twice in every task (the
+/// unit test `a_client_task_is_small` measures it: 664 bytes against 400).
+#[allow(clippy::manual_async_fn)]
+fn serve(mut session: Session, guard: ClientGuard) -> impl Future<Output = ()> + Send {
     async move {
-        let Some(mut session) = opening.await else {
-            return;
-        };
-        if let Err(e) = session.run().await {
-            tracing::debug!(error = %e, "client session ended");
-            Box::pin(session.fatal(&e)).await;
+        match session.run().await {
+            Ok(Next::Park) => return session.park(guard),
+            Ok(Next::End) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "client session ended");
+                Box::pin(session.fatal(&e)).await;
+            }
         }
         Box::pin(session.close()).await;
+        drop(guard);
+    }
+}
+
+/// A client that sends nothing this long after its login is parked, whatever
+/// `client_park_after` says (unless shorter, or 0: never). Parking and waking cost
+/// about 50 µs of CPU, so a client that has been active is parked only after
+/// `client_park_after` (1 s): busy clients never are. A new client either sends at once
+/// (a connection per transaction) or sits in an application's pool; parking the latter
+/// at once keeps the memory of many clients logging in together low: the memory of
+/// their tasks, freed when they park later, stays with the allocator.
+const FIRST_PARK_AFTER: Duration = Duration::from_millis(10);
+
+/// What a session does once its loop returns.
+enum Next {
+    /// The client is gone or said goodbye.
+    End,
+    /// The client is idle with no server: park it (see [`crate::park`]).
+    Park,
+}
+
+/// A session parked outside tokio, with its socket and its guard.
+struct ParkedSession {
+    session: Session,
+    stream: std::net::TcpStream,
+    guard: ClientGuard,
+}
+
+impl Parked for ParkedSession {
+    fn fd(&self) -> RawFd {
+        self.stream.as_raw_fd()
+    }
+
+    /// Called on the listener's runtime (the accept loop), which the socket joins.
+    fn resume(self: Box<Self>) -> BoxFuture<'static, ()> {
+        let ParkedSession {
+            mut session,
+            stream,
+            guard,
+        } = *self;
+        // Registers the socket with this runtime's reactor again; bytes that came while
+        // parked are still in it and make it readable at once.
+        match TcpStream::from_std(stream) {
+            Ok(tcp) => {
+                session.client = ClientStream::Plain(tcp);
+                // Woken by the client: it gets `client_park_after` again to send.
+                session.last_client = Instant::now();
+                Box::pin(serve(session, guard))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot resume a parked client: closing it");
+                session.forget_key();
+                Box::pin(std::future::ready(()))
+            }
+        }
     }
 }
 
@@ -470,7 +547,12 @@ struct Session {
     query_started: Option<Instant>,
     cancel_sent: bool,
     last_client: Instant,
+    /// Nothing received since the login: the session parks after
+    /// [`FIRST_PARK_AFTER`] rather than `client_park_after`.
+    fresh: bool,
     forget_prepared: bool,
+    /// Transaction mode: the client used SQL `PREPARE` and keeps its server connection.
+    pinned: bool,
     /// The query or idle-in-transaction timer, made the first time one is needed and
     /// moved after (boxed: most sessions never need one).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -498,7 +580,9 @@ impl Session {
             query_started: None,
             cancel_sent: false,
             last_client: Instant::now(),
+            fresh: true,
             forget_prepared: false,
+            pinned: false,
             timer: None,
             unsynced: false,
         }
@@ -566,24 +650,31 @@ impl Session {
         }
     }
 
-    async fn run(&mut self) -> Result<(), ClientError> {
+    async fn run(&mut self) -> Result<Next, ClientError> {
         loop {
-            let wake = if self.lease.is_none() {
-                // Idle (no server, so no timer either): only the client can wake the
-                // session, and the smallest future waits for it. The wait with a server
-                // is boxed so that it does not size every idle client's task.
-                Wake::client(self.client.read_some(&mut self.cbuf).await?)
-            } else {
+            let wake = if self.lease.is_some() {
+                // The wait with a server is boxed so that it does not size every idle
+                // client's task.
                 Box::pin(self.wait_active()).await?
+            } else if self.parkable() {
+                match Box::pin(self.wait_idle()).await? {
+                    Some(wake) => wake,
+                    None => return Ok(Next::Park),
+                }
+            } else {
+                // Idle (no server, so no timer either) and not to be parked: only the
+                // client can wake the session, and the smallest future waits for it.
+                Wake::client(self.client.read_some(&mut self.cbuf).await?)
             };
             match wake {
-                Wake::ClientGone => return Ok(()),
+                Wake::ClientGone => return Ok(Next::End),
                 Wake::Client => {
                     self.last_client = Instant::now();
+                    self.fresh = false;
                     // Boxed, like the other deep awaits here: one small allocation
                     // per message, against some 200 bytes in every idle task.
                     if !Box::pin(self.forward_client()).await? {
-                        return Ok(());
+                        return Ok(Next::End);
                     }
                     if self.cbuf.is_empty() {
                         self.cbuf = BytesMut::new();
@@ -598,6 +689,76 @@ impl Session {
                 Wake::Timer => self.on_timer().await?,
             }
         }
+    }
+
+    /// Whether this session, idle with no server, is parked once quiet for
+    /// `client_park_after`: plain TCP clients only (a TLS session keeps state of its
+    /// own in rustls), and only where the listener parks.
+    fn parkable(&self) -> bool {
+        self.shared.parker.is_some() && matches!(self.client, ClientStream::Plain(_))
+    }
+
+    /// Idle with no server: waits for the client until it has been quiet for
+    /// `client_park_after` ([`FIRST_PARK_AFTER`] right after the login). `None`: time
+    /// to park. The timer is moved only when it would
+    /// fire late, so a busy client does not touch it on every message: an early firing
+    /// just looks again.
+    async fn wait_idle(&mut self) -> std::io::Result<Option<Wake>> {
+        loop {
+            let after = self.shared.spec.client_park_after;
+            let after = if self.fresh {
+                after.min(FIRST_PARK_AFTER)
+            } else {
+                after
+            };
+            let due = self.last_client + after;
+            if Instant::now() >= due {
+                return Ok(None);
+            }
+            match self.timer.as_mut() {
+                Some(t) if !t.is_elapsed() && t.deadline() <= due => {}
+                Some(t) => t.as_mut().reset(due),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(due))),
+            }
+            let Some(timer) = self.timer.as_mut() else {
+                return Ok(None);
+            };
+            tokio::select! {
+                biased;
+                r = self.client.read_some(&mut self.cbuf) => return Ok(Some(Wake::client(r?))),
+                _ = timer.as_mut() => {}
+            }
+        }
+    }
+
+    /// Takes the client out of tokio and hands it to the listener's table of parked
+    /// clients; it comes back as a task of its own when it sends or closes.
+    fn park(mut self, guard: ClientGuard) {
+        // Nothing of a wait is kept while parked.
+        self.timer = None;
+        let Some(parker) = self.shared.parker.clone() else {
+            return self.forget_key();
+        };
+        let client = std::mem::replace(&mut self.client, ClientStream::Closed(tokio::io::empty()));
+        let ClientStream::Plain(tcp) = client else {
+            return self.forget_key();
+        };
+        match tcp.into_std() {
+            Ok(stream) => parker.park(Box::new(ParkedSession {
+                session: self,
+                stream,
+                guard,
+            })),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot park an idle client: closing it");
+                self.forget_key();
+            }
+        }
+    }
+
+    /// A session without a server that ends here: its cancel key is forgotten.
+    fn forget_key(&self) {
+        self.shared.cancels().remove(&self.key);
     }
 
     /// With a server attached: waits for the client, the server or the query or
@@ -746,15 +907,21 @@ impl Session {
                     }
                     self.pending += 1;
                     self.shared.stats.query();
+                    self.pool.count_query();
                     if h.tag == b'Q' && self.mode == PoolMode::Transaction {
                         let body = &self.cbuf[run + 5..run + h.size];
                         if mentions_discard(body) {
                             self.forget_prepared = true;
                         }
+                        watch_sql_prepare(&mut self.pinned, body);
                     }
                     run += h.size;
                 }
                 b'P' | b'B' | b'D' | b'C' if self.mode == PoolMode::Transaction => {
+                    if h.tag == b'P' {
+                        let (_, rest) = codec::parse_parse(&self.cbuf[run + 5..run + h.size])?;
+                        watch_sql_prepare(&mut self.pinned, rest);
+                    }
                     if !self.cbuf.is_empty() && run > 0 {
                         out.push(self.cbuf.split_to(run).freeze());
                     }
@@ -932,6 +1099,7 @@ impl Session {
                     if self.pending == 0 {
                         if status == b'I' {
                             self.shared.stats.transaction();
+                            self.pool.count_transaction();
                         }
                         self.query_started = None;
                         self.cancel_sent = false;
@@ -940,7 +1108,11 @@ impl Session {
                         }
                         // Messages sent after the last Sync still await their
                         // answers on this connection: it stays with the client.
-                        if self.mode == PoolMode::Transaction && status == b'I' && !self.unsynced {
+                        if self.mode == PoolMode::Transaction
+                            && status == b'I'
+                            && !self.unsynced
+                            && !self.pinned
+                        {
                             release = true;
                         }
                     }
@@ -989,40 +1161,35 @@ impl Session {
         if self.pending > 0 {
             return;
         }
-        let reset = match (self.mode, self.status) {
-            (PoolMode::Session, _) => {
+        // An open transaction is rolled back; then session mode's reset query, or, for
+        // a transaction-mode client pinned by SQL `PREPARE`, `DEALLOCATE ALL`.
+        let mut resets: Vec<String> = Vec::new();
+        if self.status != b'I' {
+            resets.push("ROLLBACK".into());
+        }
+        match self.mode {
+            PoolMode::Session => {
                 let q = self.shared.spec.reset_query.trim();
-                if self.status != b'I' {
-                    Some("ROLLBACK")
-                } else if q.is_empty() {
-                    None
-                } else {
-                    Some(q)
+                if !q.is_empty() {
+                    resets.push(q.to_string());
                 }
             }
-            (PoolMode::Transaction, b'I') => None,
-            (PoolMode::Transaction, _) => Some("ROLLBACK"),
-        };
+            PoolMode::Transaction if self.pinned => resets.push("DEALLOCATE ALL".into()),
+            PoolMode::Transaction => {}
+        }
         let mut ok = true;
-        if let Some(q) = reset {
-            let q = q.to_string();
-            let wait = Duration::from_secs(5).min(self.shared.spec.connect_timeout);
+        let wait = Duration::from_secs(5).min(self.shared.spec.connect_timeout);
+        for q in &resets {
             ok = matches!(
-                tokio::time::timeout(wait, lease.conn.simple(&q)).await,
+                tokio::time::timeout(wait, lease.conn.simple(q)).await,
                 Ok(Ok(b'I'))
             );
-            if ok && self.mode == PoolMode::Session && q == "ROLLBACK" {
-                let reset = self.shared.spec.reset_query.trim().to_string();
-                if !reset.is_empty() {
-                    ok = matches!(
-                        tokio::time::timeout(wait, lease.conn.simple(&reset)).await,
-                        Ok(Ok(b'I'))
-                    );
-                }
+            if !ok {
+                break;
             }
-            if ok && self.mode == PoolMode::Session {
-                lease.conn.prepared.clear();
-            }
+        }
+        if ok && !resets.is_empty() && (self.mode == PoolMode::Session || self.pinned) {
+            lease.conn.prepared.clear();
         }
         if ok {
             self.pool.put(lease);
@@ -1046,6 +1213,77 @@ fn ensure_prepared(
     });
     out.push(codec::build_parse(&s.server_name, &s.rest));
     true
+}
+
+/// Transaction mode: SQL-level `PREPARE` makes a statement that lives on one server
+/// connection, under the client's own name, where Quartet cannot follow it. The client
+/// keeps its server connection from then on (as in session mode), so its `EXECUTE`s
+/// find the statement; `DEALLOCATE ALL` or `DISCARD ALL` lets it go back to sharing at
+/// the end of the transaction.
+fn watch_sql_prepare(pinned: &mut bool, sql: &[u8]) {
+    if let Some(pin) = sql_prepare_effect(sql) {
+        if pin && !*pinned {
+            tracing::debug!("sql PREPARE in transaction mode: the client keeps its server");
+        }
+        *pinned = pin;
+    }
+}
+
+/// What a query text means for SQL-level prepared statements: `Some(true)` when a
+/// statement in it is `PREPARE`, `Some(false)` when the last such statement is
+/// `DEALLOCATE ALL` or `DISCARD ALL` (nothing prepared by SQL is left), `None` when it
+/// has neither. Statements are split at `;` and their comments skipped; a `;` or a
+/// keyword inside a string literal can only make a client keep its server longer.
+fn sql_prepare_effect(sql: &[u8]) -> Option<bool> {
+    let sql = sql.split(|b| *b == 0).next().unwrap_or_default();
+    let mut effect = None;
+    for stmt in sql.split(|b| *b == b';') {
+        let words: Vec<Vec<u8>> = leading_words(stmt, 3)
+            .iter()
+            .map(|w| w.to_ascii_lowercase())
+            .collect();
+        let words: Vec<&[u8]> = words.iter().map(Vec::as_slice).collect();
+        match words.as_slice() {
+            [b"prepare", ..] => effect = Some(true),
+            [b"deallocate", b"all", ..]
+            | [b"deallocate", b"prepare", b"all"]
+            | [b"discard", b"all", ..] => effect = Some(false),
+            _ => {}
+        }
+    }
+    effect
+}
+
+/// The first `n` words of a statement, after whitespace and comments.
+fn leading_words(stmt: &[u8], n: usize) -> Vec<&[u8]> {
+    let mut words = Vec::new();
+    let mut i = 0;
+    while i < stmt.len() && words.len() < n {
+        match stmt[i] {
+            c if c.is_ascii_whitespace() => i += 1,
+            b'-' if stmt.get(i + 1) == Some(&b'-') => {
+                while i < stmt.len() && stmt[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'/' if stmt.get(i + 1) == Some(&b'*') => {
+                i += 2;
+                while i + 1 < stmt.len() && !(stmt[i] == b'*' && stmt[i + 1] == b'/') {
+                    i += 1;
+                }
+                i += 2;
+            }
+            c if c.is_ascii_alphabetic() || c == b'_' => {
+                let start = i;
+                while i < stmt.len() && (stmt[i].is_ascii_alphanumeric() || stmt[i] == b'_') {
+                    i += 1;
+                }
+                words.push(&stmt[start..i]);
+            }
+            _ => break,
+        }
+    }
+    words
 }
 
 /// Whether a simple query may drop the server's prepared statements.
@@ -1095,4 +1333,33 @@ pub(crate) fn sizes() -> Vec<(&'static str, usize)> {
         ("checkout", ret::<S, _>(Session::checkout)),
         ("sleep", std::mem::size_of::<tokio::time::Sleep>()),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sql_prepare_effect;
+
+    #[test]
+    fn sql_prepare_pins_and_deallocate_all_unpins() {
+        assert_eq!(sql_prepare_effect(b"PREPARE q AS select 1\0"), Some(true));
+        assert_eq!(
+            sql_prepare_effect(b"  /* c */ -- x\n prepare q(int) as select $1"),
+            Some(true)
+        );
+        assert_eq!(
+            sql_prepare_effect(b"select 1; Prepare q as select 2"),
+            Some(true)
+        );
+        assert_eq!(sql_prepare_effect(b"DEALLOCATE ALL"), Some(false));
+        assert_eq!(sql_prepare_effect(b"deallocate prepare all"), Some(false));
+        assert_eq!(sql_prepare_effect(b"discard all"), Some(false));
+        assert_eq!(
+            sql_prepare_effect(b"prepare q as select 1; deallocate all"),
+            Some(false)
+        );
+        assert_eq!(sql_prepare_effect(b"deallocate q"), None);
+        assert_eq!(sql_prepare_effect(b"select prepared from t"), None);
+        assert_eq!(sql_prepare_effect(b"EXECUTE q(1)"), None);
+        assert_eq!(sql_prepare_effect(b""), None);
+    }
 }
