@@ -186,6 +186,10 @@ impl H1Pool {
         let (parts, _) = req.into_parts();
         let mut wire = Vec::new();
         h1::encode_request(&mut wire, &parts.method, &parts.uri, &parts.headers, &body);
+        // Let the other requests this thread has ready go first, so their writes reach
+        // the upstream together and it serves them in one wake-up (as happened when
+        // hyper's connection tasks wrote after the requests' tasks had run).
+        tokio::task::yield_now().await;
         loop {
             let (mut conn, reused) = match self.inner.checkout_direct(shard) {
                 Some(conn) => (conn, true),

@@ -108,7 +108,10 @@ async fn an_upgrade_is_tunnelled_both_ways() {
         .unwrap();
     let head = read_head(&mut client).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
-    assert!(head.to_ascii_lowercase().contains(REQUEST_ID), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains(REQUEST_ID.as_str()),
+        "{head}"
+    );
 
     for msg in [&b"ping"[..], b"a longer second message", b"\x00\xffbinary"] {
         client.write_all(msg).await.unwrap();
