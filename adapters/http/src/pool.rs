@@ -106,18 +106,17 @@ struct Inner {
     idle_timeout: Duration,
     max_idle: usize,
     /// Per shard (see the module docs), LIFO.
-    idle: Box<[Mutex<Vec<Idle>>]>,
+    idle: Box<[Mutex<Vec<Idle<Sender>>>]>,
     /// The direct connections ([`crate::h1`]), per shard, LIFO.
-    direct: Box<[Mutex<Vec<IdleConn>>]>,
+    direct: Box<[Mutex<Vec<Idle<Conn>>>]>,
 }
 
-struct IdleConn {
-    conn: Conn,
-    since: Instant,
-}
+/// The sending half of a hyper connection.
+type Sender = SendRequest<ProxyBody>;
 
-struct Idle {
-    sender: SendRequest<ProxyBody>,
+/// An idle connection of either kind and since when it is idle.
+struct Idle<T> {
+    conn: T,
     since: Instant,
 }
 
@@ -279,18 +278,18 @@ impl H1Pool {
 }
 
 impl Inner {
-    fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+    fn lock(&self, shard: usize) -> std::sync::MutexGuard<'_, Vec<Idle<Sender>>> {
         self.idle[shard].lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn lock_direct(&self, shard: usize) -> std::sync::MutexGuard<'_, Vec<IdleConn>> {
+    fn lock_direct(&self, shard: usize) -> std::sync::MutexGuard<'_, Vec<Idle<Conn>>> {
         self.direct[shard].lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Step 1, for a direct connection (checked outside the lock: it may cost a read).
     fn checkout_direct(&self, shard: usize) -> Option<Conn> {
         loop {
-            let IdleConn { mut conn, since } = self.lock_direct(shard).pop()?;
+            let Idle { mut conn, since } = self.lock_direct(shard).pop()?;
             if since.elapsed() < self.idle_timeout && conn.is_usable() {
                 return Some(conn);
             }
@@ -303,33 +302,47 @@ impl Inner {
         if conn.buffered() > 0 {
             return;
         }
+        self.keep(&mut self.lock_direct(shard), conn, |_| false);
+    }
+
+    /// Step 5, for either kind: the oldest sit at the front, those idle too long (or
+    /// `dead`) are dropped, then `conn` is kept when there is room.
+    fn keep<T>(&self, idle: &mut Vec<Idle<T>>, conn: T, dead: impl Fn(&T) -> bool) {
         let now = Instant::now();
-        let mut idle = self.lock_direct(shard);
         let stale = idle
             .iter()
-            .take_while(|i| now.duration_since(i.since) >= self.idle_timeout)
+            .take_while(|i| now.duration_since(i.since) >= self.idle_timeout || dead(&i.conn))
             .count();
         if stale > 0 {
             idle.drain(..stale);
         }
         if idle.len() < self.max_idle {
-            idle.push(IdleConn { conn, since: now });
+            idle.push(Idle { conn, since: now });
         }
     }
 
     /// Step 2, for a direct connection.
     async fn connect_direct(&self) -> Result<Conn, BoxError> {
+        Ok(Conn::new(self.dial().await?))
+    }
+
+    /// A new TCP connection to the endpoint (`connect_timeout`, `TCP_NODELAY`).
+    async fn dial(&self) -> Result<TcpStream, BoxError> {
         let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*self.addr))
             .await
             .map_err(|_| ConnectTimeout(self.connect_timeout))??;
         stream.set_nodelay(true)?;
-        Ok(Conn::new(stream))
+        Ok(stream)
     }
 
     /// Step 1.
     fn checkout(&self, shard: usize) -> Option<SendRequest<ProxyBody>> {
         let mut idle = self.lock(shard);
-        while let Some(Idle { sender, since }) = idle.pop() {
+        while let Some(Idle {
+            conn: sender,
+            since,
+        }) = idle.pop()
+        {
             if sender.is_ready() && since.elapsed() < self.idle_timeout {
                 return Some(sender);
             }
@@ -355,29 +368,12 @@ impl Inner {
     }
 
     fn put(&self, sender: SendRequest<ProxyBody>, shard: usize) {
-        let now = Instant::now();
-        let mut idle = self.lock(shard);
-        // The oldest sit at the front: drop those idle too long (or closed).
-        let stale = idle
-            .iter()
-            .take_while(|i| {
-                now.duration_since(i.since) >= self.idle_timeout || i.sender.is_closed()
-            })
-            .count();
-        if stale > 0 {
-            idle.drain(..stale);
-        }
-        if idle.len() < self.max_idle {
-            idle.push(Idle { sender, since: now });
-        }
+        self.keep(&mut self.lock(shard), sender, SendRequest::is_closed);
     }
 
     /// Step 2.
     async fn connect(&self) -> Result<SendRequest<ProxyBody>, BoxError> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(&*self.addr))
-            .await
-            .map_err(|_| ConnectTimeout(self.connect_timeout))??;
-        stream.set_nodelay(true)?;
+        let stream = self.dial().await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await?;
