@@ -222,17 +222,7 @@ async fn cancel_request_stops_the_running_query() {
     let c = proxy.connect(&app).await;
     let token = c.cancel_token();
     let sleeper = tokio::spawn(async move { c.simple_query("select pg_sleep(30)").await });
-    wait_for(BOUND, "pg_sleep to run", || async {
-        direct
-            .query_one(
-                "select count(*) from pg_stat_activity where application_name = $1 and query like '%pg_sleep(30)%' and state = 'active'",
-                &[&app],
-            )
-            .await
-            .map(|r| r.get::<_, i64>(0) == 1)
-            .unwrap_or(false)
-    })
-    .await;
+    wait_for_sleep(&direct, &app, BOUND).await;
     token
         .cancel_query(tokio_postgres::NoTls)
         .await

@@ -126,6 +126,22 @@ where
     }
 }
 
+/// Waits (at most `limit`) until the server runs `select pg_sleep(30)` for the client
+/// whose application_name is `app`: a query that can then be cancelled.
+pub async fn wait_for_sleep(direct: &tokio_postgres::Client, app: &str, limit: Duration) {
+    wait_for(limit, "pg_sleep to run", || async {
+        direct
+            .query_one(
+                "select count(*) from pg_stat_activity where application_name = $1 and query like '%pg_sleep(30)%' and state = 'active'",
+                &[&app],
+            )
+            .await
+            .map(|r| r.get::<_, i64>(0) == 1)
+            .unwrap_or(false)
+    })
+    .await;
+}
+
 /// Server connections whose application_name is `app`.
 pub async fn server_conns(direct: &tokio_postgres::Client, app: &str) -> i64 {
     direct
