@@ -20,6 +20,7 @@ pub mod breaker;
 pub mod classify;
 pub mod error;
 pub mod fault;
+pub mod head;
 pub mod limit;
 pub mod metrics;
 pub mod observe;

@@ -3,6 +3,7 @@
 use crate::body::{full, Buffered, ProxyBody};
 use crate::error::ConnectError;
 use quartet_policies::classify::{classify_policy_error, Class, Classify, Replay};
+use quartet_policies::head::AddedHeaders;
 use quartet_policies::BoxError;
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
@@ -58,8 +59,8 @@ pub struct HttpReplay {
 
 impl Replay<http::Request<ProxyBody>> for HttpReplay {
     /// A copy with the same method, URI, version and headers, the buffered bytes as its
-    /// body, and the two extensions the layers below the retry read: the shared
-    /// `Arc<CallInfo>` and [`Buffered`]. `None` when the body was not buffered (see
+    /// body, and the extensions the layers below the retry read: the shared
+    /// `Arc<CallInfo>`, [`Buffered`] and the headers to add ([`AddedHeaders`]). `None` when the body was not buffered (see
     /// [`buffer_for_replay`](crate::body::buffer_for_replay)). The other extensions are
     /// not copied: this runs for every request that may be retried, and a whole copy of
     /// the extension map costs an allocation per entry.
@@ -74,6 +75,9 @@ impl Replay<http::Request<ProxyBody>> for HttpReplay {
         extensions.insert(Buffered(bytes.clone()));
         if let Some(info) = req.extensions().get::<Arc<CallInfo>>() {
             extensions.insert(info.clone());
+        }
+        if let Some(added) = req.extensions().get::<AddedHeaders>() {
+            extensions.insert(added.clone());
         }
         Some(copy)
     }
@@ -206,8 +210,17 @@ mod tests {
         req.extensions_mut().insert(info.clone());
         req.extensions_mut()
             .insert(Buffered(bytes::Bytes::from_static(b"{\"a\":1}")));
+        struct NoHeaders(quartet_policies::head::HeaderBlock);
+        impl quartet_policies::head::HoldsHeaderBlocks for NoHeaders {
+            fn header_block(&self, _: usize) -> &quartet_policies::head::HeaderBlock {
+                &self.0
+            }
+        }
+        let block = Arc::new(NoHeaders(Default::default()));
+        req.extensions_mut().insert(AddedHeaders::new(block, 0));
 
         let copy = HttpReplay::default().replay(&req).expect("buffered");
+        assert!(copy.extensions().get::<AddedHeaders>().is_some());
         assert_eq!(copy.method(), http::Method::PUT);
         assert_eq!(copy.uri(), req.uri());
         assert_eq!(copy.version(), http::Version::HTTP_2);

@@ -316,10 +316,11 @@ pub(crate) fn encode_request(
     method: &http::Method,
     uri: &http::Uri,
     headers: &http::HeaderMap,
+    added: &[u8],
     body: &[u8],
 ) {
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
-    out.reserve(256 + headers.len() * 32 + body.len());
+    out.reserve(256 + headers.len() * 32 + added.len() + body.len());
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -333,6 +334,8 @@ pub(crate) fn encode_request(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
+    // Headers a layer added as a prepared block (`quartet_policies::head`).
+    out.extend_from_slice(added);
     // As hyper does: a length for any body, and `0` where a body is expected.
     let expects_body = matches!(
         *method,
@@ -637,11 +640,12 @@ mod tests {
             &http::Method::POST,
             &"/p?q=1".parse().unwrap(),
             &headers,
+            b"x-roles: admin\r\n",
             b"hey",
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "POST /p?q=1 HTTP/1.1\r\nhost: a\r\nx-a: 1\r\ncontent-length: 3\r\n\r\nhey"
+            "POST /p?q=1 HTTP/1.1\r\nhost: a\r\nx-a: 1\r\nx-roles: admin\r\ncontent-length: 3\r\n\r\nhey"
         );
         let mut out = Vec::new();
         encode_request(
@@ -649,6 +653,7 @@ mod tests {
             &http::Method::GET,
             &"/".parse().unwrap(),
             &map(&[]),
+            b"",
             b"",
         );
         assert_eq!(String::from_utf8(out).unwrap(), "GET / HTTP/1.1\r\n\r\n");
@@ -658,6 +663,7 @@ mod tests {
             &http::Method::PUT,
             &"/x".parse().unwrap(),
             &map(&[]),
+            b"",
             b"",
         );
         assert_eq!(

@@ -46,6 +46,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
+use quartet_policies::head::AddedHeaders;
 use std::cell::Cell;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -149,11 +150,15 @@ impl H1Pool {
     /// Sends `req` (origin-form URI, `Host` set) on a pooled or new connection.
     pub async fn send(
         &self,
-        mut req: http::Request<ProxyBody>,
+        req: http::Request<ProxyBody>,
     ) -> Result<http::Response<ProxyBody>, SendError> {
         if let Some(body) = in_memory_body(&req) {
             return self.send_direct(req, body).await;
         }
+        // hyper writes the head from the map: the added headers go in it.
+        let (mut parts, body) = req.into_parts();
+        AddedHeaders::apply_from(&mut parts.extensions, &mut parts.headers);
+        let mut req = http::Request::from_parts(parts, body);
         let shard = this_shard();
         loop {
             let (mut sender, reused) = match self.inner.checkout(shard) {
@@ -183,8 +188,19 @@ impl H1Pool {
     ) -> Result<http::Response<ProxyBody>, SendError> {
         let shard = this_shard();
         let (parts, _) = req.into_parts();
+        let added = parts
+            .extensions
+            .get::<AddedHeaders>()
+            .map_or(&[][..], |a| a.wire());
         let mut wire = Vec::new();
-        h1::encode_request(&mut wire, &parts.method, &parts.uri, &parts.headers, &body);
+        h1::encode_request(
+            &mut wire,
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            added,
+            &body,
+        );
         // Let the other requests this thread has ready go first, so their writes reach
         // the upstream together and it serves them in one wake-up (as happened when
         // hyper's connection tasks wrote after the requests' tasks had run).

@@ -301,3 +301,52 @@ async fn the_upstreams_mistakes_are_errors_not_panics() {
         );
     }
 }
+
+/// A holder of one prepared header block, as a validated token is.
+struct Block(quartet_policies::head::HeaderBlock);
+
+impl quartet_policies::head::HoldsHeaderBlocks for Block {
+    fn header_block(&self, _: usize) -> &quartet_policies::head::HeaderBlock {
+        &self.0
+    }
+}
+
+#[tokio::test]
+async fn added_headers_reach_the_upstream_on_either_way_of_sending() {
+    use quartet_policies::head::{AddedHeaders, HeaderBlock};
+    let up = Raw::start(vec![Answer::Keep(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    )])
+    .await;
+    let ep = up.endpoint();
+    let block = Arc::new(Block(HeaderBlock::new(vec![
+        (
+            http::HeaderName::from_static("x-roles"),
+            http::HeaderValue::from_static("admin,member"),
+        ),
+        (
+            http::HeaderName::from_static("x-user-id"),
+            http::HeaderValue::from_static("u1"),
+        ),
+    ])));
+    // In memory: written by the direct exchange, after the request's own headers.
+    let mut req = buffered("PUT", "/a", b"{}");
+    req.extensions_mut()
+        .insert(AddedHeaders::new(block.clone(), 0));
+    call(&ep, req).await.unwrap();
+    // A body not held in memory: hyper writes the head, from the map.
+    let mut req = http::Request::builder()
+        .method("PUT")
+        .uri("/b")
+        .header("host", "api.example")
+        .body(full(Bytes::from_static(b"{}")))
+        .unwrap();
+    req.extensions_mut().insert(AddedHeaders::new(block, 0));
+    call(&ep, req).await.unwrap();
+    for n in 0..2 {
+        let req = up.request(n).to_lowercase();
+        assert_eq!(req.matches("x-roles: admin,member\r\n").count(), 1, "{req}");
+        assert_eq!(req.matches("x-user-id: u1\r\n").count(), 1, "{req}");
+        assert!(req.ends_with("\r\n\r\n{}"), "{req}");
+    }
+}

@@ -134,9 +134,10 @@ fn benches(c: &mut Criterion) {
         b.to_async(&rt).iter(|| {
             let layer = layer.clone();
             let mut headers = template.clone();
+            let mut extensions = http::Extensions::new();
             async move {
-                let decision = layer.decide(&mut headers).await;
-                black_box((decision, headers))
+                let decision = layer.decide(&mut headers, &mut extensions).await;
+                black_box((decision, headers, extensions))
             }
         })
     });

@@ -108,10 +108,15 @@ impl Guard {
         let Some(require) = &self.require else {
             return Err(Refused::Unavailable);
         };
-        let (decision, identity) = match require.decide_cached(&mut parts.headers) {
-            Some(decided) => decided,
-            None => require.decide(&mut parts.headers).await,
-        };
+        let (decision, identity) =
+            match require.decide_cached(&mut parts.headers, &mut parts.extensions) {
+                Some(decided) => decided,
+                None => {
+                    require
+                        .decide(&mut parts.headers, &mut parts.extensions)
+                        .await
+                }
+            };
         self.conclude(parts, decision, identity)
     }
 
@@ -122,7 +127,8 @@ impl Guard {
         let Some(require) = &self.require else {
             return Some(Err(Refused::Unavailable));
         };
-        let (decision, identity) = require.decide_cached(&mut parts.headers)?;
+        let (decision, identity) =
+            require.decide_cached(&mut parts.headers, &mut parts.extensions)?;
         Some(self.conclude(parts, decision, identity))
     }
 

@@ -168,31 +168,23 @@ pub fn set_user_headers(headers: &mut HeaderMap, token: &TokenInfo) {
     build_user_headers(headers, token);
 }
 
-/// [`set_user_headers`] for a token that no longer changes (a validated token, shared in
-/// an `Arc` by the cache): the headers are built on first use and kept with the token,
-/// the ones set apart from the ones removed, so a request pays one insert per header set
-/// (room for all of them reserved at once) and one removal per header left unset.
-pub fn set_user_headers_cached(headers: &mut HeaderMap, token: &TokenInfo) {
-    let prepared = token.forward_headers.user.get_or_init(|| {
-        let mut built = HeaderMap::new();
-        build_user_headers(&mut built, token);
-        let mut prepared = super::token::UserHeaders::default();
-        for name in user_header_names().filter_map(|n| header_name(&n)) {
-            match built.get(&name) {
-                Some(value) => prepared.set.push((name, value.clone())),
-                None => prepared.unset.push(name),
-            }
+/// The headers [`set_user_headers`] sets for `token` (and `X-Service-Catalog` when
+/// `catalog`), as one block a request can point at ([`crate::head`]). The headers it
+/// would remove are not in it: every one of them is among [`REMOVED_HEADERS`], gone from
+/// the request before a token is looked at.
+pub(crate) fn user_header_block(token: &TokenInfo, catalog: bool) -> crate::head::HeaderBlock {
+    let mut built = HeaderMap::new();
+    build_user_headers(&mut built, token);
+    let mut pairs: Vec<(HeaderName, HeaderValue)> = user_header_names()
+        .filter_map(|n| header_name(&n))
+        .filter_map(|name| built.get(&name).cloned().map(|value| (name, value)))
+        .collect();
+    if catalog && !token.catalog.is_empty() {
+        if let Ok(value) = HeaderValue::from_bytes(v2_catalog_json(&token.catalog).as_bytes()) {
+            pairs.push((SERVICE_CATALOG, value));
         }
-        prepared
-    });
-    // The catalog and the identity status come next to these: room for them too.
-    headers.reserve(prepared.set.len() + 2);
-    for name in &prepared.unset {
-        headers.remove(name);
     }
-    for (name, value) in &prepared.set {
-        headers.insert(name.clone(), value.clone());
-    }
+    crate::head::HeaderBlock::new(pairs)
 }
 
 /// Every header [`build_user_headers`] sets or removes.
@@ -249,25 +241,6 @@ pub fn set_service_catalog_header(headers: &mut HeaderMap, token: &TokenInfo) {
         X_SERVICE_CATALOG,
         Some(&v2_catalog_json(&token.catalog)),
     );
-}
-
-/// [`set_service_catalog_header`] for a token that no longer changes: the JSON is built
-/// on first use and kept with the token.
-pub fn set_service_catalog_header_cached(headers: &mut HeaderMap, token: &TokenInfo) {
-    let value = token.forward_headers.catalog.get_or_init(|| {
-        if token.catalog.is_empty() {
-            return None;
-        }
-        HeaderValue::from_bytes(v2_catalog_json(&token.catalog).as_bytes()).ok()
-    });
-    match value {
-        Some(v) => {
-            headers.insert(SERVICE_CATALOG, v.clone());
-        }
-        None => {
-            headers.remove(SERVICE_CATALOG);
-        }
-    }
 }
 
 fn set_auth_headers(headers: &mut HeaderMap, token: &TokenInfo, prefix: &str) {

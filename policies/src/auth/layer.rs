@@ -28,13 +28,14 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE, WWW_AUTHENTICATE};
-use http::{Request, Response, StatusCode};
+use http::{Extensions, Request, Response, StatusCode};
 use tower::{Layer, Service};
 
 use super::cache::TokenCache;
 use super::headers::{self, REMOVED_HEADERS};
 use super::token::TokenInfo;
 use super::validator::{ValidateError, Validator};
+use crate::head::AddedHeaders;
 
 /// What a route asks of its callers (`auth = "required" | "delay" | "none"`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -125,15 +126,25 @@ impl RequireTokenLayer {
     }
 
     /// Runs steps 1 to 6 on a request's headers: the decision, without a service behind.
-    pub async fn decide(&self, headers: &mut HeaderMap) -> (Decision, Identity) {
-        decide(&self.shared, headers).await
+    /// The user token's headers are not inserted into `headers`: they go into `extensions`
+    /// as [`AddedHeaders`], which the sender must honour ([`crate::head`]).
+    pub async fn decide(
+        &self,
+        headers: &mut HeaderMap,
+        extensions: &mut Extensions,
+    ) -> (Decision, Identity) {
+        decide(&self.shared, headers, extensions).await
     }
 
     /// [`decide`](Self::decide) when it needs no validator (no service token, and the
     /// user token's answer is in the token cache: the common case), without a future;
     /// `None` when a validator must be asked: then call `decide` with the same headers.
-    pub fn decide_cached(&self, headers: &mut HeaderMap) -> Option<(Decision, Identity)> {
-        decide_cached(&self.shared, headers)
+    pub fn decide_cached(
+        &self,
+        headers: &mut HeaderMap,
+        extensions: &mut Extensions,
+    ) -> Option<(Decision, Identity)> {
+        decide_cached(&self.shared, headers, extensions)
     }
 }
 
@@ -170,16 +181,21 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
         let shared = self.shared.clone();
         // The clone that was polled ready serves this request (tower's clone-swap).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let (decision, identity) = decide(&shared, request.headers_mut()).await;
+            let (mut parts, body) = request.into_parts();
+            let (decision, identity) =
+                decide(&shared, &mut parts.headers, &mut parts.extensions).await;
             match decision {
                 Decision::Forward => {
-                    request.extensions_mut().insert(identity);
+                    // The service behind may be anything: the headers go in the map.
+                    AddedHeaders::apply_from(&mut parts.extensions, &mut parts.headers);
+                    parts.extensions.insert(identity);
+                    let request = Request::from_parts(parts, body);
                     let mut response = inner.call(request).await?;
                     if response.status() == StatusCode::UNAUTHORIZED {
                         if let Some(value) = &shared.www_authenticate {
@@ -252,7 +268,11 @@ async fn check(shared: &Shared, token: &str, allow_expired: bool) -> Check {
 /// The decision when the cache alone gives it, with nothing to wait for: no service
 /// token, and the user token (if any) answered by the cache. `None`: a validator must be
 /// asked ([`decide`] does). Either way the spoofed headers have been removed.
-fn decide_cached(shared: &Shared, headers: &mut HeaderMap) -> Option<(Decision, Identity)> {
+fn decide_cached(
+    shared: &Shared,
+    headers: &mut HeaderMap,
+    extensions: &mut Extensions,
+) -> Option<(Decision, Identity)> {
     headers::remove_auth_headers(headers);
     debug_assert!(REMOVED_HEADERS.iter().all(|h| !headers.contains_key(*h)));
     if shared.config.mode == AuthMode::None {
@@ -277,16 +297,22 @@ fn decide_cached(shared: &Shared, headers: &mut HeaderMap) -> Option<(Decision, 
         user,
         service: None,
     };
-    Some(finish(shared, headers, identity, None))
+    Some(finish(shared, headers, extensions, identity, None))
 }
 
-async fn decide(shared: &Shared, headers: &mut HeaderMap) -> (Decision, Identity) {
-    if let Some(decided) = decide_cached(shared, headers) {
+async fn decide(
+    shared: &Shared,
+    headers: &mut HeaderMap,
+    extensions: &mut Extensions,
+) -> (Decision, Identity) {
+    if let Some(decided) = decide_cached(shared, headers, extensions) {
         return decided;
     }
     // The headers are borrowed (not copied) while the validators are asked.
     match validate(shared, headers).await {
-        Ok((identity, service_valid)) => finish(shared, headers, identity, service_valid),
+        Ok((identity, service_valid)) => {
+            finish(shared, headers, extensions, identity, service_valid)
+        }
         Err(decision) => (decision, Identity::default()),
     }
 }
@@ -338,6 +364,7 @@ async fn validate(
 fn finish(
     shared: &Shared,
     headers: &mut HeaderMap,
+    extensions: &mut Extensions,
     identity: Identity,
     service_valid: Option<bool>,
 ) -> (Decision, Identity) {
@@ -352,10 +379,15 @@ fn finish(
         return (Decision::Unauthorized, Identity::default());
     }
     if let Some(user) = &identity.user {
-        // `user` is the cache's shared, unchanging token: its headers are built once.
-        headers::set_user_headers_cached(headers, user);
-        if config.include_service_catalog {
-            headers::set_service_catalog_header_cached(headers, user);
+        // `user` is the cache's unchanging token: its headers are built once, as a block
+        // the request points at.
+        let added = AddedHeaders::new(user.clone(), usize::from(config.include_service_catalog));
+        if identity.service.is_some() {
+            // The service headers below overwrite some of the user's (keystonemiddleware
+            // sets `OpenStack-System-Scope` for either): keep its order, in the map.
+            added.apply(headers);
+        } else {
+            extensions.insert(added);
         }
     }
     if let Some(service) = &identity.service {

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use tower::{Layer, Service, ServiceExt};
 
 use super::*;
+use crate::head::AddedHeaders;
 
 const VALIDATE_BODY: &str =
     include_str!("../../tests/data/keystone-jws-validate-response-body.json");
@@ -472,24 +473,39 @@ async fn decide_cached_only_when_no_validator_is_needed() {
         }
         h
     };
+    let mut ext = http::Extensions::new();
     // Not cached yet: the validator must be asked; the spoofed header is gone anyway.
     let mut h = headers_of(&[("x-auth-token", "user"), ("X-User-Id", "spoofed")]);
-    assert!(layer.decide_cached(&mut h).is_none());
+    assert!(layer.decide_cached(&mut h, &mut ext).is_none());
     assert!(h.get("x-user-id").is_none());
-    let (decision, _) = layer.decide(&mut h).await;
+    let (decision, _) = layer.decide(&mut h, &mut ext).await;
     assert_eq!(decision, Decision::Forward);
+    // The user's headers come as a block to add, not in the map.
+    assert!(h.get("x-user-id").is_none());
+    let added = ext.get::<AddedHeaders>().expect("the user headers").clone();
+    AddedHeaders::apply_from(&mut ext, &mut h);
+    assert_eq!(h["x-user-id"], "4a2b6010d52842ac81b8e0ef29169188");
+    let wire = String::from_utf8(added.wire().to_vec()).unwrap();
+    assert!(
+        wire.contains("x-user-id: 4a2b6010d52842ac81b8e0ef29169188\r\n"),
+        "{wire}"
+    );
     // Cached: decided at once, with the same headers as the validated request got.
     let mut again = headers_of(&[("x-auth-token", "user"), ("X-User-Id", "spoofed")]);
-    let (decision, identity) = layer.decide_cached(&mut again).unwrap();
+    let mut again_ext = http::Extensions::new();
+    let (decision, identity) = layer.decide_cached(&mut again, &mut again_ext).unwrap();
     assert_eq!(decision, Decision::Forward);
     assert!(identity.user.is_some());
+    AddedHeaders::apply_from(&mut again_ext, &mut again);
     assert_eq!(again, h);
     // No token: 401 at once.
-    let (decision, _) = layer.decide_cached(&mut HeaderMap::new()).unwrap();
+    let (decision, _) = layer
+        .decide_cached(&mut HeaderMap::new(), &mut http::Extensions::new())
+        .unwrap();
     assert_eq!(decision, Decision::Unauthorized);
     // A service token always goes to `decide`.
     let mut h = headers_of(&[("x-auth-token", "user"), ("x-service-token", "svc")]);
-    assert!(layer.decide_cached(&mut h).is_none());
+    assert!(layer.decide_cached(&mut h, &mut ext).is_none());
     assert_eq!(table.calls(), 1);
 }
 

@@ -97,17 +97,11 @@ pub struct TokenInfo {
 /// part of a token's equality, and not copied by `clone` (a copy may be changed).
 #[derive(Debug, Default)]
 pub struct ForwardHeaders {
-    pub(crate) user: std::sync::OnceLock<UserHeaders>,
-    pub(crate) catalog: std::sync::OnceLock<Option<http::HeaderValue>>,
     /// [`TokenInfo::credentials`], for the access rules.
     pub(crate) credentials: std::sync::OnceLock<crate::access::Credentials>,
-}
-
-/// The user headers of one token, ready to apply: those set, and those left unset.
-#[derive(Debug, Default)]
-pub(crate) struct UserHeaders {
-    pub(crate) set: Vec<(http::HeaderName, http::HeaderValue)>,
-    pub(crate) unset: Vec<http::HeaderName>,
+    /// The user headers as a block a request points at ([`crate::head`]): without
+    /// (index 0) and with (index 1) `X-Service-Catalog`.
+    pub(crate) blocks: [std::sync::OnceLock<crate::head::HeaderBlock>; 2],
 }
 
 impl PartialEq for ForwardHeaders {
@@ -121,6 +115,15 @@ impl Eq for ForwardHeaders {}
 impl Clone for ForwardHeaders {
     fn clone(&self) -> Self {
         Self::default()
+    }
+}
+
+/// A token's user header blocks: index 0 without `X-Service-Catalog`, 1 with it (when the
+/// token has a catalog). Built on first use.
+impl crate::head::HoldsHeaderBlocks for TokenInfo {
+    fn header_block(&self, index: usize) -> &crate::head::HeaderBlock {
+        self.forward_headers.blocks[index & 1]
+            .get_or_init(|| crate::auth::headers::user_header_block(self, index & 1 == 1))
     }
 }
 
