@@ -120,7 +120,10 @@ mod front {
     }
 
     thread_local! {
-        pub(super) static FRONT: RefCell<HashMap<(u64, Key), Entry>> = RefCell::new(HashMap::new());
+        /// By cache id, then by the token itself: a hit costs a hash of the token, not
+        /// its SHA-256 (the shared map's key).
+        pub(super) static FRONT: RefCell<HashMap<u64, HashMap<Box<str>, Entry>>> =
+            RefCell::new(HashMap::new());
     }
 }
 
@@ -150,11 +153,11 @@ impl TokenCache {
     }
 
     /// This thread's copy of a valid answer for `key`, if it is still good at `now`.
-    fn front_get(&self, key: &Key, now: Instant) -> Option<Arc<TokenInfo>> {
+    fn front_get(&self, token: &str, now: Instant) -> Option<Arc<TokenInfo>> {
         let generation = self.generation.load(Ordering::Acquire);
         front::FRONT.with(|front| {
             let front = front.borrow();
-            let entry = front.get(&(self.id, *key))?;
+            let entry = front.get(&self.id)?.get(token)?;
             (entry.generation == generation && entry.deadline > now).then(|| entry.info.clone())
         })
     }
@@ -163,7 +166,7 @@ impl TokenCache {
     /// `generation`, until `deadline`. Returns the copy.
     fn front_put(
         &self,
-        key: Key,
+        token: &str,
         info: &TokenInfo,
         deadline: Instant,
         generation: u64,
@@ -172,11 +175,11 @@ impl TokenCache {
         let copy = Arc::new(info.clone());
         front::FRONT.with(|front| {
             let mut front = front.borrow_mut();
-            if front.len() >= front::MAX_ENTRIES {
+            if front.values().map(HashMap::len).sum::<usize>() >= front::MAX_ENTRIES {
                 front.clear();
             }
-            front.insert(
-                (self.id, key),
+            front.entry(self.id).or_default().insert(
+                token.into(),
                 front::Entry {
                     info: copy.clone(),
                     deadline,
@@ -199,18 +202,17 @@ impl TokenCache {
     /// validator, or `None` when it would have to ask (or wait for a validation under
     /// way). Never calls the validator, never waits.
     pub fn cached(&self, token: &str) -> Option<Outcome> {
-        let key = key(token);
         let now = Instant::now();
-        if let Some(info) = self.front_get(&key, now) {
+        if let Some(info) = self.front_get(token, now) {
             return Some(still_valid(Ok(info), SystemTime::now()));
         }
-        self.shared_hit(key, now)
+        self.shared_hit(token, key(token), now)
             .map(|outcome| still_valid(outcome, SystemTime::now()))
     }
 
     /// A live `Ready` entry of the shared map; a valid one is also copied to this
     /// thread's front.
-    fn shared_hit(&self, key: Key, now: Instant) -> Option<Outcome> {
+    fn shared_hit(&self, token: &str, key: Key, now: Instant) -> Option<Outcome> {
         let (outcome, deadline, generation) = {
             let state = self.state();
             match state.slots.get(&key) {
@@ -225,7 +227,7 @@ impl TokenCache {
             }
         };
         Some(match outcome {
-            Ok(info) => Ok(self.front_put(key, &info, deadline, generation)),
+            Ok(info) => Ok(self.front_put(token, &info, deadline, generation)),
             refused => refused,
         })
     }
@@ -363,12 +365,12 @@ impl TokenCache {
     /// token sharing one validation. Expired tokens are refused even if a validator
     /// confirmed them.
     pub async fn get_or_validate(&self, token: &str, validator: Arc<dyn Validator>) -> Outcome {
-        let key = key(token);
         let now = Instant::now();
-        if let Some(info) = self.front_get(&key, now) {
+        if let Some(info) = self.front_get(token, now) {
             return still_valid(Ok(info), SystemTime::now());
         }
-        if let Some(outcome) = self.shared_hit(key, now) {
+        let key = key(token);
+        if let Some(outcome) = self.shared_hit(token, key, now) {
             return still_valid(outcome, SystemTime::now());
         }
         let (flight, shared) = {
