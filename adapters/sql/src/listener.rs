@@ -458,7 +458,10 @@ async fn accept_loop<F, Fut>(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            // Every session that ended since the last turn, in one wake-up.
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {
+                while tasks.try_join_next().is_some() {}
+            }
             () = async { parking.as_mut()?.turn(&mut woken).await; Some(()) }
                 .map(|o| o.unwrap_or(())), if parking.is_some() => {
                 for client in woken.drain(..) {

@@ -1248,28 +1248,29 @@ fn watch_sql_prepare(pinned: &mut bool, sql: &[u8]) {
 fn sql_prepare_effect(sql: &[u8]) -> Option<bool> {
     let sql = sql.split(|b| *b == 0).next().unwrap_or_default();
     let mut effect = None;
+    // Runs on every query in transaction mode: words are compared in place, nothing
+    // is allocated.
+    let is = |w: &[u8], k: &[u8]| w.eq_ignore_ascii_case(k);
     for stmt in sql.split(|b| *b == b';') {
-        let words: Vec<Vec<u8>> = leading_words(stmt, 3)
-            .iter()
-            .map(|w| w.to_ascii_lowercase())
-            .collect();
-        let words: Vec<&[u8]> = words.iter().map(Vec::as_slice).collect();
-        match words.as_slice() {
-            [b"prepare", ..] => effect = Some(true),
-            [b"deallocate", b"all", ..]
-            | [b"deallocate", b"prepare", b"all"]
-            | [b"discard", b"all", ..] => effect = Some(false),
-            _ => {}
+        let [a, b, c] = leading_words(stmt);
+        if is(a, b"prepare") {
+            effect = Some(true);
+        } else if (is(a, b"deallocate") && (is(b, b"all") || (is(b, b"prepare") && is(c, b"all"))))
+            || (is(a, b"discard") && is(b, b"all"))
+        {
+            effect = Some(false);
         }
     }
     effect
 }
 
-/// The first `n` words of a statement, after whitespace and comments.
-fn leading_words(stmt: &[u8], n: usize) -> Vec<&[u8]> {
-    let mut words = Vec::new();
+/// The first three words of a statement, after whitespace and comments (empty where
+/// the statement has fewer).
+fn leading_words(stmt: &[u8]) -> [&[u8]; 3] {
+    let mut words: [&[u8]; 3] = [&[]; 3];
+    let mut n = 0;
     let mut i = 0;
-    while i < stmt.len() && words.len() < n {
+    while i < stmt.len() && n < words.len() {
         match stmt[i] {
             c if c.is_ascii_whitespace() => i += 1,
             b'-' if stmt.get(i + 1) == Some(&b'-') => {
@@ -1289,7 +1290,8 @@ fn leading_words(stmt: &[u8], n: usize) -> Vec<&[u8]> {
                 while i < stmt.len() && (stmt[i].is_ascii_alphanumeric() || stmt[i] == b'_') {
                     i += 1;
                 }
-                words.push(&stmt[start..i]);
+                words[n] = &stmt[start..i];
+                n += 1;
             }
             _ => break,
         }
@@ -1299,8 +1301,7 @@ fn leading_words(stmt: &[u8], n: usize) -> Vec<&[u8]> {
 
 /// Whether a simple query may drop the server's prepared statements.
 fn mentions_discard(body: &[u8]) -> bool {
-    let lower = body.to_ascii_lowercase();
-    let has = |w: &[u8]| lower.windows(w.len()).any(|x| x == w);
+    let has = |w: &[u8]| body.windows(w.len()).any(|x| x.eq_ignore_ascii_case(w));
     has(b"discard") || has(b"deallocate")
 }
 
