@@ -107,7 +107,9 @@ impl Parking {
         #[allow(deprecated)] // as in `new`
         match AsyncFd::with_interest(fd.into_inner(), tokio::io::Interest::READABLE) {
             Ok(fd) => self.poll = Some(fd),
-            Err(e) => tracing::error!(error = %e, "cannot watch the idle clients' epoll set: parking stops"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch the idle clients' epoll set: parking stops")
+            }
         }
     }
 
@@ -176,11 +178,10 @@ impl Parking {
         };
         let i = self.free.pop().unwrap_or(self.slots.len());
         let fd = client.fd();
-        let registered = poll.get_ref().registry().register(
-            &mut SourceFd(&fd),
-            Token(i),
-            Interest::READABLE,
-        );
+        let registered =
+            poll.get_ref()
+                .registry()
+                .register(&mut SourceFd(&fd), Token(i), Interest::READABLE);
         match registered {
             Ok(()) => {
                 if i == self.slots.len() {
