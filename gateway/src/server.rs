@@ -379,8 +379,11 @@ fn sql_thread(
     run: impl Future<Output = ()> + Send + 'static,
     done: tokio::sync::oneshot::Sender<()>,
 ) -> Result<(), RunError> {
+    // Sockets and timers only: the signal and process drivers (signals are the main
+    // runtime's) would be looked at on every turn of this one.
     let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
+        .enable_io()
+        .enable_time()
         .build()
         .map_err(RunError::Runtime)?;
     std::thread::Builder::new()
