@@ -141,7 +141,9 @@ for r in $(seq 1 "$ROUNDS"); do
 done
 
 if [ "$ROUNDS" -gt 0 ]; then
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END { if (NR == 0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
+# (`grep -v` fails on no input: with pipefail and -e, a way whose every run failed
+# would end the script before the table.)
+median() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -g | awk '{a[NR]=$1} END { if (NR == 0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a == "nan" || b == "nan") print "-"; else printf "%.2f", a/b}'; }
 echo
 echo "median of $ROUNDS rounds, pgbench -T $DURATION, pool size $POOL, $(nproc) cores"

@@ -204,6 +204,8 @@ pub struct Server {
     grace_period: Duration,
     /// Bound at start, served until shutdown, never rebound (see `crate::sql`).
     sql: Vec<quartet_sql::SqlListener>,
+    /// Where the SQL listeners run (`[sql] runtime`).
+    sql_runtime: quartet_sql::SqlRuntime,
 }
 
 impl Server {
@@ -218,6 +220,7 @@ impl Server {
         };
         // Bound before the first build, which registers their breakers and faults.
         let sql = crate::sql::bind(&loaded.config, &shared).await?;
+        let sql_runtime = loaded.config.sql.runtime;
         let app = App::build(loaded.config, &shared)?;
         let public = Public::bind(server_cfg.listen, server_cfg.runtime).map_err(|source| {
             RunError::Bind {
@@ -243,6 +246,7 @@ impl Server {
             source: loaded.source,
             grace_period: server_cfg.grace_period,
             sql,
+            sql_runtime,
         })
     }
 
@@ -276,19 +280,27 @@ impl Server {
         });
         let graceful = GracefulShutdown::new();
         let (sql_stop, sql_stopped) = tokio::sync::watch::channel(false);
-        let sql_tasks: Vec<_> = self
-            .sql
-            .into_iter()
-            .map(|listener| {
-                let mut stopped = sql_stopped.clone();
-                tokio::spawn(listener.run_with_grace(
-                    async move {
-                        let _ = stopped.wait_for(|s| *s).await;
-                    },
-                    self.grace_period,
-                ))
-            })
-            .collect();
+        let mut sql_tasks = Vec::with_capacity(self.sql.len());
+        for (i, listener) in self.sql.into_iter().enumerate() {
+            let mut stopped = sql_stopped.clone();
+            let run = listener.run_with_grace(
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+                self.grace_period,
+            );
+            let (done, finished) = tokio::sync::oneshot::channel::<()>();
+            match self.sql_runtime {
+                quartet_sql::SqlRuntime::Shared => {
+                    tokio::spawn(async move {
+                        run.await;
+                        let _ = done.send(());
+                    });
+                }
+                quartet_sql::SqlRuntime::OwnThread => sql_thread(i, run, done)?,
+            }
+            sql_tasks.push(finished);
+        }
         let (shared_public, cores) = match self.public {
             Public::Shared(listener) => (Some(listener), None),
             Public::PerCore(listeners) => (
@@ -358,6 +370,32 @@ impl Server {
         floor.abort();
         Ok(())
     }
+}
+
+/// Runs one SQL listener on a thread of its own with a single-threaded runtime
+/// (`[sql] runtime = "own_thread"`); `done` is told when it has stopped and drained.
+fn sql_thread(
+    index: usize,
+    run: impl Future<Output = ()> + Send + 'static,
+    done: tokio::sync::oneshot::Sender<()>,
+) -> Result<(), RunError> {
+    // Sockets and timers only: the signal and process drivers (signals are the main
+    // runtime's) would be looked at on every turn of this one.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(RunError::Runtime)?;
+    std::thread::Builder::new()
+        .name(format!("quartet-sql-{index}"))
+        .spawn(move || {
+            runtime.block_on(run);
+            // Dropping the runtime here ends what the grace period left open.
+            drop(runtime);
+            let _ = done.send(());
+        })
+        .map_err(RunError::Runtime)?;
+    Ok(())
 }
 
 /// Accepts on the listener, or never when there is none.

@@ -352,6 +352,17 @@ pool_mode = "transaction"
     }
 
     #[test]
+    fn runtime_is_own_thread_unless_shared_is_asked() {
+        let (config, _) = parse(BASE, "t.toml", no_env).unwrap();
+        assert_eq!(config.sql.runtime, quartet_sql::SqlRuntime::OwnThread);
+        let src = format!("[sql]\nruntime = \"shared\"\n{BASE}");
+        let (config, _) = parse(&src, "t.toml", no_env).unwrap();
+        assert_eq!(config.sql.runtime, quartet_sql::SqlRuntime::Shared);
+        let src = format!("[sql]\nruntime = \"per_core\"\n{BASE}");
+        assert!(parse(&src, "t.toml", no_env).is_err());
+    }
+
+    #[test]
     fn unknown_policy_is_named_with_its_line() {
         let src = format!("{BASE}policy = \"nope\"\n");
         let e = parse(&src, "t.toml", no_env).unwrap_err();

@@ -9,7 +9,24 @@ use std::time::Duration;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SqlSpec {
+    /// Where the listeners' clients are served (see [`SqlRuntime`]).
+    pub runtime: SqlRuntime,
     pub listeners: Vec<ListenerSpec>,
+}
+
+/// `[sql] runtime`: where each listener runs its accept loop, sessions and pools.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SqlRuntime {
+    /// A thread of its own per listener, with a single-threaded tokio runtime, as
+    /// PgBouncer is one process with one thread: a session's client and server sockets,
+    /// the pool and the timers stay on one thread, with no work stealing and no
+    /// wake-ups of another worker (measured in bench/README.md, SQL, fourth round).
+    #[default]
+    OwnThread,
+    /// The gateway's shared multi-threaded runtime: the sessions of one listener spread
+    /// over every core, at the price of the wake-ups between its workers.
+    Shared,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

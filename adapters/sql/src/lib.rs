@@ -24,7 +24,9 @@ pub mod pg;
 pub mod pool;
 pub mod tls;
 
-pub use config::{AuthMethod, ListenerSpec, PoolMode, Role, SqlSpec, TlsSpec, UserSpec};
+pub use config::{
+    AuthMethod, ListenerSpec, PoolMode, Role, SqlRuntime, SqlSpec, TlsSpec, UserSpec,
+};
 pub use listener::{
     serve, ListenerState, MysqlListener, PgListener, SqlContext, SqlError, SqlHandle, SqlListener,
 };

@@ -392,6 +392,19 @@ async fn bind_socket(spec: &ListenerSpec) -> Result<(TcpListener, SocketAddr), S
     Ok((listener, local))
 }
 
+/// The listening socket, registered with the reactor of the runtime this is called on:
+/// a listener is bound on the gateway's runtime and may be served on a thread of its
+/// own (`[sql] runtime`), whose reactor must be the one that wakes its accept loop.
+fn listen_here(listener: TcpListener) -> Option<TcpListener> {
+    match listener.into_std().and_then(TcpListener::from_std) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve the sql listener on this runtime");
+            None
+        }
+    }
+}
+
 /// What a client holds until it ends or is dropped (at shutdown): its place under
 /// `max_clients` and its count in the clients gauge. It moves with a parked client.
 pub(crate) struct ClientGuard {
@@ -445,7 +458,10 @@ async fn accept_loop<F, Fut>(
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            // Every session that ended since the last turn, in one wake-up.
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {
+                while tasks.try_join_next().is_some() {}
+            }
             () = async { parking.as_mut()?.turn(&mut woken).await; Some(()) }
                 .map(|o| o.unwrap_or(())), if parking.is_some() => {
                 for client in woken.drain(..) {
@@ -676,6 +692,13 @@ impl PgListener {
         let HandleKind::Postgres(shared) = self.handle.kind.clone() else {
             return;
         };
+        let Some(listener) = listen_here(self.listener) else {
+            return;
+        };
+        let mut parking = self.parking;
+        if let Some(p) = parking.as_mut() {
+            p.watch_here();
+        }
         let mut background = JoinSet::new();
         for i in 0..shared.backends.list.len() {
             background.spawn(health_loop(
@@ -708,13 +731,13 @@ impl PgListener {
             codec::error_response(Severity::Fatal, "53300", "sorry, too many clients already")
                 .to_vec();
         accept_loop(
-            self.listener,
+            listener,
             self.handle.clients.clone(),
             background,
             refusal,
             shared.metrics.clone(),
             move |stream, guard| client::handle(shared.clone(), stream, guard),
-            self.parking,
+            parking,
             shutdown,
             grace,
         )
@@ -794,6 +817,9 @@ impl MysqlListener {
         let HandleKind::Mysql(backends) = self.handle.kind.clone() else {
             return;
         };
+        let Some(listener) = listen_here(self.listener) else {
+            return;
+        };
         let mut background = JoinSet::new();
         for i in 0..backends.list.len() {
             background.spawn(mysql::health_loop(
@@ -807,7 +833,7 @@ impl MysqlListener {
         // ER_CON_COUNT_ERROR, as a MySQL server says it.
         let refusal = mysql::err_packet(1040, "08004", "Too many connections");
         accept_loop(
-            self.listener,
+            listener,
             self.handle.clients.clone(),
             background,
             refusal,

@@ -64,14 +64,14 @@ impl ParkSender {
 
 /// The table of parked clients and the epoll set that watches their sockets.
 pub(crate) struct Parking {
-    poll: AsyncFd<Poll>,
+    /// The epoll set, watched by the runtime it was registered with. `None`: it failed,
+    /// and clients are no longer parked but handed back at once.
+    poll: Option<AsyncFd<Poll>>,
     events: Events,
     slots: Vec<Option<ParkedBox>>,
     free: Vec<usize>,
     parked: Arc<AtomicUsize>,
     rx: mpsc::UnboundedReceiver<ParkedBox>,
-    /// The epoll set failed: clients are no longer parked, but handed back at once.
-    broken: bool,
 }
 
 impl Parking {
@@ -87,15 +87,30 @@ impl Parking {
         let (tx, rx) = mpsc::unbounded_channel();
         let parked = Arc::new(AtomicUsize::new(0));
         let parking = Self {
-            poll,
+            poll: Some(poll),
             events: Events::with_capacity(256),
             slots: Vec::new(),
             free: Vec::new(),
             parked: parked.clone(),
             rx,
-            broken: false,
         };
         Ok((parking, ParkSender { tx, parked }))
+    }
+
+    /// Registers the epoll set with the runtime this is called on (the listener may be
+    /// bound on one runtime and served on another): a wake-up then comes from the
+    /// runtime that serves the clients. Called before any client is parked.
+    pub fn watch_here(&mut self) {
+        let Some(fd) = self.poll.take() else {
+            return;
+        };
+        #[allow(deprecated)] // as in `new`
+        match AsyncFd::with_interest(fd.into_inner(), tokio::io::Interest::READABLE) {
+            Ok(fd) => self.poll = Some(fd),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot watch the idle clients' epoll set: parking stops")
+            }
+        }
     }
 
     /// Clients parked right now.
@@ -107,9 +122,17 @@ impl Parking {
     /// clients became readable (they are taken out and pushed onto `woken`, to be
     /// resumed). Cancel safe: dropped while waiting, nothing is lost.
     pub async fn turn(&mut self, woken: &mut Vec<ParkedBox>) {
+        let Some(poll) = self.poll.as_mut() else {
+            // Parking stopped: a session that asks is handed back at once.
+            match self.rx.recv().await {
+                Some(client) => woken.push(client),
+                None => std::future::pending().await,
+            }
+            return;
+        };
         tokio::select! {
             Some(client) = self.rx.recv() => self.insert(client, woken),
-            ready = self.poll.readable_mut() => {
+            ready = poll.readable_mut() => {
                 let mut guard = match ready {
                     Ok(g) => g,
                     Err(e) => return self.fail(&e, woken),
@@ -133,11 +156,12 @@ impl Parking {
                 let tokens: Vec<usize> = self.events.iter().map(|e| e.token().0).collect();
                 for i in tokens {
                     if let Some(client) = self.slots.get_mut(i).and_then(Option::take) {
-                        let _ = self
-                            .poll
-                            .get_ref()
-                            .registry()
-                            .deregister(&mut SourceFd(&client.fd()));
+                        if let Some(poll) = &self.poll {
+                            let _ = poll
+                                .get_ref()
+                                .registry()
+                                .deregister(&mut SourceFd(&client.fd()));
+                        }
                         self.free.push(i);
                         self.parked.fetch_sub(1, Ordering::Relaxed);
                         woken.push(client);
@@ -148,17 +172,16 @@ impl Parking {
     }
 
     fn insert(&mut self, client: ParkedBox, woken: &mut Vec<ParkedBox>) {
-        if self.broken {
+        let Some(poll) = &self.poll else {
             woken.push(client);
             return;
-        }
+        };
         let i = self.free.pop().unwrap_or(self.slots.len());
         let fd = client.fd();
-        let registered = self.poll.get_ref().registry().register(
-            &mut SourceFd(&fd),
-            Token(i),
-            Interest::READABLE,
-        );
+        let registered =
+            poll.get_ref()
+                .registry()
+                .register(&mut SourceFd(&fd), Token(i), Interest::READABLE);
         match registered {
             Ok(()) => {
                 if i == self.slots.len() {
@@ -182,7 +205,7 @@ impl Parking {
     /// clients are no longer parked.
     fn fail(&mut self, e: &std::io::Error, woken: &mut Vec<ParkedBox>) {
         tracing::error!(error = %e, "the idle clients' epoll set failed: parking stops");
-        self.broken = true;
+        self.poll = None;
         for client in self.slots.drain(..).flatten() {
             woken.push(client);
         }

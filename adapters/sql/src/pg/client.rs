@@ -75,6 +75,12 @@ impl ClientStream {
     /// `poll_read_ready` (the waker sits in tokio's slot for the socket), not
     /// `readable()`, whose future carries a waiter node: that future is part of every
     /// idle client's task.
+    ///
+    /// The read itself is `poll_read`, not `try_read_buf`: a read that does not fill
+    /// the buffer has emptied the socket, and `poll_read` then clears tokio's readiness,
+    /// so the next wait sleeps at once; `try_read_buf` keeps the readiness, and every
+    /// message cost one more `recvfrom` that failed with `EAGAIN` (strace under
+    /// `pgbench -S`: one per transaction).
     async fn read_some(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
         let room = |buf: &mut BytesMut| {
             if buf.capacity() - buf.len() < 4096 {
@@ -82,14 +88,11 @@ impl ClientStream {
             }
         };
         match self {
-            ClientStream::Plain(s) => loop {
+            ClientStream::Plain(s) => {
                 std::future::poll_fn(|cx| s.poll_read_ready(cx)).await?;
                 room(buf);
-                match s.try_read_buf(buf) {
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                    other => return other,
-                }
-            },
+                s.read_buf(buf).await
+            }
             other => {
                 room(buf);
                 other.read_buf(buf).await
@@ -275,6 +278,11 @@ async fn open(shared: Arc<Shared>, stream: TcpStream) -> Option<Session> {
     let buf = if buf.is_empty() { BytesMut::new() } else { buf };
     let mut session = Session::new(shared, pool, stream, buf);
     if let Err(e) = session.start(&login).await {
+        // The client has not been told `AuthenticationOk` yet: it would go out with the
+        // startup's last messages.
+        if !matches!(e, ClientError::Io(_)) {
+            let _ = session.client.send(&codec::auth_ok()).await;
+        }
         session.fatal(&e).await;
         session.close().await;
         return None;
@@ -442,7 +450,7 @@ async fn authenticate(
                 .await?;
         }
     }
-    stream.send(&codec::auth_ok()).await?;
+    // `AuthenticationOk` goes out with the rest of the startup (`Session::start`).
     Ok(())
 }
 
@@ -611,10 +619,13 @@ impl Session {
     }
 
     /// The end of startup: a server connection (so a client whose backend is down hears
-    /// it now), its parameters, Quartet's own key, `ReadyForQuery`.
+    /// it now), then `AuthenticationOk`, the server's parameters, Quartet's own key and
+    /// `ReadyForQuery` in one write, as PgBouncer does (a separate `AuthenticationOk`
+    /// was one more `sendto` and one more wake-up of the client per connection).
     async fn start(&mut self, login: &Login) -> Result<(), ClientError> {
         self.checkout().await?;
         let mut out = BytesMut::with_capacity(512);
+        out.extend_from_slice(&codec::auth_ok());
         if let Some(lease) = &self.lease {
             for (k, v) in &lease.conn.params {
                 let v = match k.as_str() {
@@ -1237,28 +1248,29 @@ fn watch_sql_prepare(pinned: &mut bool, sql: &[u8]) {
 fn sql_prepare_effect(sql: &[u8]) -> Option<bool> {
     let sql = sql.split(|b| *b == 0).next().unwrap_or_default();
     let mut effect = None;
+    // Runs on every query in transaction mode: words are compared in place, nothing
+    // is allocated.
+    let is = |w: &[u8], k: &[u8]| w.eq_ignore_ascii_case(k);
     for stmt in sql.split(|b| *b == b';') {
-        let words: Vec<Vec<u8>> = leading_words(stmt, 3)
-            .iter()
-            .map(|w| w.to_ascii_lowercase())
-            .collect();
-        let words: Vec<&[u8]> = words.iter().map(Vec::as_slice).collect();
-        match words.as_slice() {
-            [b"prepare", ..] => effect = Some(true),
-            [b"deallocate", b"all", ..]
-            | [b"deallocate", b"prepare", b"all"]
-            | [b"discard", b"all", ..] => effect = Some(false),
-            _ => {}
+        let [a, b, c] = leading_words(stmt);
+        if is(a, b"prepare") {
+            effect = Some(true);
+        } else if (is(a, b"deallocate") && (is(b, b"all") || (is(b, b"prepare") && is(c, b"all"))))
+            || (is(a, b"discard") && is(b, b"all"))
+        {
+            effect = Some(false);
         }
     }
     effect
 }
 
-/// The first `n` words of a statement, after whitespace and comments.
-fn leading_words(stmt: &[u8], n: usize) -> Vec<&[u8]> {
-    let mut words = Vec::new();
+/// The first three words of a statement, after whitespace and comments (empty where
+/// the statement has fewer).
+fn leading_words(stmt: &[u8]) -> [&[u8]; 3] {
+    let mut words: [&[u8]; 3] = [&[]; 3];
+    let mut n = 0;
     let mut i = 0;
-    while i < stmt.len() && words.len() < n {
+    while i < stmt.len() && n < words.len() {
         match stmt[i] {
             c if c.is_ascii_whitespace() => i += 1,
             b'-' if stmt.get(i + 1) == Some(&b'-') => {
@@ -1278,7 +1290,8 @@ fn leading_words(stmt: &[u8], n: usize) -> Vec<&[u8]> {
                 while i < stmt.len() && (stmt[i].is_ascii_alphanumeric() || stmt[i] == b'_') {
                     i += 1;
                 }
-                words.push(&stmt[start..i]);
+                words[n] = &stmt[start..i];
+                n += 1;
             }
             _ => break,
         }
@@ -1288,8 +1301,7 @@ fn leading_words(stmt: &[u8], n: usize) -> Vec<&[u8]> {
 
 /// Whether a simple query may drop the server's prepared statements.
 fn mentions_discard(body: &[u8]) -> bool {
-    let lower = body.to_ascii_lowercase();
-    let has = |w: &[u8]| lower.windows(w.len()).any(|x| x == w);
+    let has = |w: &[u8]| body.windows(w.len()).any(|x| x.eq_ignore_ascii_case(w));
     has(b"discard") || has(b"deallocate")
 }
 
