@@ -182,14 +182,13 @@ impl<IO> Toxic<IO> {
             .map(|d| &d.spec)
     }
 
-    /// Resets, stalls: `Ok(None)` when data may flow `way` now, `Ok(Some(at))` while
+    /// After [`Self::refresh`]: resets, stalls: `Ok(None)` when data may flow `way` now, `Ok(Some(at))` while
     /// stalled (look again at `at`), `Err` once reset. `watch_at` becomes the next reset
     /// deadline, if any, so that a waiting poll is woken for it.
     fn check(&mut self, way: Direction, watch_at: &mut Instant) -> io::Result<Option<Instant>> {
         if self.reset {
             return Err(reset_error());
         }
-        self.refresh();
         let now = Instant::now();
         let mut stalled = false;
         let mut reset = false;
@@ -229,6 +228,31 @@ impl<IO> Toxic<IO> {
         }
     }
 
+    /// Before returning `Pending` for `way` with no toxic acting on the connection: makes
+    /// sure the task looks at the handle again within [`IDLE_RECHECK`]. A watch that has
+    /// not fired yet is kept as it is (it may fire early; the next poll looks again and
+    /// sets a new one), so a busy connection does not move a timer on every wait.
+    fn idle_watch(&mut self, way: Direction, cx: &mut Context<'_>) {
+        let watch = match way {
+            Direction::Upstream => &mut self.write_watch,
+            _ => &mut self.read_watch,
+        };
+        let sleep = match watch {
+            Some(sleep) if !sleep.is_elapsed() => sleep,
+            Some(sleep) => {
+                sleep.as_mut().reset(later(Instant::now(), IDLE_RECHECK));
+                sleep
+            }
+            None => watch.insert(Box::pin(tokio::time::sleep_until(later(
+                Instant::now(),
+                IDLE_RECHECK,
+            )))),
+        };
+        if sleep.as_mut().poll(cx).is_ready() {
+            cx.waker().wake_by_ref();
+        }
+    }
+
     /// Polls `inner` for `way` with the resets and stalls applied, and a watch timer set
     /// whenever it has to wait.
     fn gated<T>(
@@ -237,6 +261,19 @@ impl<IO> Toxic<IO> {
         cx: &mut Context<'_>,
         inner: impl FnOnce(&mut Self, &mut Context<'_>) -> Poll<io::Result<T>>,
     ) -> Poll<io::Result<T>> {
+        if self.reset {
+            return Poll::Ready(Err(reset_error()));
+        }
+        self.refresh();
+        if !self.drawn.iter().any(|d| d.applies) {
+            // No toxic acts on this connection (the common case): no clock, and the idle
+            // watch is left where it is while it has not fired.
+            let polled = inner(self, cx);
+            if polled.is_pending() {
+                self.idle_watch(way, cx);
+            }
+            return polled;
+        }
         let mut watch_at = later(Instant::now(), IDLE_RECHECK);
         match self.check(way, &mut watch_at) {
             Err(e) => return Poll::Ready(Err(e)),
