@@ -10,6 +10,7 @@
 #
 #   bash bench/sql.sh                         # 3 rounds of 10 s per way and case
 #   ROUNDS=1 DURATION=5 IDLE=2000 bash bench/sql.sh
+#   IDLE=0 bash bench/sql.sh                  # throughput only, no memory measurement
 #   ROUNDS=0 QUARTET=/tmp/quartet-before bash bench/sql.sh   # memory only, a given binary
 #   SETTLE=3: seconds between the idle clients' login and the reading of VmRSS
 #   PARK_AFTER=0s: Quartet's client_park_after ("0s": idle clients are never parked)
@@ -173,6 +174,7 @@ idle_rss() {
   wait "$IDLER_PID" 2>/dev/null || true
   echo "$before $after"
 }
+if [ "$IDLE" -eq 0 ]; then exit 0; fi   # IDLE=0: no memory measurement
 echo
 read -r pb_before pb_after < <(idle_rss "$PGB" "$PGB_PID")
 read -r q_before q_after < <(idle_rss "$QRT" "$QRT_PID")
