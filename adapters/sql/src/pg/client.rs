@@ -21,7 +21,7 @@ use crate::config::{AuthMethod, PoolMode};
 use crate::listener::{ClientGuard, Shared};
 use crate::park::Parked;
 use crate::pool::{Lease, Pool};
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::future::{BoxFuture, Either};
 use futures_util::FutureExt;
 use std::collections::{BTreeMap, VecDeque};
@@ -947,22 +947,34 @@ impl Session {
                 _ => run += h.size,
             }
         }
-        if run > 0 {
+        // Nothing rewritten (the common case): the frames go to the server straight from
+        // the client's buffer, with no chunk list and no shared copy of the buffer.
+        let direct = run > 0 && out.is_empty();
+        if run > 0 && !direct {
             out.push(self.cbuf.split_to(run).freeze());
+        }
+        if direct || !out.is_empty() {
+            let Some(l) = self.lease.as_mut() else {
+                return Err(ClientError::ServerLost);
+            };
+            let sent = if direct {
+                match l.conn.stream.write_all(&self.cbuf[..run]).await {
+                    Ok(()) => l.conn.stream.flush().await,
+                    Err(e) => Err(e),
+                }
+            } else {
+                write_chunks(&mut l.conn.stream, out).await
+            };
+            if sent.is_err() {
+                self.lease = None;
+                return Err(ClientError::ServerLost);
+            }
+            if direct {
+                self.cbuf.advance(run);
+            }
         }
         if goodbye {
             self.cbuf.clear();
-        }
-        if !out.is_empty() {
-            match self.lease.as_mut() {
-                Some(l) => {
-                    if write_chunks(&mut l.conn.stream, out).await.is_err() {
-                        self.lease = None;
-                        return Err(ClientError::ServerLost);
-                    }
-                }
-                None => return Err(ClientError::ServerLost),
-            }
         }
         Ok(!goodbye)
     }
@@ -1129,6 +1141,18 @@ impl Session {
                     }
                 }
                 _ => run += h.size,
+            }
+        }
+        if run > 0 && out.is_empty() && !broken {
+            // The common case, nothing replaced: what the client's socket takes at once
+            // goes straight from the server's buffer. The server is released before any
+            // wait on the client, so a slow client never holds it: the rest, if any, is
+            // copied out below.
+            if let ClientStream::Plain(tcp) = &self.client {
+                if let Ok(n) = tcp.try_write(&buf[..run]) {
+                    buf.advance(n);
+                    run -= n;
+                }
             }
         }
         if run > 0 {
