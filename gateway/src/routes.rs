@@ -21,11 +21,25 @@ use std::sync::Arc;
 use std::time::Instant;
 use tower::ServiceExt;
 
-/// Facts about the client connection, set on every request by the server loop.
-#[derive(Clone, Copy, Debug)]
+/// Facts about the client connection. The server loop hands them to [`serve`] with each
+/// request, and sets them as a request extension where something else reads them (the
+/// routers, and the token guard on a TLS connection).
+#[derive(Clone, Debug)]
 pub struct ConnInfo {
     pub remote: SocketAddr,
     pub tls: bool,
+    /// The client's IP as `X-Forwarded-For` writes it, made once per connection.
+    pub client_ip: http::HeaderValue,
+}
+
+impl ConnInfo {
+    pub fn new(remote: SocketAddr, tls: bool) -> Self {
+        Self {
+            remote,
+            tls,
+            client_ip: proxy::client_ip_value(remote),
+        }
+    }
 }
 
 /// The public router of one built config.
@@ -46,12 +60,15 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 /// The first route (host-specific first, then longest prefix) matching `host` and `path`.
 pub fn find_route<'a>(routes: &'a [Route], host: Option<&str>, path: &str) -> Option<&'a Route> {
-    let host = host.map(crate::config::normalize_host);
+    // Normalized only when a route names a host (most configs have none).
+    let mut normalized: Option<Option<String>> = None;
     routes.iter().find(|r| {
-        let host_ok = match (&r.host, &host) {
-            (None, _) => true,
-            (Some(want), Some(got)) => want == got,
-            (Some(_), None) => false,
+        let host_ok = match &r.host {
+            None => true,
+            Some(want) => normalized
+                .get_or_insert_with(|| host.map(crate::config::normalize_host))
+                .as_ref()
+                .is_some_and(|got| want == got),
         };
         host_ok && prefix_matches(&r.prefix, path)
     })
@@ -76,14 +93,13 @@ fn strip_uri(uri: &http::Uri, prefix: &str) -> Result<http::Uri, http::Error> {
     Ok(http::Uri::from_parts(parts)?)
 }
 
-fn request_host<B>(req: &Request<B>) -> Option<String> {
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
     if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_string());
+        return Some(a.as_str());
     }
     req.headers()
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(String::from)
 }
 
 fn content_length<B>(req: &Request<B>) -> Option<u64> {
@@ -95,20 +111,20 @@ fn content_length<B>(req: &Request<B>) -> Option<u64> {
 
 fn client_facts<B>(req: &Request<B>) -> ConnInfo {
     if let Some(info) = req.extensions().get::<ConnInfo>() {
-        return *info;
+        return info.clone();
     }
     let remote = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|c| c.0)
         .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-    ConnInfo { remote, tls: false }
+    ConnInfo::new(remote, false)
 }
 
 /// What the access log line reports besides the request and the status.
 #[derive(Default)]
-struct Facts {
-    upstream: Option<String>,
+struct Facts<'a> {
+    upstream: Option<&'a str>,
     call: Option<Arc<CallInfo>>,
 }
 
@@ -119,26 +135,30 @@ pub fn needs_router(path: &str) -> bool {
 }
 
 async fn handle(State(built): State<Arc<Built>>, req: Request<Body>) -> Response<Body> {
-    serve(built, req).await
+    let conn = client_facts(&req);
+    serve(built, req, conn).await
 }
 
 /// Serves one request of the public listener that is not a native one: the RPC bridge,
 /// the identity API, or a REST route.
-pub async fn serve(built: Arc<Built>, req: Request<Body>) -> Response<Body> {
+pub async fn serve(built: Arc<Built>, req: Request<Body>, conn: ConnInfo) -> Response<Body> {
     let start = Instant::now();
     let request_id = proxy::request_id(req.headers());
+    let rid = proxy::request_id_str(&request_id);
     let method = req.method().clone();
-    let path = req.uri().path().to_string();
+    // The access line's path, taken only when the line is written.
+    let path = tracing::enabled!(target: "quartet::access", tracing::Level::INFO)
+        .then(|| req.uri().path().to_string());
     let mut facts = Facts::default();
 
     // The RPC channel first: `POST /rpc/{topic}` and the `[[rpc.routes]]`.
-    let result = match crate::rpc::intercept(&built, req, &request_id).await {
+    let result = match crate::rpc::intercept(&built, req, rid).await {
         Ok(result) => result,
-        Err(req) => forward(&built, req, &request_id, &mut facts).await,
+        Err(req) => forward(&built, req, conn, &request_id, &mut facts).await,
     };
     let resp = match result {
         Ok(resp) => resp,
-        Err(err) => error::into_response(err.as_ref(), Some(&request_id)),
+        Err(err) => error::into_response(err.as_ref(), Some(rid)),
     };
 
     let (attempts, endpoint) = match &facts.call {
@@ -150,12 +170,12 @@ pub async fn serve(built: Arc<Built>, req: Request<Body>) -> Response<Body> {
     };
     tracing::info!(
         target: "quartet::access",
-        request_id = %request_id,
+        request_id = rid,
         method = %method,
-        path = %path,
+        path = path.as_deref().unwrap_or("-"),
         status = resp.status().as_u16(),
         duration_ms = start.elapsed().as_micros() as f64 / 1000.0,
-        upstream = facts.upstream.as_deref().unwrap_or("-"),
+        upstream = facts.upstream.unwrap_or("-"),
         endpoint = endpoint.as_deref().unwrap_or("-"),
         attempts,
         "request"
@@ -163,18 +183,19 @@ pub async fn serve(built: Arc<Built>, req: Request<Body>) -> Response<Body> {
     resp
 }
 
-async fn forward(
-    built: &Built,
+async fn forward<'a>(
+    built: &'a Built,
     mut req: Request<Body>,
-    request_id: &str,
-    facts: &mut Facts,
+    conn: ConnInfo,
+    request_id: &http::HeaderValue,
+    facts: &mut Facts<'a>,
 ) -> Result<Response<Body>, BoxError> {
     let host = request_host(&req);
-    if crate::identity::serves_v3(built, host.as_deref(), req.uri().path()) {
+    if crate::identity::serves_v3(built, host, req.uri().path()) {
         return crate::identity::serve_v3(built, req).await;
     }
-    let route = find_route(&built.rest.routes, host.as_deref(), req.uri().path()).ok_or(NoRoute)?;
-    facts.upstream = Some(route.upstream.clone());
+    let route = find_route(&built.rest.routes, host, req.uri().path()).ok_or(NoRoute)?;
+    facts.upstream = Some(&route.upstream);
 
     let limit = built.config.server.max_body_bytes;
     if content_length(&req).is_some_and(|len| len > limit) {
@@ -183,7 +204,6 @@ async fn forward(
 
     // Taken before the request is sent on: the client's side of a WebSocket upgrade.
     let client_upgrade = proxy::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-    let conn = client_facts(&req);
 
     let (mut parts, body) = req.into_parts();
     if route.strip_prefix {
@@ -193,7 +213,7 @@ async fn forward(
     let body = limited(body, usize::try_from(limit).unwrap_or(usize::MAX));
     let mut req = Request::from_parts(parts, body);
     let fwd = Forwarded {
-        client_addr: conn.remote,
+        client_ip: conn.client_ip,
         proto: if conn.tls { "https" } else { "http" },
     };
     proxy::prepare_request(&mut req, &fwd, request_id);

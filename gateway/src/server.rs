@@ -331,7 +331,7 @@ impl Server {
                     Ok((stream, remote)) => {
                         let router = admin_router.clone();
                         let watcher = graceful.watcher();
-                        tokio::spawn(serve_connection(TokioIo::new(stream), ConnInfo { remote, tls: false }, Handler::Fixed(router), watcher));
+                        tokio::spawn(serve_connection(TokioIo::new(stream), ConnInfo::new(remote, false), Handler::Fixed(router), watcher));
                     }
                     Err(err) => accept_error(err).await,
                 },
@@ -529,7 +529,7 @@ fn spawn_public(
             None => {
                 serve_connection(
                     TokioIo::new(stream),
-                    ConnInfo { remote, tls: false },
+                    ConnInfo::new(remote, false),
                     Handler::Current(app),
                     watcher,
                 )
@@ -540,7 +540,7 @@ fn spawn_public(
                     Ok(Ok(tls_stream)) => {
                         serve_connection(
                             TokioIo::new(tls_stream),
-                            ConnInfo { remote, tls: true },
+                            ConnInfo::new(remote, true),
                             Handler::Current(app),
                             watcher,
                         )
@@ -569,21 +569,32 @@ async fn serve_connection<I>(io: I, conn: ConnInfo, handler: Handler, watcher: W
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let remote = conn.remote;
     let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
-        req.extensions_mut().insert(conn);
-        let req = req.map(Body::new);
         match &handler {
             // The proxy path skips the router: its only routes are the native ones, and
-            // everything else is its fallback anyway.
+            // everything else is its fallback anyway. It gets the connection's facts
+            // directly; the extension is set only where something reads it (the routers,
+            // and the token guard, for a TLS connection).
             Handler::Current(app) => {
                 let app = app.load();
                 if crate::routes::needs_router(req.uri().path()) {
-                    Either::Left(app.router.clone().oneshot(req))
+                    req.extensions_mut().insert(conn.clone());
+                    Either::Left(app.router.clone().oneshot(req.map(Body::new)))
                 } else {
-                    Either::Right(crate::routes::serve(app.built.clone(), req).map(Ok))
+                    if conn.tls {
+                        req.extensions_mut().insert(conn.clone());
+                    }
+                    let req = req.map(Body::new);
+                    Either::Right(
+                        crate::routes::serve(app.built.clone(), req, conn.clone()).map(Ok),
+                    )
                 }
             }
-            Handler::Fixed(router) => Either::Left(router.clone().oneshot(req)),
+            Handler::Fixed(router) => {
+                req.extensions_mut().insert(conn.clone());
+                Either::Left(router.clone().oneshot(req.map(Body::new)))
+            }
         }
     });
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -595,7 +606,7 @@ where
     builder.http2().timer(TokioTimer::new());
     let connection = builder.serve_connection_with_upgrades(io, service);
     if let Err(err) = watcher.watch(connection).await {
-        tracing::debug!(client = %conn.remote, error = %crate::error::Chain(err.as_ref()), "connection closed with an error");
+        tracing::debug!(client = %remote, error = %crate::error::Chain(err.as_ref()), "connection closed with an error");
     }
 }
 

@@ -24,9 +24,18 @@ use std::net::SocketAddr;
 /// Facts about the client connection the forwarded headers need.
 #[derive(Clone, Debug)]
 pub struct Forwarded {
-    pub client_addr: SocketAddr,
+    /// The client's address as `X-Forwarded-For` writes it (see [`client_ip_value`]).
+    pub client_ip: http::HeaderValue,
     /// `"http"` or `"https"`.
     pub proto: &'static str,
+}
+
+/// The client's IP as a header value, made once per connection: cloning it for each
+/// request is a reference count, where formatting the address was an allocation.
+pub fn client_ip_value(addr: SocketAddr) -> http::HeaderValue {
+    let text = addr.ip().to_string();
+    http::HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("unknown"))
 }
 
 pub const REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-openstack-request-id");
@@ -53,34 +62,40 @@ const HOP_BY_HOP: [http::HeaderName; 9] = [
 
 /// The client's `X-OpenStack-Request-ID` when it is a valid `req-<uuid>` (as
 /// oslo.middleware accepts it: any UUID version, in its lowercase hyphenated form), else a
-/// new `req-<uuid4>`.
-pub fn request_id(headers: &http::HeaderMap) -> String {
-    headers
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| is_valid_request_id(v))
-        .map(str::to_owned)
-        .unwrap_or_else(new_request_id)
+/// new `req-<uuid4>`. A header value, so that the request and the response share it.
+pub fn request_id(headers: &http::HeaderMap) -> http::HeaderValue {
+    match headers.get(REQUEST_ID) {
+        Some(v) if v.to_str().is_ok_and(is_valid_request_id) => v.clone(),
+        _ => new_request_id(),
+    }
 }
 
 /// A new `req-<uuid4>`. The random bits come from the thread's RNG (`rand`), not from
 /// `Uuid::new_v4`, which asks the kernel (a `getrandom` system call) for each id.
-fn new_request_id() -> String {
+fn new_request_id() -> http::HeaderValue {
     let id = uuid::Builder::from_random_bytes(rand::random()).into_uuid();
-    let mut out = String::with_capacity(40);
-    out.push_str("req-");
-    out.push_str(
-        id.hyphenated()
-            .encode_lower(&mut uuid::Uuid::encode_buffer()),
-    );
-    out
+    let mut out = [0u8; 40];
+    out[..4].copy_from_slice(b"req-");
+    id.hyphenated().encode_lower(&mut out[4..]);
+    // `req-` and a hyphenated UUID are visible ASCII.
+    http::HeaderValue::from_bytes(&out).unwrap_or_else(|_| http::HeaderValue::from_static("req-"))
+}
+
+/// The text of a request id made by [`request_id`] (always visible ASCII).
+pub fn request_id_str(id: &http::HeaderValue) -> &str {
+    id.to_str().unwrap_or("-")
 }
 
 /// `req-` followed by a UUID in lowercase hyphenated form.
 pub fn is_valid_request_id(id: &str) -> bool {
-    id.strip_prefix("req-").is_some_and(|rest| {
-        uuid::Uuid::try_parse(rest).is_ok_and(|u| u.hyphenated().to_string() == rest)
-    })
+    let Some(rest) = id.strip_prefix("req-") else {
+        return false;
+    };
+    rest.len() == 36
+        && rest.bytes().enumerate().all(|(i, b)| match i {
+            8 | 13 | 18 | 23 => b == b'-',
+            _ => b.is_ascii_digit() || (b'a'..=b'f').contains(&b),
+        })
 }
 
 /// Removes hop-by-hop headers (except `Upgrade`/`Connection: upgrade` on an upgrade
@@ -89,7 +104,11 @@ pub fn is_valid_request_id(id: &str) -> bool {
 /// `TE: trailers` is kept (HTTP/2 allows it, gRPC needs it); any other `TE` goes.
 /// `X-Forwarded-Host` is the client's `Host`, or the URI's authority (an HTTP/2 client's
 /// `:authority`).
-pub fn prepare_request<B>(req: &mut http::Request<B>, fwd: &Forwarded, request_id: &str) {
+pub fn prepare_request<B>(
+    req: &mut http::Request<B>,
+    fwd: &Forwarded,
+    request_id: &http::HeaderValue,
+) {
     let upgrade = is_upgrade(req);
     let te_trailers = req
         .headers()
@@ -118,19 +137,24 @@ pub fn prepare_request<B>(req: &mut http::Request<B>, fwd: &Forwarded, request_i
         );
     }
 
-    let client_ip = fwd.client_addr.ip().to_string();
-    let mut xff: Vec<u8> = Vec::new();
-    for v in headers.get_all(X_FORWARDED_FOR) {
-        let v = v.as_bytes().trim_ascii();
-        if !v.is_empty() {
-            xff.extend_from_slice(v);
-            xff.extend_from_slice(b", ");
+    // Appended to what the client sent; most clients send none, and then the value made
+    // once per connection is the whole header.
+    if headers.contains_key(X_FORWARDED_FOR) {
+        let mut xff: Vec<u8> = Vec::new();
+        for v in headers.get_all(X_FORWARDED_FOR) {
+            let v = v.as_bytes().trim_ascii();
+            if !v.is_empty() {
+                xff.extend_from_slice(v);
+                xff.extend_from_slice(b", ");
+            }
         }
-    }
-    xff.extend_from_slice(client_ip.as_bytes());
-    // Valid header bytes, ", " and an IP make a valid header value.
-    if let Ok(xff) = http::HeaderValue::from_bytes(&xff) {
-        headers.insert(X_FORWARDED_FOR, xff);
+        xff.extend_from_slice(fwd.client_ip.as_bytes());
+        // Valid header bytes, ", " and an IP make a valid header value.
+        if let Ok(xff) = http::HeaderValue::from_bytes(&xff) {
+            headers.insert(X_FORWARDED_FOR, xff);
+        }
+    } else {
+        headers.insert(X_FORWARDED_FOR, fwd.client_ip.clone());
     }
     headers.insert(X_FORWARDED_PROTO, http::HeaderValue::from_static(fwd.proto));
     match forwarded_host {
@@ -146,7 +170,7 @@ pub fn prepare_request<B>(req: &mut http::Request<B>, fwd: &Forwarded, request_i
 
 /// Removes hop-by-hop headers from the upstream's response (except on a 101) and sets the
 /// request id.
-pub fn prepare_response<B>(resp: &mut http::Response<B>, request_id: &str) {
+pub fn prepare_response<B>(resp: &mut http::Response<B>, request_id: &http::HeaderValue) {
     if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         remove_hop_by_hop(resp.headers_mut());
     }
@@ -184,31 +208,50 @@ pub async fn tunnel(client: OnUpgrade, upstream: OnUpgrade) {
     }
 }
 
-fn set_request_id(headers: &mut http::HeaderMap, request_id: &str) {
-    match http::HeaderValue::from_str(request_id) {
-        Ok(v) => {
-            headers.insert(REQUEST_ID, v);
-        }
-        Err(_) => tracing::warn!(request_id, "request id is not a valid header value"),
-    }
+fn set_request_id(headers: &mut http::HeaderMap, request_id: &http::HeaderValue) {
+    headers.insert(REQUEST_ID, request_id.clone());
 }
 
 fn remove_hop_by_hop(headers: &mut http::HeaderMap) {
-    // Most messages have none: one pass over the names says so without a lookup each.
-    if !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // Most messages have none or only `Connection` (and `Keep-Alive`): one pass over the
+    // names says which are there, and only those are looked up again.
+    let mut present = 0u16;
+    for k in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
-    let named: Vec<http::HeaderName> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .flat_map(tokens)
-        .filter_map(|t| http::HeaderName::from_bytes(t.as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
+    // `Connection` (bit 0) names more headers to remove; `close` and `keep-alive` are
+    // the usual ones, and `keep-alive` is in the list already.
+    if present & 1 != 0 {
+        let mut close = false;
+        let mut named: Vec<http::HeaderName> = Vec::new();
+        for t in headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .flat_map(tokens)
+        {
+            if t.eq_ignore_ascii_case("close") {
+                close = true;
+            } else if !t.eq_ignore_ascii_case("keep-alive") {
+                named.extend(http::HeaderName::from_bytes(t.as_bytes()).ok());
+            }
+        }
+        if close {
+            // Looked up by `&str`: no name is allocated for it.
+            headers.remove("close");
+        }
+        for name in named {
+            headers.remove(name);
+        }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.into_iter().enumerate() {
+        if present & (1 << i) != 0 {
+            headers.remove(name);
+        }
     }
 }
 
@@ -229,7 +272,7 @@ mod tests {
 
     fn fwd() -> Forwarded {
         Forwarded {
-            client_addr: "192.0.2.7:51000".parse().unwrap(),
+            client_ip: client_ip_value("192.0.2.7:51000".parse().unwrap()),
             proto: "https",
         }
     }
@@ -244,27 +287,40 @@ mod tests {
 
     const ID: &str = "req-3f1c2a7e-9b4d-4c1e-8a2f-0123456789ab";
 
+    fn id() -> http::HeaderValue {
+        http::HeaderValue::from_static(ID)
+    }
+
     #[test]
     fn request_id_kept_only_when_valid() {
         let mut h = http::HeaderMap::new();
         h.insert(REQUEST_ID, ID.parse().unwrap());
         assert_eq!(request_id(&h), ID);
+        let any_version = "req-3f1c2a7e-9b4d-1c1e-8a2f-0123456789ab";
+        h.insert(REQUEST_ID, any_version.parse().unwrap());
+        assert_eq!(request_id(&h), any_version);
 
         for bad in [
             "3f1c2a7e-9b4d-4c1e-8a2f-0123456789ab",
             "req-3F1C2A7E-9B4D-4C1E-8A2F-0123456789AB",
             "req-3f1c2a7e9b4d4c1e8a2f0123456789ab",
             "req-{3f1c2a7e-9b4d-4c1e-8a2f-0123456789ab}",
+            "req-3f1c2a7e-9b4d-4c1e-8a2f-0123456789a",
+            "req-3f1c2a7e-9b4d-4c1e-8a2f-0123456789abc",
+            "req-3f1c2a7e-9b4d-4c1e-8a2f-0123456789ag",
+            "req-3f1c2a7e-9b4d-4c1e-8a2f0-123456789ab",
             "req-not-a-uuid",
             "req-",
             "",
         ] {
+            assert!(!is_valid_request_id(bad), "{bad}");
             h.insert(REQUEST_ID, bad.parse().unwrap());
             let id = request_id(&h);
             assert_ne!(id, bad);
-            assert!(is_valid_request_id(&id), "{id}");
+            assert!(is_valid_request_id(request_id_str(&id)), "{id:?}");
         }
         let fresh = request_id(&http::HeaderMap::new());
+        let fresh = request_id_str(&fresh).to_owned();
         assert!(is_valid_request_id(&fresh), "{fresh}");
         assert_eq!(
             uuid::Uuid::parse_str(&fresh[4..])
@@ -272,7 +328,7 @@ mod tests {
                 .get_version_num(),
             4
         );
-        assert_ne!(fresh, request_id(&http::HeaderMap::new()));
+        assert_ne!(fresh, request_id_str(&request_id(&http::HeaderMap::new())));
     }
 
     #[test]
@@ -293,7 +349,7 @@ mod tests {
             ("x-auth-token", "kept"),
             ("host", "api.example"),
         ]);
-        prepare_request(&mut req, &fwd(), ID);
+        prepare_request(&mut req, &fwd(), &id());
         let h = req.headers();
         for gone in [
             "connection",
@@ -318,10 +374,10 @@ mod tests {
     #[test]
     fn keeps_te_trailers_only() {
         let mut req = get(&[("te", "trailers, deflate")]);
-        prepare_request(&mut req, &fwd(), ID);
+        prepare_request(&mut req, &fwd(), &id());
         assert_eq!(req.headers()[TE], "trailers");
         let mut req = get(&[("te", "deflate;q=0.5")]);
-        prepare_request(&mut req, &fwd(), ID);
+        prepare_request(&mut req, &fwd(), &id());
         assert!(!req.headers().contains_key(TE));
     }
 
@@ -334,7 +390,7 @@ mod tests {
             ("keep-alive", "timeout=5"),
         ]);
         assert!(is_upgrade(&req));
-        prepare_request(&mut req, &fwd(), ID);
+        prepare_request(&mut req, &fwd(), &id());
         let h = req.headers();
         assert_eq!(h[UPGRADE], "websocket");
         assert_eq!(h[CONNECTION], "upgrade");
@@ -363,7 +419,7 @@ mod tests {
     #[test]
     fn sets_forwarded_headers() {
         let mut req = get(&[("host", "api.example:8080")]);
-        prepare_request(&mut req, &fwd(), ID);
+        prepare_request(&mut req, &fwd(), &id());
         let h = req.headers();
         assert_eq!(h["x-forwarded-for"], "192.0.2.7");
         assert_eq!(h["x-forwarded-proto"], "https");
@@ -378,10 +434,10 @@ mod tests {
             ("x-forwarded-proto", "http"),
         ]);
         let v6 = Forwarded {
-            client_addr: "[2001:db8::1]:443".parse().unwrap(),
+            client_ip: client_ip_value("[2001:db8::1]:443".parse().unwrap()),
             proto: "http",
         };
-        prepare_request(&mut req, &v6, ID);
+        prepare_request(&mut req, &v6, &id());
         let h = req.headers();
         assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
         assert_eq!(
@@ -397,7 +453,7 @@ mod tests {
             .version(http::Version::HTTP_2)
             .body(())
             .unwrap();
-        prepare_request(&mut req, &fwd(), ID);
+        prepare_request(&mut req, &fwd(), &id());
         assert_eq!(req.headers()["x-forwarded-host"], "api.example");
     }
 
@@ -407,16 +463,18 @@ mod tests {
             .status(200)
             .header("connection", "close, x-internal")
             .header("x-internal", "1")
+            .header("close", "a header the connection names")
             .header("keep-alive", "timeout=5")
             .header("transfer-encoding", "chunked")
             .header("content-type", "application/json")
             .body(())
             .unwrap();
-        prepare_response(&mut resp, ID);
+        prepare_response(&mut resp, &id());
         let h = resp.headers();
         for gone in [
             "connection",
             "x-internal",
+            "close",
             "keep-alive",
             "transfer-encoding",
         ] {
@@ -431,7 +489,7 @@ mod tests {
             .header("upgrade", "websocket")
             .body(())
             .unwrap();
-        prepare_response(&mut switching, ID);
+        prepare_response(&mut switching, &id());
         assert_eq!(switching.headers()[CONNECTION], "upgrade");
         assert_eq!(switching.headers()[UPGRADE], "websocket");
         assert_eq!(switching.headers()[REQUEST_ID], ID);

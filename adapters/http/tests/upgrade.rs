@@ -11,7 +11,8 @@ use hyper_util::rt::TokioIo;
 use quartet_http::client::HttpClient;
 use quartet_http::endpoint::EndpointService;
 use quartet_http::proxy::{
-    is_upgrade, prepare_request, prepare_response, request_id, tunnel, Forwarded, REQUEST_ID,
+    client_ip_value, is_upgrade, prepare_request, prepare_response, request_id, tunnel, Forwarded,
+    REQUEST_ID,
 };
 use quartet_http::{BoxError, ProxyBody};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -63,7 +64,7 @@ async fn handle(
     let client_upgrade = is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let id = request_id(req.headers());
     let fwd = Forwarded {
-        client_addr,
+        client_ip: client_ip_value(client_addr),
         proto: "http",
     };
     prepare_request(&mut req, &fwd, &id);
