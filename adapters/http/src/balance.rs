@@ -174,6 +174,12 @@ impl Balancer {
 
     /// Steps 1 to 5: the index of the endpoint for this attempt.
     fn pick(&self, info: Option<&CallInfo>) -> Result<usize, BoxError> {
+        // One endpoint (most upstreams): steps 1 to 5 come down to whether its breaker
+        // lets the attempt through, and nothing needs a list. A refusal takes the long
+        // way, for its error.
+        if self.shared.slots.len() == 1 && self.shared.slots[0].allows() {
+            return Ok(0);
+        }
         let mut candidates = self.candidates()?;
         if let Some(info) = info {
             let tried = info.tried.lock().unwrap_or_else(|e| e.into_inner());
@@ -240,10 +246,13 @@ impl Service<http::Request<ProxyBody>> for Balancer {
         if let Some(info) = &info {
             info.attempts.fetch_add(1, Ordering::Relaxed);
             *info.endpoint.lock().unwrap_or_else(|e| e.into_inner()) = Some(slot.name.clone());
-            info.tried
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(index);
+            // With one endpoint there is nowhere else to go: nothing to remember.
+            if self.shared.slots.len() > 1 {
+                info.tried
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(index);
+            }
         }
         let guard = InFlight::new(&slot.in_flight);
         let attempt = slot.service.clone().oneshot(req);

@@ -20,7 +20,8 @@ pub struct CallInfo {
     pub attempts: AtomicU32,
     /// The endpoint (authority) of the last attempt.
     pub endpoint: Mutex<Option<Arc<str>>>,
-    /// Indexes of the endpoints tried, so a retry goes elsewhere when it can.
+    /// Indexes of the endpoints tried, so a retry goes elsewhere when it can (kept only
+    /// when the upstream has more than one endpoint).
     pub tried: Mutex<Vec<usize>>,
 }
 

@@ -62,6 +62,9 @@ pub enum H1Error {
 pub(crate) struct Conn {
     io: TcpStream,
     buf: BytesMut,
+    /// Scratch space of [`Conn::parse_head`]: each header's name and where its value
+    /// lies in the head.
+    fields: Vec<(HeaderName, usize, usize)>,
 }
 
 impl Conn {
@@ -69,6 +72,7 @@ impl Conn {
         Self {
             io,
             buf: BytesMut::new(),
+            fields: Vec::new(),
         }
     }
 
@@ -145,7 +149,9 @@ impl Conn {
             // Names now, values as offsets into the buffer, so they can share its bytes
             // once the head is split off.
             let base = self.buf.as_ptr() as usize;
-            let mut fields = Vec::with_capacity(resp.headers.len());
+            // The connection's scratch list: no allocation per response once it has grown.
+            let mut fields = std::mem::take(&mut self.fields);
+            fields.clear();
             for h in resp.headers.iter() {
                 let name = HeaderName::from_bytes(h.name.as_bytes())
                     .map_err(|_| H1Error::BadHead(format!("header name {:?}", h.name)))?;
@@ -154,11 +160,12 @@ impl Conn {
             }
             let head = self.buf.split_to(len).freeze();
             let mut map = http::HeaderMap::with_capacity(fields.len());
-            for (name, start, end) in fields {
+            for (name, start, end) in fields.drain(..) {
                 let value = HeaderValue::from_maybe_shared(head.slice(start..end))
                     .map_err(|_| H1Error::BadHead(format!("the value of {name}")))?;
                 map.append(name, value);
             }
+            self.fields = fields;
             let framing = framing(method, status, &map)?;
             let keep_alive = keep_alive(version, &map) && framing.reusable();
             return Ok(Some(Head {
