@@ -119,11 +119,20 @@ mod front {
         pub(super) generation: u64,
     }
 
+    /// The tokens' hasher: foldhash, randomly seeded, about six times fewer instructions
+    /// than std's SipHash on a 200-byte token (callgrind). Its resistance to crafted
+    /// collisions is lower than SipHash's; a thread's map holds at most
+    /// [`MAX_ENTRIES`] and is emptied when full, so collisions could cost a lookup at
+    /// most that many comparisons.
+    pub(super) type TokenHasher = foldhash::fast::RandomState;
+
+    /// One cache's copies on this thread, by the token itself.
+    pub(super) type Tokens = HashMap<Box<str>, Entry, TokenHasher>;
+
     thread_local! {
         /// By cache id, then by the token itself: a hit costs a hash of the token, not
         /// its SHA-256 (the shared map's key).
-        pub(super) static FRONT: RefCell<HashMap<u64, HashMap<Box<str>, Entry>>> =
-            RefCell::new(HashMap::new());
+        pub(super) static FRONT: RefCell<HashMap<u64, Tokens>> = RefCell::new(HashMap::new());
     }
 }
 

@@ -143,8 +143,17 @@ pub fn remove_auth_headers(headers: &mut HeaderMap) {
 /// headers (`host`, `accept`, ...) at the first byte.
 fn is_removed(name: &HeaderName) -> bool {
     let name = name.as_str();
-    (name.starts_with("x-") || name.starts_with("openstack-")) && REMOVED_HEADERS.contains(&name)
+    (name.starts_with("x-") || name.starts_with("openstack-"))
+        && REMOVED_SORTED.binary_search(&name).is_ok()
 }
+
+/// [`REMOVED_HEADERS`] in order, for a binary search: five comparisons where a scan of
+/// the list made up to 32 (an `X-Auth-Token` went through all of them).
+static REMOVED_SORTED: std::sync::LazyLock<[&str; 32]> = std::sync::LazyLock::new(|| {
+    let mut sorted = REMOVED_HEADERS;
+    sorted.sort_unstable();
+    sorted
+});
 
 /// `X-Identity-Status: Confirmed | Invalid`.
 pub fn set_identity_status(headers: &mut HeaderMap, valid: bool) {
