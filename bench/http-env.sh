@@ -7,6 +7,8 @@
 # validated once and then served from the token cache).
 #
 # QUARTET_RUNTIME=per_core or multi_thread sets Quartet's `server.runtime` (unset: its default).
+# WRAP="cmd args" starts HAProxy and both Quartets under that command (bench/instructions.sh
+# runs them under callgrind); WAIT_TRIES (default 200) tenths of a second for each port.
 #
 # After sourcing: WAYS (names), PORT[name], PIDS[name] (the processes whose CPU is the
 # way's cost; empty for direct, whose cost is the upstream alone), UP_PIDS (the upstream
@@ -121,15 +123,16 @@ TOML
 
 nginx -p "$WORK/up" -c "$WORK/up/nginx.conf"
 nginx -p "$WORK/px" -c "$WORK/px/nginx.conf"
-haproxy -f "$WORK/haproxy.cfg" -q & bg_pids+=($!)
+read -r -a WRAP_CMD <<<"${WRAP:-}"
+"${WRAP_CMD[@]}" haproxy -f "$WORK/haproxy.cfg" -q >"$WORK/haproxy.log" 2>&1 & bg_pids+=($!)
 HAP_PID=$!
-RUST_LOG=warn "$QUARTET" serve --config "$WORK/quartet.toml" >"$WORK/quartet.log" 2>&1 & bg_pids+=($!)
+RUST_LOG=warn "${WRAP_CMD[@]}" "$QUARTET" serve --config "$WORK/quartet.toml" >"$WORK/quartet.log" 2>&1 & bg_pids+=($!)
 QRT_PID=$!
-QUARTET_ADMIN_PASSWORD=bench-secret RUST_LOG=warn "$QUARTET" serve --config "$WORK/quartet-auth.toml" >"$WORK/quartet-auth.log" 2>&1 & bg_pids+=($!)
+QUARTET_ADMIN_PASSWORD=bench-secret RUST_LOG=warn "${WRAP_CMD[@]}" "$QUARTET" serve --config "$WORK/quartet-auth.toml" >"$WORK/quartet-auth.log" 2>&1 & bg_pids+=($!)
 QAUTH_PID=$!
 
 wait_port() {
-  for _ in $(seq 1 200); do
+  for _ in $(seq 1 "${WAIT_TRIES:-200}"); do
     if curl -s -o /dev/null "http://127.0.0.1:$1/"; then return 0; fi
     sleep 0.1
   done
