@@ -327,7 +327,13 @@ pub(crate) fn encode_request(
     body: &[u8],
 ) {
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
-    out.reserve(256 + headers.len() * 32 + added.len() + body.len());
+    // The whole message at once: a token header alone is longer than a guess per header,
+    // and growing the buffer copies it.
+    let fields: usize = headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    out.reserve(target.len() + fields + added.len() + body.len() + 64);
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
