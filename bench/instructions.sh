@@ -3,8 +3,8 @@
 # Quartet with `auth = "required"`, each under the same wrk load as bench/http.sh, on the
 # same nginx upstream (bench/http-env.sh). Callgrind counts the instructions the proxy
 # process executes in user space, whatever else the machine is doing, so two runs of the
-# same binaries agree to a few percent (the share of idle-loop and wake-up work moves
-# a little with the request rate) where req/s on a 2-core machine moves by 15%.
+# same binaries agree within about 1% (the share of idle-loop and wake-up work moves a
+# little with the request rate) where req/s on a 2-core machine moves by 15%.
 # Use it to see what a change to the request path costs or saves; bench/http.sh is still
 # what says how fast a way is.
 #
@@ -51,7 +51,13 @@ for n in "${WAYS[@]}"; do
   sleep 1
   if grep -q Non-2xx <<<"$out"; then echo "$n: some answers were not 2xx" >&2; exit 1; fi
   reqs=$(awk '/requests in/ {print $1}' <<<"$out")
+  if [ -z "$reqs" ] || [ "$reqs" -eq 0 ]; then
+    echo "$n: wrk got no answers; the proxy's log:" >&2
+    tail -20 "$WORK/$n.log" >&2 2>/dev/null || true
+    exit 1
+  fi
   total=$(dumped_total "$pid")
+  if [ -z "$total" ]; then echo "$n: the callgrind dump of process $pid has no total" >&2; exit 1; fi
   PER_REQ[$n]=$((total / reqs))
   printf '%-13s %9d requests  %14d instructions  %8d per request\n' "$n" "$reqs" "$total" "${PER_REQ[$n]}"
 done
