@@ -141,9 +141,39 @@ impl Pool {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether an idle connection is past its lifetime or its idle timeout: one
+    /// comparison with the deadline [`Pool::put`] worked out.
     fn expired(&self, c: &ServerConn, now: Instant) -> bool {
-        now.duration_since(c.created) >= self.limits.lifetime
-            || now.duration_since(c.last_used) >= self.limits.idle_timeout
+        c.idle_until.is_some_and(|t| now >= t)
+    }
+
+    /// When a connection created at `created` is too old to keep (`None`: never).
+    fn retire_at(&self, created: Instant) -> Option<Instant> {
+        created.checked_add(self.limits.lifetime)
+    }
+
+    /// An idle server connection, at once, when the pool has one and a permit is free;
+    /// `None` otherwise (then [`Pool::get`] waits or connects).
+    /// `now`: the caller's clock reading (the moment the client's message came).
+    pub fn try_get(&self, now: Instant) -> Option<Lease> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        let conn = self.pop_idle(now)?;
+        Some(Lease { conn, permit })
+    }
+
+    /// The most recently used idle connection still fit for use; the others on the way
+    /// are closed.
+    fn pop_idle(&self, now: Instant) -> Option<Box<ServerConn>> {
+        loop {
+            let conn = self.idle().pop()?;
+            if self.expired(&conn, now)
+                || !conn.looks_alive()
+                || !self.backends.usable(conn.backend)
+            {
+                continue;
+            }
+            return Some(conn);
+        }
     }
 
     /// A server connection: an idle one, or a new one when the pool has room; waits
@@ -176,15 +206,8 @@ impl Pool {
                 }
             }
         };
-        let now = Instant::now();
-        loop {
-            let conn = self.idle().pop();
-            match conn {
-                Some(c) if self.expired(&c, now) => drop(c),
-                Some(c) if !c.looks_alive() || !self.backends.usable(c.backend) => drop(c),
-                Some(conn) => return Ok(Lease { conn, permit }),
-                None => break,
-            }
+        if let Some(conn) = self.pop_idle(Instant::now()) {
+            return Ok(Lease { conn, permit });
         }
         let conn = Box::new(self.backends.connect(&self.login).await?);
         Ok(Lease { conn, permit })
@@ -193,10 +216,16 @@ impl Pool {
     /// Gives a server connection back; closes it when it is too old.
     pub fn put(&self, mut lease: Lease) {
         let now = Instant::now();
-        if now.duration_since(lease.conn.created) >= self.limits.lifetime {
+        let retire = self.retire_at(lease.conn.created);
+        if retire.is_some_and(|t| now >= t) {
             return;
         }
         lease.conn.last_used = now;
+        let idle = now.checked_add(self.limits.idle_timeout);
+        lease.conn.idle_until = match (retire, idle) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         self.idle().push(lease.conn);
         drop(lease.permit);
     }

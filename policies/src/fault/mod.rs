@@ -8,6 +8,7 @@ use crate::spec::FaultSpec;
 use crate::{BoxError, Target};
 use arc_swap::ArcSwapOption;
 use futures_util::future::BoxFuture;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use tower::{Layer, Service};
@@ -19,6 +20,9 @@ pub mod toxic;
 pub struct FaultHandle {
     target: Target,
     current: Arc<ArcSwapOption<FaultSpec>>,
+    /// Bumped after every `set`: a reader that polls often (a connection's toxics)
+    /// compares it instead of loading the fault.
+    version: Arc<AtomicU64>,
     metrics: Arc<Metrics>,
 }
 
@@ -27,6 +31,7 @@ impl FaultHandle {
         let h = Self {
             target,
             current: Arc::new(ArcSwapOption::empty()),
+            version: Arc::new(AtomicU64::new(0)),
             metrics,
         };
         h.set(initial);
@@ -39,6 +44,7 @@ impl FaultHandle {
     pub fn set(&self, fault: Option<FaultSpec>) {
         let active = i64::from(fault.is_some());
         self.current.store(fault.map(Arc::new));
+        self.version.fetch_add(1, Ordering::Release);
         self.metrics
             .fault_active
             .with_label_values(&[self.target.channel, &self.target.name])
@@ -51,6 +57,10 @@ impl FaultHandle {
     }
     pub fn get(&self) -> Option<FaultSpec> {
         self.current().map(|f| (*f).clone())
+    }
+    /// Changes whenever the fault is set or cleared (read before [`FaultHandle::current`]).
+    pub fn version(&self) -> u64 {
+        self.version.load(Ordering::Acquire)
     }
     /// The fault set now, without copying it (read on every call).
     pub fn current(&self) -> Option<Arc<FaultSpec>> {

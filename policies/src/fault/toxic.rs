@@ -71,6 +71,9 @@ pub struct Toxic<IO> {
     io: IO,
     handle: FaultHandle,
     seen: Option<Arc<FaultSpec>>,
+    /// The handle's version when `seen` was read: `refresh` compares only this while
+    /// nothing changes (no reference counting per poll).
+    seen_version: u64,
     drawn: Vec<Drawn>,
     reset: bool,
     closed: bool,
@@ -104,6 +107,7 @@ impl<IO> Toxic<IO> {
             io,
             handle,
             seen: None,
+            seen_version: u64::MAX,
             drawn: Vec::new(),
             reset: false,
             closed: false,
@@ -138,6 +142,11 @@ impl<IO> Toxic<IO> {
 
     /// Reads the handle; draws the toxics that are new to this connection.
     fn refresh(&mut self) {
+        let version = self.handle.version();
+        if version == self.seen_version {
+            return;
+        }
+        self.seen_version = version;
         let current = self.handle.current();
         let same = match (&current, &self.seen) {
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),

@@ -597,8 +597,13 @@ impl Session {
     }
 
     async fn checkout(&mut self) -> Result<(), ClientError> {
-        // Boxed: connecting is deep and rare; an idle client's task stays small.
-        let lease = Box::pin(self.pool.get()).await.map_err(|e| {
+        // An idle server connection is taken without a future; waiting or connecting
+        // is boxed: deep and rare, it stays out of the session's futures.
+        let lease = match self.pool.try_get(self.last_client) {
+            Some(lease) => Ok(lease),
+            None => Box::pin(self.pool.get()).await,
+        };
+        let lease = lease.map_err(|e| {
             tracing::debug!(error = %e, "no server connection for client");
             ClientError::Checkout {
                 code: e.sqlstate(),
@@ -661,44 +666,77 @@ impl Session {
         }
     }
 
+    /// The idle loop: waits for the client with no server attached, then serves what it
+    /// sent as one unit of work ([`Session::work`]).
     async fn run(&mut self) -> Result<Next, ClientError> {
         loop {
             let wake = if self.lease.is_some() {
-                // The wait with a server is boxed so that it does not size every idle
-                // client's task.
-                Box::pin(self.wait_active()).await?
+                // Session mode keeps its server: all of it is work.
+                Wake::Client
             } else if self.parkable() {
+                // The read buffer stays while the client is active (it goes when the
+                // session parks): a buffer made anew for every message cost an
+                // allocation of 16 KiB per transaction.
                 match Box::pin(self.wait_idle()).await? {
                     Some(wake) => wake,
                     None => return Ok(Next::Park),
                 }
             } else {
                 // Idle (no server, so no timer either) and not to be parked: only the
-                // client can wake the session, and the smallest future waits for it.
+                // client can wake the session, and the smallest future waits for it,
+                // holding no buffer.
+                if self.cbuf.is_empty() {
+                    self.cbuf = BytesMut::new();
+                }
                 Wake::client(self.client.read_some(&mut self.cbuf).await?)
             };
             match wake {
-                Wake::ClientGone => return Ok(Next::End),
                 Wake::Client => {
-                    self.last_client = Instant::now();
-                    self.fresh = false;
-                    // Boxed, like the other deep awaits here: one small allocation
-                    // per message, against some 200 bytes in every idle task.
-                    if !Box::pin(self.forward_client()).await? {
+                    // Boxed: the deep part (a server, forwarding both ways, timers)
+                    // costs one allocation per unit of work and stays out of the size
+                    // of every idle client's task.
+                    if !Box::pin(self.work()).await? {
                         return Ok(Next::End);
                     }
-                    if self.cbuf.is_empty() {
-                        self.cbuf = BytesMut::new();
+                }
+                Wake::ClientGone => return Ok(Next::End),
+                // Without a server nothing else wakes an idle session.
+                Wake::Server | Wake::ServerLost | Wake::Timer => {}
+            }
+        }
+    }
+
+    /// What the client sent (in the buffer, or session mode's first turn), then both
+    /// ways until the server goes back to the pool. `Ok(false)`: the client is done.
+    async fn work(&mut self) -> Result<bool, ClientError> {
+        let mut wake = if self.cbuf.is_empty() {
+            None
+        } else {
+            Some(Wake::Client)
+        };
+        loop {
+            match wake.take() {
+                Some(Wake::ClientGone) => return Ok(false),
+                Some(Wake::Client) => {
+                    self.last_client = Instant::now();
+                    self.fresh = false;
+                    if !self.forward_client().await? {
+                        return Ok(false);
                     }
                 }
-                Wake::Server => Box::pin(self.forward_server()).await?,
-                Wake::ServerLost => {
+                Some(Wake::Server) => self.forward_server().await?,
+                Some(Wake::ServerLost) => {
                     self.lease = None;
                     self.slot.set(None);
                     return Err(ClientError::ServerLost);
                 }
-                Wake::Timer => self.on_timer().await?,
+                Some(Wake::Timer) => self.on_timer().await?,
+                None => {}
             }
+            if self.lease.is_none() {
+                return Ok(true);
+            }
+            wake = Some(self.wait_active().await?);
         }
     }
 
@@ -723,9 +761,6 @@ impl Session {
                 after
             };
             let due = self.last_client + after;
-            if Instant::now() >= due {
-                return Ok(None);
-            }
             match self.timer.as_mut() {
                 Some(t) if !t.is_elapsed() && t.deadline() <= due => {}
                 Some(t) => t.as_mut().reset(due),
@@ -739,14 +774,22 @@ impl Session {
                 r = self.client.read_some(&mut self.cbuf) => return Ok(Some(Wake::client(r?))),
                 _ = timer.as_mut() => {}
             }
+            // The clock is read only when the timer fired (a due time already past
+            // fires it at once).
+            if Instant::now() >= due {
+                return Ok(None);
+            }
         }
     }
 
     /// Takes the client out of tokio and hands it to the listener's table of parked
     /// clients; it comes back as a task of its own when it sends or closes.
     fn park(mut self, guard: ClientGuard) {
-        // Nothing of a wait is kept while parked.
+        // Nothing of a wait is kept while parked, nor an empty read buffer.
         self.timer = None;
+        if self.cbuf.is_empty() {
+            self.cbuf = BytesMut::new();
+        }
         let Some(parker) = self.shared.parker.clone() else {
             return self.forget_key();
         };
@@ -913,7 +956,8 @@ impl Session {
                         self.sent.push_back(Sent::Sync);
                     }
                     if self.pending == 0 {
-                        self.query_started = Some(Instant::now());
+                        // The clock read when the message came (`work`).
+                        self.query_started = Some(self.last_client);
                         self.cancel_sent = false;
                     }
                     self.pending += 1;
@@ -1270,31 +1314,48 @@ fn watch_sql_prepare(pinned: &mut bool, sql: &[u8]) {
 /// has neither. Statements are split at `;` and their comments skipped; a `;` or a
 /// keyword inside a string literal can only make a client keep its server longer.
 fn sql_prepare_effect(sql: &[u8]) -> Option<bool> {
-    let sql = sql.split(|b| *b == 0).next().unwrap_or_default();
+    let sql = match memchr::memchr(0, sql) {
+        Some(nul) => &sql[..nul],
+        None => sql,
+    };
     let mut effect = None;
-    // Runs on every query in transaction mode: words are compared in place, nothing
-    // is allocated.
+    // Runs on every query in transaction mode: statements are found with `memchr`, and
+    // one whose first word cannot be `PREPARE`, `DEALLOCATE` or `DISCARD` (all begin
+    // with p or d) is not read further. Nothing is allocated.
     let is = |w: &[u8], k: &[u8]| w.eq_ignore_ascii_case(k);
-    for stmt in sql.split(|b| *b == b';') {
-        let [a, b, c] = leading_words(stmt);
-        if is(a, b"prepare") {
-            effect = Some(true);
-        } else if (is(a, b"deallocate") && (is(b, b"all") || (is(b, b"prepare") && is(c, b"all"))))
-            || (is(a, b"discard") && is(b, b"all"))
-        {
-            effect = Some(false);
+    let mut rest = sql;
+    loop {
+        let (stmt, next) = match memchr::memchr(b';', rest) {
+            Some(i) => (&rest[..i], Some(&rest[i + 1..])),
+            None => (rest, None),
+        };
+        let (a, after) = next_word(stmt);
+        if matches!(a.first(), Some(b'p' | b'P' | b'd' | b'D')) {
+            if is(a, b"prepare") {
+                effect = Some(true);
+            } else if is(a, b"deallocate") || is(a, b"discard") {
+                let (b, after) = next_word(after);
+                let all = is(b, b"all")
+                    || (is(a, b"deallocate")
+                        && is(b, b"prepare")
+                        && is(next_word(after).0, b"all"));
+                if all {
+                    effect = Some(false);
+                }
+            }
+        }
+        match next {
+            Some(n) => rest = n,
+            None => return effect,
         }
     }
-    effect
 }
 
-/// The first three words of a statement, after whitespace and comments (empty where
-/// the statement has fewer).
-fn leading_words(stmt: &[u8]) -> [&[u8]; 3] {
-    let mut words: [&[u8]; 3] = [&[]; 3];
-    let mut n = 0;
+/// The next word of a statement after whitespace and comments, and what follows it
+/// (an empty word where there is none).
+fn next_word(stmt: &[u8]) -> (&[u8], &[u8]) {
     let mut i = 0;
-    while i < stmt.len() && n < words.len() {
+    while i < stmt.len() {
         match stmt[i] {
             c if c.is_ascii_whitespace() => i += 1,
             b'-' if stmt.get(i + 1) == Some(&b'-') => {
@@ -1314,19 +1375,25 @@ fn leading_words(stmt: &[u8]) -> [&[u8]; 3] {
                 while i < stmt.len() && (stmt[i].is_ascii_alphanumeric() || stmt[i] == b'_') {
                     i += 1;
                 }
-                words[n] = &stmt[start..i];
-                n += 1;
+                return (&stmt[start..i], &stmt[i..]);
             }
             _ => break,
         }
     }
-    words
+    (&[], &[])
 }
 
 /// Whether a simple query may drop the server's prepared statements.
 fn mentions_discard(body: &[u8]) -> bool {
-    let has = |w: &[u8]| body.windows(w.len()).any(|x| x.eq_ignore_ascii_case(w));
-    has(b"discard") || has(b"deallocate")
+    // Both words begin with d: only where a d is (found with SIMD by `memchr2`) is a
+    // word compared, so a query costs a scan, not a comparison at every byte.
+    memchr::memchr2_iter(b'd', b'D', body).any(|i| {
+        let at = |w: &[u8]| {
+            body.get(i..i + w.len())
+                .is_some_and(|x| x.eq_ignore_ascii_case(w))
+        };
+        at(b"discard") || at(b"deallocate")
+    })
 }
 
 async fn write_chunks<S: tokio::io::AsyncWrite + Unpin>(
@@ -1373,7 +1440,7 @@ pub(crate) fn sizes() -> Vec<(&'static str, usize)> {
 
 #[cfg(test)]
 mod tests {
-    use super::sql_prepare_effect;
+    use super::{mentions_discard, sql_prepare_effect};
 
     #[test]
     fn sql_prepare_pins_and_deallocate_all_unpins() {
@@ -1397,5 +1464,29 @@ mod tests {
         assert_eq!(sql_prepare_effect(b"select prepared from t"), None);
         assert_eq!(sql_prepare_effect(b"EXECUTE q(1)"), None);
         assert_eq!(sql_prepare_effect(b""), None);
+        assert_eq!(sql_prepare_effect(b"discard plans; select 1"), None);
+        assert_eq!(
+            sql_prepare_effect(b"select 1;;  DISCARD  /* x */ ALL;"),
+            Some(false)
+        );
+        assert_eq!(sql_prepare_effect(b"deallocate prepare q"), None);
+        assert_eq!(
+            sql_prepare_effect(b"deallocate all\0prepare q as select 1"),
+            Some(false)
+        );
+    }
+
+    #[test]
+    fn discard_is_found_anywhere_in_any_case() {
+        assert!(mentions_discard(b"DISCARD ALL"));
+        assert!(mentions_discard(b"select 1; Deallocate q"));
+        assert!(mentions_discard(
+            b"do $$ begin execute 'discard plans'; end $$"
+        ));
+        assert!(!mentions_discard(
+            b"select abalance from pgbench_accounts where aid = 1"
+        ));
+        assert!(!mentions_discard(b"select discar"));
+        assert!(!mentions_discard(b""));
     }
 }

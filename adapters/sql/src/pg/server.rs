@@ -179,6 +179,9 @@ pub struct ServerConn {
     pub prepared: HashSet<Arc<str>>,
     pub created: Instant,
     pub last_used: Instant,
+    /// Idle in the pool: closed instead of lent from this moment (the earlier of its
+    /// lifetime's end and its idle timeout), set when it is given back.
+    pub idle_until: Option<Instant>,
     /// The index of the backend in its listener's list.
     pub backend: usize,
 }
@@ -358,6 +361,7 @@ impl ServerConn {
                         prepared: HashSet::new(),
                         created: now,
                         last_used: now,
+                        idle_until: None,
                         backend,
                     });
                 }
