@@ -1329,7 +1329,19 @@ fn sql_prepare_effect(sql: &[u8]) -> Option<bool> {
             Some(i) => (&rest[..i], Some(&rest[i + 1..])),
             None => (rest, None),
         };
-        let (a, after) = next_word(stmt);
+        // Most statements begin with their first word's letter, at once or after
+        // spaces: one byte tells. Comments and the rest go the long way.
+        let lead = stmt
+            .iter()
+            .position(|c| !matches!(c, b' ' | b'\n' | b'\t' | b'\r'));
+        let starts_other = lead.is_some_and(|i| {
+            stmt[i].is_ascii_alphabetic() && !matches!(stmt[i] | 0x20, b'p' | b'd')
+        });
+        let (a, after) = if starts_other {
+            (&[][..], &[][..])
+        } else {
+            next_word(stmt)
+        };
         if matches!(a.first(), Some(b'p' | b'P' | b'd' | b'D')) {
             if is(a, b"prepare") {
                 effect = Some(true);
