@@ -10,6 +10,7 @@
 #
 #   bash bench/sql.sh                         # 3 rounds of 10 s per way and case
 #   ROUNDS=1 DURATION=5 IDLE=2000 bash bench/sql.sh
+#   CASES="C8" ROUNDS=6 IDLE=0 bash bench/sql.sh   # one case only (S8, S64, C8)
 #   IDLE=0 bash bench/sql.sh                  # throughput only, no memory measurement
 #   ROUNDS=0 QUARTET=/tmp/quartet-before bash bench/sql.sh   # memory only, a given binary
 #   SETTLE=3: seconds between the idle clients' login and the reading of VmRSS
@@ -127,10 +128,21 @@ declare -A TPS LAT
 names=(direct pgbouncer quartet)
 ports=(5432 $PGB $QRT)
 cases=("S8:-S -c 8 -j 2" "S64:-S -c 64 -j 2" "C8:-S -C -c 8 -j 2")
+# CASES="C8" (or "S8 C8"): only those cases.
+if [ -n "${CASES:-}" ]; then
+  picked=()
+  for c in "${cases[@]}"; do
+    for want in $CASES; do [ "${c%%:*}" = "$want" ] && picked+=("$c"); done
+  done
+  cases=("${picked[@]}")
+fi
 for r in $(seq 1 "$ROUNDS"); do
+  # The two poolers take turns at going first: a way that runs right after the other
+  # meets what that one left (with -C, some 20,000 sockets in TIME_WAIT).
+  if [ $((r % 2)) -eq 1 ]; then order=(0 1 2); else order=(0 2 1); fi
   for c in "${cases[@]}"; do
     label=${c%%:*}; args=${c#*:}
-    for i in "${!names[@]}"; do
+    for i in "${order[@]}"; do
       n=${names[$i]}
       # shellcheck disable=SC2086
       read -r tps lat < <(run_pgbench "${ports[$i]}" $args)
