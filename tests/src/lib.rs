@@ -359,10 +359,15 @@ impl Drop for Process {
             let _ = self.child.wait();
         }
         if std::thread::panicking() {
+            // QUARTET_TEST_LOG_TAIL=N prints more (or fewer) of the log's last lines.
+            let lines = std::env::var("QUARTET_TEST_LOG_TAIL")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(200);
             eprintln!(
-                "---- quartet (pid {}) log, last 200 lines ----\n{}\n---- end of quartet log ----",
+                "---- quartet (pid {}) log, last {lines} lines ----\n{}\n---- end of quartet log ----",
                 self.child.id(),
-                self.log.tail(200)
+                self.log.tail(lines)
             );
         }
     }
