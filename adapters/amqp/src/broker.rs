@@ -118,6 +118,35 @@ pub(crate) async fn connect(cfg: &AmqpConfig, name: &str) -> Result<Connection, 
     }
 }
 
+/// Waits on a connection's events until it is lost, logging what the broker says on the
+/// way (resource alarms). A consumer's stream alone is not enough to notice a loss: when
+/// the connection is reset while a delivery is being acknowledged, the stream can stay
+/// pending for good (seen in tests/rpc_outage.rs: the RPC server never reconnected).
+pub(crate) async fn connection_lost(
+    conn: &Connection,
+    events: &mut (impl futures_util::Stream<Item = lapin::Event> + Unpin),
+) -> ConnectError {
+    use futures_util::StreamExt;
+    loop {
+        match events.next().await {
+            // Channel errors (a 406 on a declaration) come here too: only a connection
+            // that is no longer usable counts as lost.
+            Some(lapin::Event::Error(e)) if !conn.status().connected() => {
+                return ConnectError::Lost(Some(e))
+            }
+            // Publishes wait (and calls run into their timeouts) while blocked.
+            Some(lapin::Event::ConnectionBlocked(reason)) => {
+                tracing::warn!(%reason, "the broker blocked our connection (resource alarm)");
+            }
+            Some(lapin::Event::ConnectionUnblocked) => {
+                tracing::info!("the broker unblocked our connection");
+            }
+            Some(_) => {}
+            None => return ConnectError::Lost(None),
+        }
+    }
+}
+
 /// Full-jitter exponential backoff between reconnect attempts.
 pub(crate) struct Backoff {
     base: Duration,

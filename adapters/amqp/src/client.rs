@@ -883,7 +883,7 @@ async fn serve_replies(
     mut consumer: Consumer,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<ConnectError> {
-    let mut events = conn.events_listener();
+    let mut events = Box::pin(conn.events_listener());
     loop {
         tokio::select! {
             delivery = consumer.next() => match delivery {
@@ -891,22 +891,7 @@ async fn serve_replies(
                 Some(Err(e)) => return Some(ConnectError::Lost(Some(e))),
                 None => return Some(ConnectError::Lost(None)),
             },
-            event = events.next() => match event {
-                // Channel errors (a 406 on a declaration) come here too: only a
-                // connection that is no longer usable counts as lost.
-                Some(lapin::Event::Error(e)) if !conn.status().connected() => {
-                    return Some(ConnectError::Lost(Some(e)))
-                }
-                // Publishes wait (and calls run into their timeouts) while blocked.
-                Some(lapin::Event::ConnectionBlocked(reason)) => {
-                    tracing::warn!(%reason, "the broker blocked our connection (resource alarm)");
-                }
-                Some(lapin::Event::ConnectionUnblocked) => {
-                    tracing::info!("the broker unblocked our connection");
-                }
-                Some(_) => {}
-                None => return Some(ConnectError::Lost(None)),
-            },
+            lost = broker::connection_lost(conn, &mut events) => return Some(lost),
             _ = shutdown.wait_for(|s| *s) => return None,
         }
     }

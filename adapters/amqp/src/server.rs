@@ -452,16 +452,24 @@ async fn serve<H: RpcHandler>(
         let queue = c.queue().to_string();
         c.map(move |d| (queue.clone(), d))
     }));
+    // The connection's events as well as the deliveries: a reset can leave the
+    // consumers' streams pending for good (see `broker::connection_lost`).
+    let mut events = Box::pin(replier.conn.events_listener());
     loop {
+        if !replier.conn.status().connected() {
+            return Some(ConnectError::Lost(None));
+        }
         let permit = tokio::select! {
             p = inner.permits.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => return None,
             },
+            lost = broker::connection_lost(&replier.conn, &mut events) => return Some(lost),
             _ = shutdown.wait_for(|s| *s) => return None,
         };
         let delivery = tokio::select! {
             d = deliveries.next() => d,
+            lost = broker::connection_lost(&replier.conn, &mut events) => return Some(lost),
             _ = shutdown.wait_for(|s| *s) => return None,
         };
         let (queue, delivery) = match delivery {
@@ -474,12 +482,22 @@ async fn serve<H: RpcHandler>(
             Err(error) => {
                 bump(&inner.counters.bad_requests);
                 tracing::warn!(%error, topic = %inner.spec.topic, "rejecting a request that could not be decoded");
-                let _ = delivery.reject(BasicRejectOptions { requeue: false }).await;
+                // Raced with the connection's events, like the ack below.
+                tokio::select! {
+                    _ = delivery.reject(BasicRejectOptions { requeue: false }) => {}
+                    lost = broker::connection_lost(&replier.conn, &mut events) => return Some(lost),
+                }
                 continue;
             }
         };
-        // oslo acks before dispatching: at most once.
-        if let Err(error) = delivery.ack(BasicAckOptions::default()).await {
+        // oslo acks before dispatching: at most once. Raced with the connection's
+        // events: an ack sent as the connection is reset may never be answered, and
+        // this loop waited on it for good (tests/rpc_outage.rs, under load).
+        let acked = tokio::select! {
+            r = delivery.ack(BasicAckOptions::default()) => r,
+            lost = broker::connection_lost(&replier.conn, &mut events) => return Some(lost),
+        };
+        if let Err(error) = acked {
             tracing::warn!(%error, "ack failed; dropping the request as oslo does");
             continue;
         }
