@@ -20,31 +20,9 @@ ARGS=${ARGS:--S -c 8 -j 2}
 ONLY=${ONLY:-"pgbouncer quartet"}
 POOL=${POOL:-20}
 BASE_PORT=${BASE_PORT:-16532}
-PGB=$((BASE_PORT + 1)) QRT=$((BASE_PORT + 2)) QHTTP=$((BASE_PORT + 3)) QADM=$((BASE_PORT + 4))
-DB=quartet_bench
-PSQL=(psql -X -q -h 127.0.0.1 -p 5432 -U postgres)
-
-need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
-if ! need pgbouncer || ! need pgbench || ! need valgrind; then
-  echo "installing pgbouncer, pgbench, valgrind (apt-get)"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer postgresql-client valgrind >/dev/null
-fi
-PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
-"${PSQL[@]}" -d postgres -c 'select 1' >/dev/null || {
-  echo "PostgreSQL is not reachable on 127.0.0.1:5432 (trust for postgres expected)" >&2; exit 1; }
-if [ -z "${QUARTET:-}" ]; then
-  echo "building quartet (release)"
-  cargo build --release -q -p quartet
-  QUARTET=${CARGO_TARGET_DIR:-target}/release/quartet
-fi
-if ! "${PSQL[@]}" -d postgres -Atc "select 1 from pg_database where datname = '$DB'" | grep -q 1; then
-  "${PSQL[@]}" -d postgres -c "create database $DB"
-fi
-pgbench -q -i -s 1 -h 127.0.0.1 -p 5432 -U postgres "$DB" >/dev/null 2>&1
-
-WORK=$(mktemp -d)
-chmod 755 "$WORK"
-chown postgres "$WORK"   # PgBouncer runs as postgres and writes its log and callgrind file there
+MAX_CLIENTS=1000
+EXTRA_PKGS="valgrind " EXTRA_TOOLS=valgrind
+. bench/sql-env.sh
 OUT=${KEEP:-$WORK}
 mkdir -p "$OUT"
 pid=
@@ -53,39 +31,6 @@ cleanup() {
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-cat > "$WORK/pgbouncer.ini" <<INI
-[databases]
-$DB = host=127.0.0.1 port=5432 user=postgres dbname=$DB
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $PGB
-unix_socket_dir =
-auth_type = trust
-auth_file = $WORK/users.txt
-pool_mode = transaction
-default_pool_size = $POOL
-max_db_connections = $POOL
-logfile = $WORK/pgbouncer.log
-pidfile = $WORK/pgbouncer.pid
-log_connections = 0
-log_disconnections = 0
-INI
-echo '"postgres" ""' > "$WORK/users.txt"
-chmod 644 "$WORK"/*
-cat > "$WORK/quartet.toml" <<TOML
-[server]
-listen = "127.0.0.1:$QHTTP"
-admin_listen = "127.0.0.1:$QADM"
-
-[[sql.listeners]]
-name = "bench"
-listen = "127.0.0.1:$QRT"
-pool_mode = "transaction"
-pool_size = $POOL
-backends = ["postgres://postgres@127.0.0.1:5432/$DB"]
-auth = "trust"
-TOML
 
 declare -A PER
 for way in $ONLY; do

@@ -23,80 +23,16 @@ DURATION=${DURATION:-10}
 POOL=${POOL:-20}
 IDLE=${IDLE:-10000}
 BASE_PORT=${BASE_PORT:-16432}
-PGB=$((BASE_PORT + 1)) QRT=$((BASE_PORT + 2)) QHTTP=$((BASE_PORT + 3)) QADM=$((BASE_PORT + 4))
-DB=quartet_bench
-PSQL=(psql -X -q -h 127.0.0.1 -p 5432 -U postgres)
-
-need() { command -v "$1" >/dev/null 2>&1 || [ -x "/usr/sbin/$1" ]; }
-if ! need pgbouncer || ! need pgbench; then
-  echo "installing pgbouncer, pgbench (apt-get)"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer postgresql-client >/dev/null
-fi
-PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
-"${PSQL[@]}" -d postgres -c 'select 1' >/dev/null || {
-  echo "PostgreSQL is not reachable on 127.0.0.1:5432 (trust for postgres expected)" >&2; exit 1; }
-
-if [ -z "${QUARTET:-}" ]; then
-  echo "building quartet (release)"
-  cargo build --release -q -p quartet
-  QUARTET=${CARGO_TARGET_DIR:-target}/release/quartet
-fi
-
+MAX_CLIENTS=$((IDLE + 1000))
 # Each pooler holds IDLE client sockets, the idle script as many.
 ulimit -n "$((IDLE * 2 + 1024))" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
-
-if ! "${PSQL[@]}" -d postgres -Atc "select 1 from pg_database where datname = '$DB'" | grep -q 1; then
-  "${PSQL[@]}" -d postgres -c "create database $DB"
-fi
-pgbench -q -i -s 1 -h 127.0.0.1 -p 5432 -U postgres "$DB" >/dev/null 2>&1
-
-WORK=$(mktemp -d)
-chmod 755 "$WORK"
-chown postgres "$WORK"   # PgBouncer writes its log and pid file there as postgres
+. bench/sql-env.sh
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-# PgBouncer refuses to run as root: it runs as the postgres user.
-cat > "$WORK/pgbouncer.ini" <<INI
-[databases]
-$DB = host=127.0.0.1 port=5432 user=postgres dbname=$DB
-[pgbouncer]
-listen_addr = 127.0.0.1
-listen_port = $PGB
-unix_socket_dir =
-auth_type = trust
-auth_file = $WORK/users.txt
-pool_mode = transaction
-default_pool_size = $POOL
-max_client_conn = $((IDLE + 1000))
-max_db_connections = $POOL
-logfile = $WORK/pgbouncer.log
-pidfile = $WORK/pgbouncer.pid
-log_connections = 0
-log_disconnections = 0
-INI
-echo '"postgres" ""' > "$WORK/users.txt"
-chmod 644 "$WORK"/*
-
-cat > "$WORK/quartet.toml" <<TOML
-[server]
-listen = "127.0.0.1:$QHTTP"
-admin_listen = "127.0.0.1:$QADM"
-
-[[sql.listeners]]
-name = "bench"
-listen = "127.0.0.1:$QRT"
-pool_mode = "transaction"
-pool_size = $POOL
-max_clients = $((IDLE + 1000))
-backends = ["postgres://postgres@127.0.0.1:5432/$DB"]
-auth = "trust"
-client_park_after = "${PARK_AFTER:-1s}"
-TOML
 
 "$PGBOUNCER" -u postgres "$WORK/pgbouncer.ini" >"$WORK/pgbouncer.out" 2>&1 & pids+=($!)
 RUST_LOG=warn "$QUARTET" serve --config "$WORK/quartet.toml" >"$WORK/quartet.log" 2>&1 & pids+=($!)
