@@ -1741,6 +1741,90 @@ async fn passes_http_semantics_through_unchanged() {
     );
 }
 
+/// Writes `request` on a new connection to the public listener and reads until the
+/// gateway closes it.
+async fn raw_exchange(gw: &Gateway, request: &[u8]) -> String {
+    bounded("a raw HTTP/1.1 exchange", async {
+        let mut stream = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut all = Vec::new();
+        stream.read_to_end(&mut all).await.unwrap();
+        String::from_utf8_lossy(&all).to_string()
+    })
+    .await
+}
+
+/// Quartet's own HTTP/1.1 loop (plain requests) and hyper (everything else) on one
+/// connection: pipelined requests, a switch to hyper mid-connection, HEAD, a bad head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_pipelining_handoff_head_and_bad_heads() {
+    let (gw, up) = one_upstream("").await;
+
+    // Two requests in one write: two answers, in order.
+    let both = raw_exchange(
+        &gw,
+        b"GET /svc/first HTTP/1.1\r\nHost: h\r\n\r\n\
+          GET /svc/second HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(both.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{both}");
+    let (first, second) = (both.find("/first"), both.find("/second"));
+    assert!(
+        first.is_some() && second.is_some() && first < second,
+        "answers in request order: {both}"
+    );
+    assert!(both.contains("connection: close\r\n"), "{both}");
+
+    // A plain GET, then a chunked POST on the same connection (hyper serves that one).
+    let mixed = raw_exchange(
+        &gw,
+        b"GET /svc/plain HTTP/1.1\r\nHost: h\r\n\r\n\
+          POST /svc/chunked HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\
+          Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(mixed.matches("HTTP/1.1 200 OK\r\n").count(), 2, "{mixed}");
+    assert!(
+        mixed.contains("\"body_len\":5"),
+        "the chunked body arrived: {mixed}"
+    );
+    assert_eq!(up.hits(), 4, "every request reached the upstream once");
+
+    // HEAD: the head with its length, and no body after it.
+    let head = raw_exchange(
+        &gw,
+        b"HEAD /svc/x HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(
+        head.ends_with("\r\n\r\n"),
+        "no body after a HEAD answer: {head:?}"
+    );
+
+    // A request with a body sent in pieces waits for all of it.
+    let pieces = bounded("a body in two writes", async {
+        let mut stream = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+        stream
+            .write_all(b"PUT /svc/u HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\nConnection: close\r\n\r\nhello")
+            .await
+            .unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        stream.write_all(b"world").await.unwrap();
+        let mut all = Vec::new();
+        stream.read_to_end(&mut all).await.unwrap();
+        String::from_utf8_lossy(&all).to_string()
+    })
+    .await;
+    assert!(pieces.contains("\"body_len\":10"), "{pieces}");
+
+    // Not HTTP: hyper's 400, and the gateway goes on serving.
+    let bad = raw_exchange(&gw, b"NOT HTTP AT ALL\r\n\r\n").await;
+    assert!(bad.starts_with("HTTP/1.1 400"), "{bad:?}");
+    let resp = client().get(gw.url("/svc/after")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_budget_stops_a_retry_storm() {
     let up = Upstream::start("down").await;

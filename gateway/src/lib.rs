@@ -7,6 +7,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod error;
+mod h1;
 pub mod identity;
 pub mod native;
 pub mod routes;

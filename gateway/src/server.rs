@@ -1,7 +1,8 @@
 //! Serving: our own accept loops (HTTP/1.1 and HTTP/2, h2c by prior knowledge, h2 by ALPN
 //! on TLS, upgrades), the current [`App`] in an `ArcSwap` (each request uses the app
 //! current when it arrives), SIGHUP reloads, and SIGTERM/SIGINT draining within the grace
-//! period.
+//! period. A cleartext public connection starts on Quartet's own HTTP/1.1 loop
+//! ([`crate::h1`]) and moves to hyper when a request needs it.
 //!
 //! The public listener is served one of two ways (`server.runtime`): `per_core` (the
 //! default) starts one thread per core, each running a single-threaded tokio runtime
@@ -25,7 +26,6 @@ use futures_util::FutureExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use quartet_policies::metrics::Metrics;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -278,7 +278,7 @@ impl Server {
             shared: self.shared.clone(),
             serving: self.serving.clone(),
         });
-        let graceful = GracefulShutdown::new();
+        let graceful = Drain::new();
         let (sql_stop, sql_stopped) = tokio::sync::watch::channel(false);
         let mut sql_tasks = Vec::with_capacity(self.sql.len());
         for (i, listener) in self.sql.into_iter().enumerate() {
@@ -470,7 +470,7 @@ async fn serve_core(
             return;
         }
     };
-    let graceful = GracefulShutdown::new();
+    let graceful = Drain::new();
     let floor = tokio::spawn(timer_floor());
     loop {
         tokio::select! {
@@ -521,20 +521,12 @@ fn spawn_public(
     remote: SocketAddr,
     tls: Option<TlsAcceptor>,
     app: Arc<ArcSwap<App>>,
-    watcher: Watcher,
+    watcher: DrainWatch,
 ) {
     let _ = stream.set_nodelay(true);
     tokio::spawn(async move {
         match tls {
-            None => {
-                serve_connection(
-                    TokioIo::new(stream),
-                    ConnInfo::new(remote, false),
-                    Handler::Current(app),
-                    watcher,
-                )
-                .await
-            }
+            None => serve_plain(stream, ConnInfo::new(remote, false), app, watcher).await,
             Some(acceptor) => {
                 match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                     Ok(Ok(tls_stream)) => {
@@ -556,6 +548,54 @@ fn spawn_public(
     });
 }
 
+/// A cleartext public connection: Quartet's own HTTP/1.1 loop ([`crate::h1`]) serves it
+/// until a request needs hyper (HTTP/2, an upgrade, a streamed body, ...), then hyper
+/// serves the rest of it.
+async fn serve_plain(
+    mut stream: TcpStream,
+    conn: ConnInfo,
+    app: Arc<ArcSwap<App>>,
+    mut watcher: DrainWatch,
+) {
+    let served = crate::h1::serve(
+        &mut stream,
+        |req| dispatch_public(&app, &conn, req),
+        watcher.drained(),
+    )
+    .await;
+    if let crate::h1::Served::Handoff(buf) = served {
+        let io = crate::h1::Rewind::new(buf, stream);
+        serve_connection(TokioIo::new(io), conn, Handler::Current(app), watcher).await;
+    }
+}
+
+/// One request of the public listener, on the app current when it arrives. The proxy
+/// path skips the router: its only routes are the native ones, and everything else is
+/// its fallback anyway. It gets the connection's facts directly; the extension is set
+/// only where something reads it (the routers, and the token guard, for a TLS
+/// connection).
+fn dispatch_public(
+    app: &ArcSwap<App>,
+    conn: &ConnInfo,
+    mut req: http::Request<Body>,
+) -> impl Future<Output = http::Response<Body>> + Send + 'static {
+    let app = app.load();
+    if crate::routes::needs_router(req.uri().path()) {
+        req.extensions_mut().insert(conn.clone());
+        Either::Left(
+            app.router
+                .clone()
+                .oneshot(req)
+                .map(|resp| resp.unwrap_or_else(|never| match never {})),
+        )
+    } else {
+        if conn.tls {
+            req.extensions_mut().insert(conn.clone());
+        }
+        Either::Right(crate::routes::serve(app.built.clone(), req, conn.clone()))
+    }
+}
+
 /// Which router a connection's requests go to.
 #[derive(Clone)]
 enum Handler {
@@ -565,38 +605,21 @@ enum Handler {
     Fixed(Router),
 }
 
-async fn serve_connection<I>(io: I, conn: ConnInfo, handler: Handler, watcher: Watcher)
+async fn serve_connection<I>(io: I, conn: ConnInfo, handler: Handler, mut watcher: DrainWatch)
 where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let remote = conn.remote;
-    let service = hyper::service::service_fn(move |mut req: http::Request<Incoming>| {
-        match &handler {
-            // The proxy path skips the router: its only routes are the native ones, and
-            // everything else is its fallback anyway. It gets the connection's facts
-            // directly; the extension is set only where something reads it (the routers,
-            // and the token guard, for a TLS connection).
+    let service =
+        hyper::service::service_fn(move |mut req: http::Request<Incoming>| match &handler {
             Handler::Current(app) => {
-                let app = app.load();
-                if crate::routes::needs_router(req.uri().path()) {
-                    req.extensions_mut().insert(conn.clone());
-                    Either::Left(app.router.clone().oneshot(req.map(Body::new)))
-                } else {
-                    if conn.tls {
-                        req.extensions_mut().insert(conn.clone());
-                    }
-                    let req = req.map(Body::new);
-                    Either::Right(
-                        crate::routes::serve(app.built.clone(), req, conn.clone()).map(Ok),
-                    )
-                }
+                Either::Left(dispatch_public(app, &conn, req.map(Body::new)).map(Ok))
             }
             Handler::Fixed(router) => {
                 req.extensions_mut().insert(conn.clone());
-                Either::Left(router.clone().oneshot(req.map(Body::new)))
+                Either::Right(router.clone().oneshot(req.map(Body::new)))
             }
-        }
-    });
+        });
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // A timer lets hyper time out a client that never finishes its request head.
     builder
@@ -605,8 +628,62 @@ where
         .header_read_timeout(HEADER_READ_TIMEOUT);
     builder.http2().timer(TokioTimer::new());
     let connection = builder.serve_connection_with_upgrades(io, service);
-    if let Err(err) = watcher.watch(connection).await {
+    tokio::pin!(connection);
+    let draining = watcher.drained();
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = draining => {
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(err) = result {
         tracing::debug!(client = %remote, error = %crate::error::Chain(err.as_ref()), "connection closed with an error");
+    }
+}
+
+/// Draining a listener's connections: each connection holds a [`DrainWatch`]; shutting
+/// down tells them all and waits until every one has ended. (hyper-util's
+/// `GracefulShutdown` does this for hyper's connections only; Quartet's own HTTP/1.1
+/// loop needs it too.)
+struct Drain {
+    tx: tokio::sync::watch::Sender<bool>,
+}
+
+impl Drain {
+    fn new() -> Self {
+        Self {
+            tx: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    fn watcher(&self) -> DrainWatch {
+        DrainWatch {
+            rx: self.tx.subscribe(),
+        }
+    }
+
+    /// The connections still open.
+    fn count(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
+    /// Tells every connection to finish, and resolves once all have ended.
+    async fn shutdown(self) {
+        self.tx.send_replace(true);
+        self.tx.closed().await;
+    }
+}
+
+/// A connection's view of its listener's [`Drain`].
+struct DrainWatch {
+    rx: tokio::sync::watch::Receiver<bool>,
+}
+
+impl DrainWatch {
+    /// Resolves when draining starts (or the listener is gone).
+    async fn drained(&mut self) {
+        let _ = self.rx.wait_for(|draining| *draining).await;
     }
 }
 

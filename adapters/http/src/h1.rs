@@ -159,7 +159,8 @@ impl Conn {
                 fields.push((name, start, start + h.value.len()));
             }
             let head = self.buf.split_to(len).freeze();
-            let mut map = http::HeaderMap::with_capacity(fields.len());
+            // Room for the request id the proxy adds, so that insert does not regrow it.
+            let mut map = http::HeaderMap::with_capacity(fields.len() + 2);
             for (name, start, end) in fields.drain(..) {
                 let value = HeaderValue::from_maybe_shared(head.slice(start..end))
                     .map_err(|_| H1Error::BadHead(format!("the value of {name}")))?;
