@@ -29,6 +29,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
+use quartet_http::raw::RawHead;
 use std::future::Future;
 use std::io;
 use std::time::{Duration, Instant};
@@ -348,6 +349,15 @@ async fn write_response(
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    // A proxied response's upstream headers, as one block (quartet_http::raw).
+    let raw = parts.extensions.get::<RawHead>();
+    if let Some(raw) = raw {
+        if let Some(len) = raw.content_length() {
+            framing.get_or_insert(Framing::Length(len));
+        }
+        has_date |= raw.has_date();
+        out.extend_from_slice(raw.block());
     }
     let framing = if bodiless {
         Framing::None

@@ -612,9 +612,14 @@ where
     let remote = conn.remote;
     let service =
         hyper::service::service_fn(move |mut req: http::Request<Incoming>| match &handler {
-            Handler::Current(app) => {
-                Either::Left(dispatch_public(app, &conn, req.map(Body::new)).map(Ok))
-            }
+            // hyper writes a response from its map: a proxied response's raw header
+            // block goes into it first.
+            Handler::Current(app) => Either::Left(
+                dispatch_public(app, &conn, req.map(Body::new)).map(|mut resp| {
+                    quartet_http::raw::RawHead::apply(&mut resp);
+                    Ok(resp)
+                }),
+            ),
             Handler::Fixed(router) => {
                 req.extensions_mut().insert(conn.clone());
                 Either::Right(router.clone().oneshot(req.map(Body::new)))

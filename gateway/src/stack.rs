@@ -451,7 +451,11 @@ fn build_rest(
         let mut endpoints = Vec::new();
         let mut to_check = Vec::new();
         for url in &spec.endpoints {
-            let service = EndpointService::new(url, client.clone()).map_err(build_err)?;
+            // The REST channel passes an upstream's response headers on unread: they
+            // stay one block of bytes (quartet_http::raw).
+            let service = EndpointService::new(url, client.clone())
+                .map_err(build_err)?
+                .raw_response_heads();
             let name = service.authority();
             let breaker = BreakerHandle::new(
                 target.clone(),

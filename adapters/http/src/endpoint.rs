@@ -28,6 +28,14 @@ pub struct EndpointService {
 }
 
 impl EndpointService {
+    /// Responses from a plain `http://` endpoint keep the upstream's headers as one block
+    /// ([`crate::raw::RawHead`]) instead of a `HeaderMap`: for the REST channel, which
+    /// passes them on unread. Whoever writes such a response honours the extension.
+    pub fn raw_response_heads(mut self) -> Self {
+        self.h1 = self.h1.map(H1Pool::raw_response_heads);
+        self
+    }
+
     /// `url` is `http(s)://host[:port][/base]`; a bad one is a [`BuildError`] naming
     /// `endpoints`.
     pub fn new(url: &str, client: HttpClient) -> Result<Self, BuildError> {

@@ -21,6 +21,7 @@
 //! - the connection is reused only when both sides keep it alive, the body was read to
 //!   its end, and nothing followed it.
 
+pub use crate::raw::RawHead;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http_body::{Frame, SizeHint};
@@ -102,9 +103,13 @@ impl Conn {
     }
 
     /// Reads until a whole response head is in the buffer (1xx answers skipped).
-    pub(crate) async fn read_head(&mut self, method: &http::Method) -> Result<Head, H1Error> {
+    pub(crate) async fn read_head(
+        &mut self,
+        method: &http::Method,
+        raw: bool,
+    ) -> Result<Head, H1Error> {
         loop {
-            if let Some(head) = self.parse_head(method)? {
+            if let Some(head) = self.parse_head(method, raw)? {
                 return Ok(head);
             }
             if self.buf.len() > MAX_HEAD {
@@ -117,8 +122,9 @@ impl Conn {
         }
     }
 
-    /// A final response head when the buffer holds one, consumed from the buffer.
-    fn parse_head(&mut self, method: &http::Method) -> Result<Option<Head>, H1Error> {
+    /// A final response head when the buffer holds one, consumed from the buffer. With
+    /// `raw`, the headers stay one block of bytes ([`RawHead`]) instead of a map.
+    fn parse_head(&mut self, method: &http::Method, raw: bool) -> Result<Option<Head>, H1Error> {
         loop {
             if self.buf.is_empty() {
                 return Ok(None);
@@ -146,6 +152,20 @@ impl Conn {
             } else {
                 http::Version::HTTP_11
             };
+            let framing = framing(method, status, resp.headers)?;
+            let keep_alive = keep_alive(version, resp.headers) && framing.reusable();
+            if raw {
+                let raw = RawHead::from_fields(resp.headers, framing.kind);
+                self.buf.advance(len);
+                return Ok(Some(Head {
+                    status,
+                    version,
+                    headers: http::HeaderMap::new(),
+                    raw: Some(raw),
+                    framing: framing.kind,
+                    keep_alive,
+                }));
+            }
             // Names now, values as offsets into the buffer, so they can share its bytes
             // once the head is split off.
             let base = self.buf.as_ptr() as usize;
@@ -167,12 +187,11 @@ impl Conn {
                 map.append(name, value);
             }
             self.fields = fields;
-            let framing = framing(method, status, &map)?;
-            let keep_alive = keep_alive(version, &map) && framing.reusable();
             return Ok(Some(Head {
                 status,
                 version,
                 headers: map,
+                raw: None,
                 framing: framing.kind,
                 keep_alive,
             }));
@@ -210,7 +229,9 @@ impl Conn {
 pub(crate) struct Head {
     pub status: http::StatusCode,
     pub version: http::Version,
+    /// Empty when the head was read `raw`.
     pub headers: http::HeaderMap,
+    pub raw: Option<RawHead>,
     pub framing: Framing,
     /// Whether the connection may carry another request once the body is read.
     pub keep_alive: bool,
@@ -218,7 +239,7 @@ pub(crate) struct Head {
 
 /// How the body of a response is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Framing {
+pub enum Framing {
     None,
     Length(u64),
     Chunked,
@@ -241,7 +262,7 @@ impl Decided {
 fn framing(
     method: &http::Method,
     status: http::StatusCode,
-    headers: &http::HeaderMap,
+    headers: &[httparse::Header<'_>],
 ) -> Result<Decided, H1Error> {
     let plain = |kind| {
         Ok(Decided {
@@ -255,11 +276,15 @@ fn framing(
     {
         return plain(Framing::None);
     }
-    let has_length = headers.contains_key(http::header::CONTENT_LENGTH);
-    let mut codings = headers
-        .get_all(http::header::TRANSFER_ENCODING)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+    let named = |name: &'static str| {
+        headers
+            .iter()
+            .filter(move |h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| h.value)
+    };
+    let has_length = named("content-length").next().is_some();
+    let mut codings = named("transfer-encoding")
+        .flat_map(|v| v.split(|b| *b == b','))
         .map(<[u8]>::trim_ascii)
         .filter(|t| !t.is_empty())
         .peekable();
@@ -279,8 +304,8 @@ fn framing(
     }
     if has_length {
         let mut length: Option<u64> = None;
-        for value in headers.get_all(http::header::CONTENT_LENGTH) {
-            for part in value.as_bytes().split(|b| *b == b',') {
+        for value in named("content-length") {
+            for part in value.split(|b| *b == b',') {
                 let part = part.trim_ascii();
                 let n = std::str::from_utf8(part)
                     .ok()
@@ -303,11 +328,14 @@ fn framing(
 }
 
 /// Whether the upstream keeps the connection open after this response.
-fn keep_alive(version: http::Version, headers: &http::HeaderMap) -> bool {
+fn keep_alive(version: http::Version, headers: &[httparse::Header<'_>]) -> bool {
     let mut close = false;
     let mut keep = false;
-    for value in headers.get_all(http::header::CONNECTION) {
-        for token in value.as_bytes().split(|b| *b == b',') {
+    for h in headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+    {
+        for token in h.value.split(|b| *b == b',') {
             let token = token.trim_ascii();
             close |= token.eq_ignore_ascii_case(b"close");
             keep |= token.eq_ignore_ascii_case(b"keep-alive");
@@ -567,12 +595,22 @@ mod tests {
             .collect()
     }
 
+    fn fields<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<httparse::Header<'a>> {
+        pairs
+            .iter()
+            .map(|(name, value)| httparse::Header {
+                name,
+                value: value.as_bytes(),
+            })
+            .collect()
+    }
+
     #[test]
     fn framing_follows_rfc_9112() {
         let ok = http::StatusCode::OK;
         let get = http::Method::GET;
         let f = |m: &http::Method, s, h: &[(&str, &str)]| {
-            framing(m, s, &map(h)).map(|d| (d.kind, d.reusable()))
+            framing(m, s, &fields(h)).map(|d| (d.kind, d.reusable()))
         };
         assert_eq!(
             f(&http::Method::HEAD, ok, &[("content-length", "10")]).unwrap(),
@@ -630,14 +668,14 @@ mod tests {
     fn keep_alive_by_version_and_connection() {
         let v11 = http::Version::HTTP_11;
         let v10 = http::Version::HTTP_10;
-        assert!(keep_alive(v11, &map(&[])));
-        assert!(!keep_alive(v11, &map(&[("connection", "close")])));
+        assert!(keep_alive(v11, &fields(&[])));
+        assert!(!keep_alive(v11, &fields(&[("connection", "close")])));
         assert!(!keep_alive(
             v11,
-            &map(&[("connection", "Keep-Alive, Close")])
+            &fields(&[("connection", "Keep-Alive, Close")])
         ));
-        assert!(!keep_alive(v10, &map(&[])));
-        assert!(keep_alive(v10, &map(&[("connection", "keep-alive")])));
+        assert!(!keep_alive(v10, &fields(&[])));
+        assert!(keep_alive(v10, &fields(&[("connection", "keep-alive")])));
     }
 
     #[test]

@@ -27,6 +27,7 @@ pub mod h1;
 pub mod health;
 pub mod pool;
 pub mod proxy;
+pub mod raw;
 pub mod spec;
 
 pub use body::ProxyBody;

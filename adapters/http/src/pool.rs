@@ -98,6 +98,8 @@ fn this_shard() -> usize {
 #[derive(Clone)]
 pub struct H1Pool {
     inner: Arc<Inner>,
+    /// Responses of direct exchanges keep their headers as a [`crate::raw::RawHead`].
+    raw_heads: bool,
 }
 
 struct Inner {
@@ -137,7 +139,15 @@ impl H1Pool {
                 idle: (0..shard_count()).map(|_| Mutex::new(Vec::new())).collect(),
                 direct: (0..shard_count()).map(|_| Mutex::new(Vec::new())).collect(),
             }),
+            raw_heads: false,
         }
+    }
+
+    /// Responses of direct exchanges keep the upstream's headers as one block
+    /// ([`crate::raw::RawHead`]); for a caller that passes them on unread.
+    pub fn raw_response_heads(mut self) -> Self {
+        self.raw_heads = true;
+        self
     }
 
     /// Connections idle in the pool now.
@@ -224,7 +234,7 @@ impl H1Pool {
                 return Err(SendError::Connect(err.into()));
             }
             let head = conn
-                .read_head(&parts.method)
+                .read_head(&parts.method, self.raw_heads)
                 .await
                 .map_err(|e| SendError::Sent(e.into()))?;
             return Ok(self.finish_direct(head, conn, shard));
@@ -265,6 +275,9 @@ impl H1Pool {
         *resp.status_mut() = head.status;
         *resp.version_mut() = head.version;
         *resp.headers_mut() = head.headers;
+        if let Some(raw) = head.raw {
+            resp.extensions_mut().insert(raw);
+        }
         resp
     }
 

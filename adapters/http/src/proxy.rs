@@ -212,6 +212,13 @@ fn set_request_id(headers: &mut http::HeaderMap, request_id: &http::HeaderValue)
     headers.insert(REQUEST_ID, request_id.clone());
 }
 
+/// Whether `name` is one of the hop-by-hop headers a proxy never passes on.
+pub(crate) fn is_hop_by_hop(name: &str) -> bool {
+    HOP_BY_HOP
+        .iter()
+        .any(|h| h.as_str().eq_ignore_ascii_case(name))
+}
+
 fn remove_hop_by_hop(headers: &mut http::HeaderMap) {
     // Most messages have none or only `Connection` (and `Keep-Alive`): one pass over the
     // names says which are there, and only those are looked up again.
