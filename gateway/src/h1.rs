@@ -50,6 +50,8 @@ const MAX_HEADERS: usize = 64;
 const ADDED_HEADERS: usize = 8;
 /// How much room a read asks for.
 const READ_CHUNK: usize = 8 * 1024;
+/// A piece of a response body at least this big is written as it is, not copied.
+const DIRECT_WRITE: usize = 16 * 1024;
 /// Response bytes gathered before they are written while the body is still coming.
 const WRITE_BATCH: usize = 64 * 1024;
 
@@ -416,23 +418,36 @@ async fn write_response(
                 if data.is_empty() {
                     continue;
                 }
-                match framing {
-                    Framing::Length(len) => {
-                        let room = len - written;
-                        let take = (data.len() as u64).min(room) as usize;
-                        out.extend_from_slice(&data[..take]);
-                        written += take as u64;
-                        if take < data.len() {
-                            tracing::debug!("response body longer than its Content-Length");
-                            break;
-                        }
+                let mut data = &data[..];
+                let mut over = false;
+                if let Framing::Length(len) = framing {
+                    let room = len - written;
+                    if data.len() as u64 > room {
+                        // room < data.len(), so it fits a usize.
+                        data = &data[..room as usize];
+                        over = true;
                     }
-                    Framing::Chunked => {
-                        hex_len(data.len(), out);
-                        out.extend_from_slice(&data);
-                        out.extend_from_slice(b"\r\n");
+                    written += data.len() as u64;
+                }
+                if framing == Framing::Chunked {
+                    hex_len(data.len(), out);
+                }
+                if data.len() >= DIRECT_WRITE {
+                    // A big piece is written from where it is, not copied behind the head.
+                    if !out.is_empty() {
+                        io.write_all(out).await?;
+                        out.clear();
                     }
-                    Framing::UntilClose | Framing::None => out.extend_from_slice(&data),
+                    io.write_all(data).await?;
+                } else {
+                    out.extend_from_slice(data);
+                }
+                if framing == Framing::Chunked {
+                    out.extend_from_slice(b"\r\n");
+                }
+                if over {
+                    tracing::debug!("response body longer than its Content-Length");
+                    break;
                 }
             }
             Err(frame) => {
