@@ -392,7 +392,7 @@ async fn write_response(
     let mut complete = false;
     loop {
         // What the body has at once goes out with the head; the rest as it comes.
-        let frame = match body.frame().now_or_pending() {
+        let frame = match futures_util::FutureExt::now_or_never(body.frame()) {
             Some(frame) => frame,
             None => {
                 if !out.is_empty() {
@@ -491,15 +491,6 @@ async fn write_response(
     }
     Ok(ok && !close)
 }
-
-/// Polls a future once, with a waker that does nothing: its output if it is ready now.
-trait NowOrPending: Future + Sized {
-    fn now_or_pending(self) -> Option<Self::Output> {
-        futures_util::FutureExt::now_or_never(self)
-    }
-}
-
-impl<F: Future> NowOrPending for F {}
 
 /// A chunk's size line: `n` in hexadecimal and CRLF.
 fn hex_len(n: usize, out: &mut BytesMut) {
