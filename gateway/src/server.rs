@@ -30,7 +30,7 @@ use quartet_policies::metrics::Metrics;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -323,7 +323,7 @@ impl Server {
                     Ok((stream, remote)) => {
                         let app = self.app.clone();
                         let tls = self.tls.clone();
-                        spawn_public(stream, remote, tls, app, graceful.watcher());
+                        spawn_public(stream, remote, tls, app, graceful.watcher(), None);
                     }
                     Err(err) => accept_error(err).await,
                 },
@@ -421,7 +421,9 @@ impl PerCore {
     ) -> Result<Self, RunError> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut done = Vec::with_capacity(listeners.len());
+        let (balance, mut inboxes) = Balance::new(listeners.len());
         for (i, listener) in listeners.into_iter().enumerate() {
+            let (balance, inbox) = (balance.clone(), inboxes.remove(0));
             let (tx, rx) = tokio::sync::oneshot::channel();
             done.push(rx);
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -433,7 +435,12 @@ impl PerCore {
                 .name(format!("quartet-core-{i}"))
                 .spawn(move || {
                     quartet_http::pool::use_own_idle_connections(i + 1);
-                    runtime.block_on(serve_core(listener, tls, app, stopped, grace_period));
+                    let core = Core {
+                        index: i,
+                        balance,
+                        inbox,
+                    };
+                    runtime.block_on(serve_core(listener, core, tls, app, stopped, grace_period));
                     // Dropping the runtime here ends what the grace period left open.
                     drop(runtime);
                     let _ = tx.send(());
@@ -458,6 +465,7 @@ impl PerCore {
 /// until told to stop, then drains its connections for at most the grace period.
 async fn serve_core(
     listener: std::net::TcpListener,
+    mut core: Core,
     tls: Option<TlsAcceptor>,
     app: Arc<ArcSwap<App>>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
@@ -476,9 +484,20 @@ async fn serve_core(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, remote)) => {
-                    spawn_public(stream, remote, tls.clone(), app.clone(), graceful.watcher());
+                    // The kernel spreads connections over the threads' sockets by a hash,
+                    // not by load: a connection goes to the thread serving the fewest.
+                    let (stream, open) = core.balance.place(core.index, stream, remote);
+                    if let Some(stream) = stream {
+                        spawn_public(stream, remote, tls.clone(), app.clone(), graceful.watcher(), open);
+                    }
                 }
                 Err(err) => accept_error(err).await,
+            },
+            Some((stream, remote, open)) = core.inbox.recv() => {
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => spawn_public(stream, remote, tls.clone(), app.clone(), graceful.watcher(), Some(open)),
+                    Err(err) => tracing::debug!(client = %remote, error = %err, "cannot take over a connection from another core thread"),
+                }
             },
             _ = stopped.wait_for(|s| *s) => break,
         }
@@ -491,6 +510,96 @@ async fn serve_core(
         tracing::debug!("grace period over on a core thread: closing its remaining connections");
     }
     floor.abort();
+}
+
+/// A core thread's place among the others: its index, the shared counts, and the
+/// connections other threads hand it.
+struct Core {
+    index: usize,
+    balance: Arc<Balance>,
+    inbox: tokio::sync::mpsc::UnboundedReceiver<Handed>,
+}
+
+/// A connection one core thread accepted for another, already counted there.
+type Handed = (std::net::TcpStream, SocketAddr, Open);
+
+/// The connections open on each core thread, and where to hand a connection to each.
+///
+/// Why: `SO_REUSEPORT` spreads new connections over the threads' sockets by a hash of
+/// their addresses, so 50 connections can split 30 and 20, and the busier thread's
+/// queue sets the tail latency. HAProxy hands each accepted connection to the thread
+/// with the fewest; so does this, at the cost of two atomic operations per connection
+/// and, for a connection that moves, one trip through a channel.
+struct Balance {
+    open: Box<[AtomicUsize]>,
+    inboxes: Vec<tokio::sync::mpsc::UnboundedSender<Handed>>,
+}
+
+impl Balance {
+    fn new(threads: usize) -> (Arc<Self>, Vec<tokio::sync::mpsc::UnboundedReceiver<Handed>>) {
+        let (senders, receivers) = (0..threads)
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
+        let balance = Self {
+            open: (0..threads).map(|_| AtomicUsize::new(0)).collect(),
+            inboxes: senders,
+        };
+        (Arc::new(balance), receivers)
+    }
+
+    /// Places a connection thread `here` accepted: back to serve here (counted), or
+    /// handed to the thread with the fewest open connections (`None`).
+    fn place(
+        self: &Arc<Self>,
+        here: usize,
+        stream: TcpStream,
+        remote: SocketAddr,
+    ) -> (Option<TcpStream>, Option<Open>) {
+        let counts = || self.open.iter().map(|c| c.load(Ordering::Relaxed));
+        let fewest = counts()
+            .enumerate()
+            .min_by_key(|(_, n)| *n)
+            .map_or(here, |(i, _)| i);
+        if fewest == here || counts().nth(here) <= counts().nth(fewest) {
+            return (Some(stream), Some(self.count(here)));
+        }
+        let open = self.count(fewest);
+        match stream.into_std() {
+            Ok(std_stream) => match self.inboxes[fewest].send((std_stream, remote, open)) {
+                Ok(()) => (None, None),
+                // That thread has stopped: serve it here after all.
+                Err(back) => {
+                    let (std_stream, _, _) = back.0;
+                    let stream = TcpStream::from_std(std_stream).ok();
+                    (stream, Some(self.count(here)))
+                }
+            },
+            Err(err) => {
+                tracing::debug!(client = %remote, error = %err, "cannot hand a connection to another core thread");
+                (None, None)
+            }
+        }
+    }
+
+    fn count(self: &Arc<Self>, thread: usize) -> Open {
+        self.open[thread].fetch_add(1, Ordering::Relaxed);
+        Open {
+            balance: self.clone(),
+            thread,
+        }
+    }
+}
+
+/// One open connection of a core thread, counted until dropped.
+struct Open {
+    balance: Arc<Balance>,
+    thread: usize,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.balance.open[self.thread].fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// How far away the next timer of a serving runtime may be at most ([`timer_floor`]).
@@ -522,9 +631,12 @@ fn spawn_public(
     tls: Option<TlsAcceptor>,
     app: Arc<ArcSwap<App>>,
     watcher: DrainWatch,
+    open: Option<Open>,
 ) {
     let _ = stream.set_nodelay(true);
     tokio::spawn(async move {
+        // Counted as open on its core thread until the connection ends.
+        let _open = open;
         match tls {
             None => serve_plain(stream, ConnInfo::new(remote, false), app, watcher).await,
             Some(acceptor) => {
@@ -783,4 +895,54 @@ pub async fn run(loaded: Loaded) -> Result<(), RunError> {
             }
         })
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connected pair's server side, as an accept loop gets it.
+    async fn accepted(listener: &TcpListener) -> (TcpStream, SocketAddr, TcpStream) {
+        let addr = listener.local_addr().expect("bound");
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (server, remote) = listener.accept().await.expect("accept");
+        (server, remote, client)
+    }
+
+    #[tokio::test]
+    async fn connections_go_to_the_core_thread_serving_the_fewest() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (balance, mut inboxes) = Balance::new(2);
+        let mut kept = Vec::new();
+        let mut clients = Vec::new();
+        // Thread 0 accepts four connections: two stay, two go to thread 1.
+        for _ in 0..4 {
+            let (server, remote, client) = accepted(&listener).await;
+            clients.push(client);
+            let (stream, open) = balance.place(0, server, remote);
+            if let Some(stream) = stream {
+                kept.push((stream, open));
+            }
+        }
+        assert_eq!(kept.len(), 2);
+        let mut handed = Vec::new();
+        while let Ok(h) = inboxes[1].try_recv() {
+            handed.push(h);
+        }
+        assert_eq!(handed.len(), 2);
+        assert!(inboxes[0].try_recv().is_err(), "nothing handed to itself");
+        let counts = |b: &Balance| {
+            b.open
+                .iter()
+                .map(|c| c.load(Ordering::Relaxed))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(counts(&balance), vec![2, 2]);
+        // A connection that ends is no longer counted.
+        drop(kept.pop());
+        assert_eq!(counts(&balance), vec![1, 2]);
+        // The handed connection is a live socket on the other side.
+        let (std_stream, _, _open) = handed.pop().expect("handed");
+        assert!(TcpStream::from_std(std_stream).is_ok());
+    }
 }
