@@ -144,6 +144,15 @@ async fn streaming_replica_is_used_for_reads_and_reached_after_promotion() {
     let r = reader.connect("ro").await;
     assert_eq!(port_of(&r).await.unwrap(), replica.port.to_string());
     assert!(in_recovery(&r).await);
+    // Streaming replication is asynchronous: the table must have reached the replica
+    // before the primary stops, or the promoted replica would not have it (this failed
+    // once under load: `relation "t" does not exist` after the promotion).
+    wait_for(BOUND, "the row on the replica", || async {
+        r.query_one("select count(*) from t", &[])
+            .await
+            .is_ok_and(|row| row.get::<_, i64>(0) == 1)
+    })
+    .await;
 
     w.batch_execute("begin").await.unwrap();
     primary.stop();
