@@ -417,7 +417,7 @@ fn remote_client(url: &str, shared: &Shared) -> Result<(BytesService, RemoteHand
         breaker.clone(),
         policy.per_try_timeout,
         HttpClassify,
-        Arc::default(),
+        None,
         endpoint,
     );
     let fault = FaultHandle::new(target.clone(), None, shared.metrics.clone());

@@ -267,7 +267,7 @@ pub fn driver_service(
         breaker.clone(),
         policy.per_try_timeout,
         NativeClassify::Breaker,
-        in_flight.clone(),
+        Some(in_flight.clone()),
         instance.service(),
     );
     let parts = TargetParts {

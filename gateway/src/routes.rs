@@ -19,7 +19,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
-use tower::ServiceExt;
 
 /// Facts about the client connection. The server loop hands them to [`serve`] with each
 /// request, and sets them as a request extension where something else reads them (the
@@ -250,7 +249,7 @@ fn send(
     service: &crate::stack::RestService,
     req: Request<ProxyBody>,
 ) -> futures_util::future::BoxFuture<'static, Result<Response<ProxyBody>, BoxError>> {
-    Box::pin(service.clone().oneshot(req))
+    quartet_policies::call_ready(&mut service.clone(), req)
 }
 
 #[cfg(test)]

@@ -272,7 +272,7 @@ pub fn build(
             breaker.clone(),
             policy.per_try_timeout,
             RpcClassify::default(),
-            in_flight.clone(),
+            Some(in_flight.clone()),
             attempt,
         );
         let service = policy_stack(

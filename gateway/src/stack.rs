@@ -122,7 +122,7 @@ pub fn endpoint_stack<S, Req, Resp, C>(
     breaker: BreakerHandle,
     per_try_timeout: Duration,
     classify: C,
-    in_flight: Arc<AtomicUsize>,
+    in_flight: Option<Arc<AtomicUsize>>,
     inner: S,
 ) -> BoxCloneSyncService<Req, Resp, BoxError>
 where
@@ -142,7 +142,8 @@ where
         // retry above may then try another endpoint.
         .layer(TimeoutLayer::new(per_try_timeout, TimeoutKind::PerTry))
         // Innermost: counts what is really outstanding at the endpoint, for /readyz.
-        .layer(InFlightLayer(in_flight))
+        // `None` where a balancer above counts it already (REST).
+        .option_layer(in_flight.map(InFlightLayer))
         .service(inner);
     BoxCloneSyncService::new(svc)
 }
@@ -408,15 +409,18 @@ pub fn upstream_service(
         .iter()
         .map(|e| EndpointSlot {
             name: e.name.clone(),
+            // The balancer counts the endpoint's outstanding attempts (for p2c and
+            // /readyz) in the endpoint's own counter, shared by every route to it.
             service: endpoint_stack(
                 e.breaker.clone(),
                 policy.per_try_timeout,
                 HttpClassify,
-                e.in_flight.clone(),
+                None,
                 e.service.clone(),
             ),
             breaker: Some(e.breaker.clone()),
             healthy: e.healthy.clone(),
+            in_flight: e.in_flight.clone(),
         })
         .collect();
     let balancer = Balancer::new(up.parts.target.clone(), up.strategy, slots);

@@ -32,6 +32,28 @@ pub mod timeout;
 /// mapped once at the gateway's edge.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Calls a service of a policy stack without first waiting for it to be ready.
+///
+/// Every layer of the stack is always ready: a layer that refuses (an open breaker, a
+/// full bulkhead, a rate limit) does so in `call`, at once, and never reserves anything
+/// in `poll_ready`, which only walks down the chain to say `Ready`. On the REST hot path
+/// that walk, and the `Oneshot` around it, cost as much as a layer. Debug builds check
+/// the invariant.
+pub fn call_ready<S, Req>(svc: &mut S, req: Req) -> S::Future
+where
+    S: tower::Service<Req>,
+{
+    #[cfg(debug_assertions)]
+    {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        assert!(
+            matches!(svc.poll_ready(&mut cx), std::task::Poll::Ready(Ok(()))),
+            "a policy stack's service must always be ready"
+        );
+    }
+    svc.call(req)
+}
+
 /// What a policy is attached to: a channel (`"rest"`, `"rpc"`, `"sql"`, `"native"`) and
 /// the target's name within it (a route's upstream, an RPC topic, a SQL backend, a driver).
 /// Used for metric labels, admin keys and error messages.

@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::util::BoxCloneSyncService;
-use tower::{Service, ServiceExt};
+use tower::Service;
 
 pub type EndpointStack =
     BoxCloneSyncService<http::Request<ProxyBody>, http::Response<ProxyBody>, BoxError>;
@@ -44,6 +44,10 @@ pub struct EndpointSlot {
     pub service: EndpointStack,
     pub breaker: Option<BreakerHandle>,
     pub healthy: Arc<AtomicBool>,
+    /// Attempts outstanding at the endpoint, counted by the balancer from the pick to
+    /// the response head; share it to see the endpoint's load across balancers (every
+    /// route to an upstream has its own).
+    pub in_flight: Arc<AtomicUsize>,
 }
 
 /// What `/readyz` and the admin API show of one endpoint.
@@ -100,7 +104,7 @@ impl Balancer {
                 service: s.service,
                 breaker: s.breaker,
                 healthy: s.healthy,
-                in_flight: Arc::new(AtomicUsize::new(0)),
+                in_flight: s.in_flight,
             })
             .collect();
         Self {
@@ -255,7 +259,7 @@ impl Service<http::Request<ProxyBody>> for Balancer {
             }
         }
         let guard = InFlight::new(&slot.in_flight);
-        let attempt = slot.service.clone().oneshot(req);
+        let attempt = quartet_policies::call_ready(&mut slot.service.clone(), req);
         // A combinator, not an async block: the latter trips the compiler's Send check on
         // the boxed service's higher-ranked error type.
         Box::pin(attempt.map(move |result| {
@@ -269,6 +273,7 @@ impl Service<http::Request<ProxyBody>> for Balancer {
 mod tests {
     use super::*;
     use crate::body::empty;
+    use tower::ServiceExt;
     use quartet_policies::breaker::AdminState;
     use quartet_policies::metrics::Metrics;
     use quartet_policies::spec::BreakerSpec;
@@ -331,6 +336,7 @@ mod tests {
                     service: stack(e.name, e.gate),
                     breaker,
                     healthy: Arc::new(AtomicBool::new(e.healthy)),
+                    in_flight: Arc::default(),
                 }
             })
             .collect();

@@ -64,6 +64,7 @@ fn build(urls: &[String], breaker: BreakerSpec, idempotent_route: bool) -> Stack
                 service,
                 breaker: Some(handle),
                 healthy: Arc::new(AtomicBool::new(true)),
+                in_flight: Arc::default(),
             }
         })
         .collect();
