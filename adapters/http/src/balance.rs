@@ -273,12 +273,12 @@ impl Service<http::Request<ProxyBody>> for Balancer {
 mod tests {
     use super::*;
     use crate::body::empty;
-    use tower::ServiceExt;
     use quartet_policies::breaker::AdminState;
     use quartet_policies::metrics::Metrics;
     use quartet_policies::spec::BreakerSpec;
     use std::collections::HashMap;
     use tokio::sync::Notify;
+    use tower::ServiceExt;
 
     /// An endpoint stack answering 200 with `x-endpoint: NAME`; it waits for `gate` first
     /// when one is given.
