@@ -555,12 +555,12 @@ impl Balance {
         stream: TcpStream,
         remote: SocketAddr,
     ) -> (Option<TcpStream>, Option<Open>) {
-        let counts = || self.open.iter().map(|c| c.load(Ordering::Relaxed));
-        let fewest = counts()
-            .enumerate()
-            .min_by_key(|(_, n)| *n)
-            .map_or(here, |(i, _)| i);
-        if fewest == here || counts().nth(here) <= counts().nth(fewest) {
+        let load = |thread: usize| self.open[thread].load(Ordering::Relaxed);
+        let fewest = (0..self.open.len())
+            .min_by_key(|&t| load(t))
+            .unwrap_or(here);
+        // A tie stays here: moving costs a channel trip and a new registration.
+        if load(here) <= load(fewest) {
             return (Some(stream), Some(self.count(here)));
         }
         let open = self.count(fewest);
