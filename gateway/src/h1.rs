@@ -36,14 +36,15 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// How long a client may take to send a request head (and the body that goes with it).
+/// How long a client may take to send a request head (and, here, the body that goes
+/// with it); hyper's connections get the same limit for the head.
 pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// The biggest request head this loop waits for; a bigger one goes to hyper, which
 /// allows more and answers 431 past its own limit.
 const MAX_HEAD: usize = 64 * 1024;
 /// The biggest request body this loop reads before calling the handler; a bigger one
 /// goes to hyper, which streams it.
-pub(crate) const MAX_BODY: usize = 64 * 1024;
+const MAX_BODY: usize = 64 * 1024;
 /// The most headers a request here may have; more go to hyper.
 const MAX_HEADERS: usize = 64;
 /// Headers the proxy may add to a request on its way.

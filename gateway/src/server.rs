@@ -40,9 +40,6 @@ use tower::ServiceExt;
 /// How long a client may take to finish its TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a client may take to send a request head (HTTP/1.1).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     #[error("cannot build the app from the config")]
@@ -742,7 +739,7 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(crate::h1::HEAD_TIMEOUT);
     builder.http2().timer(TokioTimer::new());
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);

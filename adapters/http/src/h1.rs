@@ -21,7 +21,7 @@
 //! - the connection is reused only when both sides keep it alive, the body was read to
 //!   its end, and nothing followed it.
 
-pub use crate::raw::RawHead;
+use crate::raw::RawHead;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderName, HeaderValue};
 use http_body::{Frame, SizeHint};
@@ -239,7 +239,7 @@ pub(crate) struct Head {
 
 /// How the body of a response is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Framing {
+pub(crate) enum Framing {
     None,
     Length(u64),
     Chunked,
