@@ -49,6 +49,7 @@ events { worker_connections 4096; }
 http {
   access_log off;
   keepalive_requests 1000000;
+  client_header_buffer_size ${UP_HEADER_BUFFER:-2k};
   server {
     listen 127.0.0.1:$UP;
     location / { default_type application/json; return 200 '{"version":{"id":"v3.14","status":"stable"}}'; }

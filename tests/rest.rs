@@ -1922,3 +1922,150 @@ breaker = {{ consecutive_failures = 1, min_calls = 1000, open_for = "60s" }}
         "quartet_breaker_transitions_total counts closed -> open:\n{metrics}"
     );
 }
+
+/// Reads until the peer closes the connection (or resets it); what was read.
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return all,
+            Ok(n) => all.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// `server.header_timeout`: a client that does not finish its request head in time is
+/// disconnected, on Quartet's own HTTP/1.1 loop (a partial head, an idle keep-alive
+/// connection) and on hyper's (after a request hyper served); one that does is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_timeout_closes_slow_and_idle_clients() {
+    let (gw, up) = one_upstream("header_timeout = \"300ms\"\n").await;
+
+    // A head that never ends.
+    let partial = bounded("a partial head timed out", async {
+        let mut stream = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+        stream
+            .write_all(b"GET /svc/slow HTTP/1.1\r\nHo")
+            .await
+            .unwrap();
+        read_until_closed(&mut stream).await
+    })
+    .await;
+    assert!(partial.is_empty(), "no answer to half a head: {partial:?}");
+
+    // A served request, then silence: the idle connection is closed too.
+    let idle = bounded("an idle keep-alive connection timed out", async {
+        let mut stream = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+        stream
+            .write_all(b"GET /svc/once HTTP/1.1\r\nHost: h\r\n\r\n")
+            .await
+            .unwrap();
+        read_until_closed(&mut stream).await
+    })
+    .await;
+    let idle = String::from_utf8_lossy(&idle);
+    assert!(idle.starts_with("HTTP/1.1 200 OK\r\n"), "{idle}");
+    assert_eq!(idle.matches("HTTP/1.1 200").count(), 1, "{idle}");
+
+    // hyper's connections: a chunked request (hyper serves it), then half a head.
+    let handed = bounded("a partial head on hyper's loop timed out", async {
+        let mut stream = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+        stream
+            .write_all(
+                b"POST /svc/chunked HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  5\r\nhello\r\n0\r\n\r\nGET /svc/never HTTP/1.1\r\nHo",
+            )
+            .await
+            .unwrap();
+        read_until_closed(&mut stream).await
+    })
+    .await;
+    let handed = String::from_utf8_lossy(&handed);
+    assert!(handed.starts_with("HTTP/1.1 200 OK\r\n"), "{handed}");
+    assert!(handed.contains("\"body_len\":5"), "{handed}");
+    assert_eq!(handed.matches("HTTP/1.1 200").count(), 1, "{handed}");
+    assert_eq!(up.hits(), 2, "the half heads never reached the upstream");
+
+    // A client sending in time is served, and the gateway goes on.
+    let resp = client().get(gw.url("/svc/after")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+}
+
+/// A client that goes away while its request is at the upstream cancels the request: the
+/// gateway drops the upstream exchange (the upstream sees its connection close) instead
+/// of waiting out the timeouts for nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_cancels_its_request() {
+    // An upstream that reads a request and never answers; it reports the request's
+    // arrival and the end of its connection.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (arrived_tx, mut arrived) = tokio::sync::mpsc::unbounded_channel();
+    let (closed_tx, mut closed) = tokio::sync::mpsc::unbounded_channel();
+    let upstream = tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let (arrived_tx, closed_tx) = (arrived_tx.clone(), closed_tx.clone());
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            seen.extend_from_slice(&chunk[..n]);
+                            if seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                                let _ = arrived_tx.send(());
+                                seen.clear();
+                            }
+                        }
+                    }
+                }
+                let _ = closed_tx.send(());
+            });
+        }
+    });
+    // Timeouts far longer than the test: only the client's leaving can end the request.
+    let config = format!(
+        r#"{SERVER}
+[policies.patient]
+timeout = "300s"
+per_try_timeout = "300s"
+retry = {{ attempts = 1 }}
+[upstreams.mute]
+endpoints = ["http://{addr}"]
+{}"#,
+        route_toml("/mute", "mute", "strip_prefix = true\npolicy = \"patient\"")
+    );
+    let gw = Gateway::start(&config).await;
+
+    let mut stream = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+    stream
+        .write_all(b"GET /mute/x HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    bounded("the request reached the upstream", arrived.recv())
+        .await
+        .unwrap();
+    drop(stream);
+    bounded(
+        "the gateway closed the upstream connection of the cancelled request",
+        closed.recv(),
+    )
+    .await
+    .unwrap();
+
+    // The gateway is fine: the next request is sent upstream (and left there).
+    let mut again = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+    again
+        .write_all(b"GET /mute/y HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    bounded("a later request reached the upstream", arrived.recv())
+        .await
+        .unwrap();
+    upstream.abort();
+}

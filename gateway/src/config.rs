@@ -58,6 +58,10 @@ pub struct ServerConfig {
     pub max_body_bytes: u64,
     #[serde(with = "humantime_serde")]
     pub grace_period: Duration,
+    /// How long a client may take to send a request head (idle keep-alive included);
+    /// the connection is closed when it runs out.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
     pub log_format: LogFormat,
     /// How the public listener's connections are served (see [`RuntimeModel`]).
     pub runtime: RuntimeModel,
@@ -72,6 +76,7 @@ impl Default for ServerConfig {
             tls: None,
             max_body_bytes: 10 * 1024 * 1024,
             grace_period: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(30),
             log_format: LogFormat::Text,
             runtime: RuntimeModel::PerCore,
         }
@@ -335,6 +340,12 @@ impl Config {
                     "{} is not a loopback address: set server.admin_token to expose the admin API",
                     s.admin_listen
                 ),
+            ));
+        }
+        if s.header_timeout.is_zero() {
+            return Err(invalid(
+                server.key("header_timeout"),
+                "must be greater than zero",
             ));
         }
         if s.max_body_bytes == 0 {
@@ -942,6 +953,16 @@ upstream = "echo"
         assert_eq!(
             err(src),
             "quartet.toml:2: policies.default.breaker.window: must be greater than zero"
+        );
+    }
+
+    #[test]
+    fn header_timeout_is_read_and_must_not_be_zero() {
+        let (c, _) = parse("[server]\nheader_timeout = \"5s\"\n", "q.toml", no_env).unwrap();
+        assert_eq!(c.server.header_timeout, Duration::from_secs(5));
+        assert_eq!(
+            err("[server]\nheader_timeout = \"0s\"\n"),
+            "quartet.toml:2: server.header_timeout: must be greater than zero"
         );
     }
 

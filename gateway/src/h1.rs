@@ -12,8 +12,8 @@
 //! keeps deciding every edge case it always did (its 400s and 431s included).
 //!
 //! What the loop guarantees, as hyper's server did:
-//! - a client has [`HEAD_TIMEOUT`] to send a whole request head (and its body) from the
-//!   moment the loop waits for it, idle keep-alive included; one timer per connection,
+//! - a client has `server.header_timeout` to send a whole request head (and its body)
+//!   from the moment the loop waits for it, idle keep-alive included; one timer per connection,
 //!   moved only when it fires, not one per request;
 //! - a client that closes its connection while its request is served cancels the request
 //!   (the handler's future is dropped), as hyper does without half-close;
@@ -36,9 +36,6 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// How long a client may take to send a request head (and, here, the body that goes
-/// with it); hyper's connections get the same limit for the head.
-pub(crate) const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 /// The biggest request head this loop waits for; a bigger one goes to hyper, which
 /// allows more and answers 431 past its own limit.
 const MAX_HEAD: usize = 64 * 1024;
@@ -96,6 +93,7 @@ pub(crate) async fn serve<H, F>(
     io: &mut TcpStream,
     mut handler: H,
     draining: impl Future<Output = ()>,
+    head_timeout: Duration,
 ) -> Served
 where
     H: FnMut(Request<Body>) -> F,
@@ -108,7 +106,7 @@ where
         path: (0, 0),
         out: BytesMut::new(),
     };
-    let timer = tokio::time::sleep(HEAD_TIMEOUT);
+    let timer = tokio::time::sleep(head_timeout);
     tokio::pin!(timer, draining);
     let mut timer_armed = false;
     let mut drained = false;
@@ -134,7 +132,7 @@ where
                     Ok(_) => {}
                 },
                 () = &mut timer, if timer_armed => {
-                    let deadline = waiting_since + HEAD_TIMEOUT;
+                    let deadline = waiting_since + head_timeout;
                     if Instant::now() >= deadline {
                         tracing::debug!("read header from client timeout");
                         return Served::Closed;
@@ -151,7 +149,7 @@ where
             if !timer_armed {
                 // Once per connection: later waits reuse it and move it only when it fires.
                 timer_armed = true;
-                timer.as_mut().reset((waiting_since + HEAD_TIMEOUT).into());
+                timer.as_mut().reset((waiting_since + head_timeout).into());
             }
         };
         let Some(req) = build_request(&mut buf, &parsed, &mut scratch) else {

@@ -666,10 +666,13 @@ async fn serve_plain(
     app: Arc<ArcSwap<App>>,
     mut watcher: DrainWatch,
 ) {
+    // The limit of the config current when the connection came.
+    let head_timeout = app.load().built.config.server.header_timeout;
     let served = crate::h1::serve(
         &mut stream,
         |req| dispatch_public(&app, &conn, req),
         watcher.drained(),
+        head_timeout,
     )
     .await;
     if let crate::h1::Served::Handoff(buf) = served {
@@ -706,6 +709,9 @@ fn dispatch_public(
 }
 
 /// Which router a connection's requests go to.
+/// The admin listener's limit for a request head (it has no config key of its own).
+const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Clone)]
 enum Handler {
     /// The public router of the app current when each request arrives.
@@ -719,6 +725,10 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let remote = conn.remote;
+    let head_timeout = match &handler {
+        Handler::Current(app) => app.load().built.config.server.header_timeout,
+        Handler::Fixed(_) => ADMIN_HEADER_TIMEOUT,
+    };
     let service =
         hyper::service::service_fn(move |mut req: http::Request<Incoming>| match &handler {
             // hyper writes a response from its map: a proxied response's raw header
@@ -739,7 +749,7 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(crate::h1::HEAD_TIMEOUT);
+        .header_read_timeout(head_timeout);
     builder.http2().timer(TokioTimer::new());
     let connection = builder.serve_connection_with_upgrades(io, service);
     tokio::pin!(connection);
