@@ -41,6 +41,9 @@ cleanup() {
 trap cleanup EXIT
 
 mkdir -p "$WORK/up/logs" "$WORK/px/logs"
+# The upstream reads request heads into a 2 KiB buffer: the auth way's heads (the token
+# and keystonemiddleware's headers, 1.3 KiB) would be copied to a second buffer with
+# nginx's default 1k (bench/README.md, eighth round). UP_HEADER_BUFFER=1k: the default.
 cat > "$WORK/up/nginx.conf" <<NGINX
 worker_processes 1;
 pid $WORK/up/nginx.pid;
