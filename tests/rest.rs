@@ -1744,14 +1744,7 @@ async fn passes_http_semantics_through_unchanged() {
 /// Writes `request` on a new connection to the public listener and reads until the
 /// gateway closes it.
 async fn raw_exchange(gw: &Gateway, request: &[u8]) -> String {
-    bounded("a raw HTTP/1.1 exchange", async {
-        let mut stream = tokio::net::TcpStream::connect(gw.public).await.unwrap();
-        stream.write_all(request).await.unwrap();
-        let mut all = Vec::new();
-        stream.read_to_end(&mut all).await.unwrap();
-        String::from_utf8_lossy(&all).to_string()
-    })
-    .await
+    until_closed(gw, "a raw HTTP/1.1 exchange", request).await
 }
 
 /// Quartet's own HTTP/1.1 loop (plain requests) and hyper (everything else) on one
@@ -1923,16 +1916,23 @@ breaker = {{ consecutive_failures = 1, min_calls = 1000, open_for = "60s" }}
     );
 }
 
-/// Reads until the peer closes the connection (or resets it); what was read.
-async fn read_until_closed(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
-    let mut all = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return all,
-            Ok(n) => all.extend_from_slice(&chunk[..n]),
+/// Sends `request` on a new connection and reads until the gateway closes it (or resets
+/// it), within [`bounded`]'s limit; what was read.
+async fn until_closed(gw: &Gateway, what: &str, request: &[u8]) -> String {
+    bounded(what, async {
+        let mut stream = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut all = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => all.extend_from_slice(&chunk[..n]),
+            }
         }
-    }
+        String::from_utf8_lossy(&all).to_string()
+    })
+    .await
 }
 
 /// `server.header_timeout`: a client that does not finish its request head in time is
@@ -1943,45 +1943,32 @@ async fn header_timeout_closes_slow_and_idle_clients() {
     let (gw, up) = one_upstream("header_timeout = \"300ms\"\n").await;
 
     // A head that never ends.
-    let partial = bounded("a partial head timed out", async {
-        let mut stream = tokio::net::TcpStream::connect(gw.public).await.unwrap();
-        stream
-            .write_all(b"GET /svc/slow HTTP/1.1\r\nHo")
-            .await
-            .unwrap();
-        read_until_closed(&mut stream).await
-    })
+    let partial = until_closed(
+        &gw,
+        "a partial head timed out",
+        b"GET /svc/slow HTTP/1.1\r\nHo",
+    )
     .await;
     assert!(partial.is_empty(), "no answer to half a head: {partial:?}");
 
     // A served request, then silence: the idle connection is closed too.
-    let idle = bounded("an idle keep-alive connection timed out", async {
-        let mut stream = tokio::net::TcpStream::connect(gw.public).await.unwrap();
-        stream
-            .write_all(b"GET /svc/once HTTP/1.1\r\nHost: h\r\n\r\n")
-            .await
-            .unwrap();
-        read_until_closed(&mut stream).await
-    })
+    let idle = until_closed(
+        &gw,
+        "an idle keep-alive connection timed out",
+        b"GET /svc/once HTTP/1.1\r\nHost: h\r\n\r\n",
+    )
     .await;
-    let idle = String::from_utf8_lossy(&idle);
     assert!(idle.starts_with("HTTP/1.1 200 OK\r\n"), "{idle}");
     assert_eq!(idle.matches("HTTP/1.1 200").count(), 1, "{idle}");
 
     // hyper's connections: a chunked request (hyper serves it), then half a head.
-    let handed = bounded("a partial head on hyper's loop timed out", async {
-        let mut stream = tokio::net::TcpStream::connect(gw.public).await.unwrap();
-        stream
-            .write_all(
-                b"POST /svc/chunked HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n\
-                  5\r\nhello\r\n0\r\n\r\nGET /svc/never HTTP/1.1\r\nHo",
-            )
-            .await
-            .unwrap();
-        read_until_closed(&mut stream).await
-    })
+    let handed = until_closed(
+        &gw,
+        "a partial head on hyper's loop timed out",
+        b"POST /svc/chunked HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n0\r\n\r\nGET /svc/never HTTP/1.1\r\nHo",
+    )
     .await;
-    let handed = String::from_utf8_lossy(&handed);
     assert!(handed.starts_with("HTTP/1.1 200 OK\r\n"), "{handed}");
     assert!(handed.contains("\"body_len\":5"), "{handed}");
     assert_eq!(handed.matches("HTTP/1.1 200").count(), 1, "{handed}");
@@ -2042,30 +2029,21 @@ endpoints = ["http://{addr}"]
     );
     let gw = Gateway::start(&config).await;
 
-    let mut stream = tokio::net::TcpStream::connect(gw.public).await.unwrap();
-    stream
-        .write_all(b"GET /mute/x HTTP/1.1\r\nHost: h\r\n\r\n")
+    // Twice: after the first cancel the gateway goes on serving (and cancelling).
+    for path in ["/mute/x", "/mute/y"] {
+        let mut stream = tokio::net::TcpStream::connect(gw.public).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        bounded("the request reached the upstream", arrived.recv())
+            .await
+            .unwrap();
+        drop(stream);
+        bounded(
+            "the gateway closed the upstream connection of the cancelled request",
+            closed.recv(),
+        )
         .await
         .unwrap();
-    bounded("the request reached the upstream", arrived.recv())
-        .await
-        .unwrap();
-    drop(stream);
-    bounded(
-        "the gateway closed the upstream connection of the cancelled request",
-        closed.recv(),
-    )
-    .await
-    .unwrap();
-
-    // The gateway is fine: the next request is sent upstream (and left there).
-    let mut again = tokio::net::TcpStream::connect(gw.public).await.unwrap();
-    again
-        .write_all(b"GET /mute/y HTTP/1.1\r\nHost: h\r\n\r\n")
-        .await
-        .unwrap();
-    bounded("a later request reached the upstream", arrived.recv())
-        .await
-        .unwrap();
+    }
     upstream.abort();
 }
