@@ -31,7 +31,6 @@ use quartet_policies::access::{Rule, Rules};
 use quartet_policies::auth::{headers, AuthMode, Endpoint, Service, TokenCache, Validator};
 use quartet_policies::BoxError;
 use std::sync::Arc;
-use tower::ServiceExt;
 
 /// Overrides `identity.database`.
 pub const DATABASE_VAR: &str = "QUARTET_IDENTITY_DATABASE";
@@ -443,14 +442,14 @@ fn remote_client(url: &str, shared: &Shared) -> Result<(BytesService, RemoteHand
                 'static,
                 Result<Response<Bytes>, BoxError>,
             > {
-                let stack = stack.clone();
+                let mut stack = stack.clone();
                 Box::pin(async move {
                     let (parts, body) = req.into_parts();
                     let mut req =
                         Request::from_parts(parts, quartet_http::body::full(body.clone()));
                     req.extensions_mut()
                         .insert(quartet_http::body::Buffered(body));
-                    let resp = send(stack, req).await?;
+                    let resp = quartet_policies::call_ready(&mut stack, req).await?;
                     let (parts, body) = resp.into_parts();
                     let bytes = body.collect().await?.to_bytes();
                     Ok::<_, BoxError>(Response::from_parts(parts, bytes))
@@ -477,11 +476,13 @@ pub fn guard(
         return Ok(service);
     };
     let key = KeyPath::root("routes").index(index);
-    let checks = builder.guard(
-        Some(route_mode(config, route)),
-        route.access.as_deref(),
-        &key,
-    )?;
+    let checks = builder
+        .guard(
+            Some(route_mode(config, route)),
+            route.access.as_deref(),
+            &key,
+        )?
+        .for_rest_route();
     let params = guard::PathParams::parse(&route.path_params).map_err(|message| {
         crate::stack::BuildError::Identity {
             key: key.clone().key("path_params"),
@@ -519,7 +520,7 @@ impl tower::Service<Request<ProxyBody>> for Guarded {
         &mut self,
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        // The stack behind is made ready in `forward` (`oneshot`), as before the guard.
+        // The stack behind is always ready (`quartet_policies::call_ready`).
         std::task::Poll::Ready(Ok(()))
     }
 
@@ -568,14 +569,17 @@ impl RouteGuard {
 }
 
 /// Sends a checked request through the route's stack. As keystonemiddleware does: a 401
-/// of the service tells where tokens are (`WWW-Authenticate`, built only then).
+/// of the service tells where tokens are (`WWW-Authenticate`, built only then). The stack
+/// is called here, at once, as an unguarded route's is (`routes::send`): every layer of
+/// it is always ready, so there is no `poll_ready` walk (`Oneshot`) to wait on.
 fn forward(
-    inner: RestService,
+    mut inner: RestService,
     req: Request<ProxyBody>,
     www: guard::WwwSource,
 ) -> futures_util::future::BoxFuture<'static, Result<Response<ProxyBody>, BoxError>> {
+    let sent = quartet_policies::call_ready(&mut inner, req);
     Box::pin(async move {
-        let mut resp = send(inner, req).await?;
+        let mut resp = sent.await?;
         if resp.status() == StatusCode::UNAUTHORIZED {
             if let Some(value) = www.value() {
                 resp.headers_mut().append(WWW_AUTHENTICATE, value);
@@ -583,15 +587,6 @@ fn forward(
         }
         Ok(resp)
     })
-}
-
-/// Calls a stack; a plain function so the future's type is named once (see
-/// `quartet_http`'s note on boxing the future first).
-fn send(
-    service: RestService,
-    req: Request<ProxyBody>,
-) -> futures_util::future::BoxFuture<'static, Result<Response<ProxyBody>, BoxError>> {
-    Box::pin(service.oneshot(req))
 }
 
 /// Whether the embedded `/v3` answers this request: identity is embedded, the path is

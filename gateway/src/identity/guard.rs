@@ -75,6 +75,10 @@ pub struct Guard {
     /// `WWW-Authenticate` when `identity.public_url` is set (built once); `None`: from
     /// each request's host.
     public_www: Option<Option<HeaderValue>>,
+    /// Whether a checked request carries its [`Identity`](quartet_policies::auth::Identity)
+    /// on in its extensions (the RPC and native handlers read it); see
+    /// [`for_rest_route`](Self::for_rest_route).
+    keep_identity: bool,
 }
 
 /// What a 401's `WWW-Authenticate` needs from a request, kept for when the service behind
@@ -140,7 +144,9 @@ impl Guard {
     ) -> Result<(), Refused> {
         match decision {
             Decision::Forward => {
-                parts.extensions.insert(identity);
+                if self.keep_identity {
+                    parts.extensions.insert(identity);
+                }
                 Ok(())
             }
             Decision::Unauthorized => Err(Refused::Unauthorized {
@@ -176,6 +182,14 @@ impl Guard {
     /// Whether the handler has an access rule (a target is worth building).
     pub fn has_access_rule(&self) -> bool {
         self.access.is_some()
+    }
+
+    /// The guard of a REST route: what goes upstream is the token's headers, so the
+    /// validated identity is kept in the request only for the route's access rule (one
+    /// extension less per request on a route without one).
+    pub fn for_rest_route(mut self) -> Self {
+        self.keep_identity = self.access.is_some();
+        self
     }
 
     /// What `WWW-Authenticate` needs from this request, for a 401 of the service behind
@@ -297,6 +311,7 @@ impl GuardBuilder {
             require,
             access,
             public_www: self.public_url.as_deref().map(headers::www_authenticate),
+            keep_identity: true,
         })
     }
 }
