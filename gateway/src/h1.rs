@@ -13,8 +13,8 @@
 //!
 //! What the loop guarantees, as hyper's server did:
 //! - a client has `server.header_timeout` to send a whole request head (and its body)
-//!   from the moment the loop waits for it, idle keep-alive included; one timer per connection,
-//!   moved only when it fires, not one per request;
+//!   from the moment the loop waits for it, idle keep-alive included; one timer per
+//!   connection, moved only when it fires, not one per request;
 //! - a client that closes its connection while its request is served cancels the request
 //!   (the handler's future is dropped), as hyper does without half-close;
 //! - pipelined requests are answered in order;

@@ -708,10 +708,10 @@ fn dispatch_public(
     }
 }
 
-/// Which router a connection's requests go to.
 /// The admin listener's limit for a request head (it has no config key of its own).
 const ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Which router a connection's requests go to.
 #[derive(Clone)]
 enum Handler {
     /// The public router of the app current when each request arrives.

@@ -75,9 +75,9 @@ pub struct Guard {
     /// `WWW-Authenticate` when `identity.public_url` is set (built once); `None`: from
     /// each request's host.
     public_www: Option<Option<HeaderValue>>,
-    /// Whether a checked request carries its [`Identity`](quartet_policies::auth::Identity)
-    /// on in its extensions (the RPC and native handlers read it); see
-    /// [`for_rest_route`](Self::for_rest_route).
+    /// Whether a checked request keeps its validated
+    /// [`Identity`](quartet_policies::auth::Identity) in its extensions (the RPC and native
+    /// handlers read it there); see [`for_rest_route`](Self::for_rest_route).
     keep_identity: bool,
 }
 
