@@ -15,6 +15,9 @@ use std::time::Duration;
 /// The embedded default config, also the commented reference of every key.
 pub const DEFAULT_CONFIG: &str = include_str!("../quartet.default.toml");
 
+/// The longest `server.header_timeout` accepted.
+pub const MAX_HEADER_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// How the embedded default is named in messages.
 pub const EMBEDDED_NAME: &str = "<embedded default config>";
 
@@ -347,6 +350,11 @@ impl Config {
                 server.key("header_timeout"),
                 "must be greater than zero",
             ));
+        }
+        // Deadlines are instants: a limit past any clock's range would end a connection
+        // with a panic instead of a timeout.
+        if s.header_timeout > MAX_HEADER_TIMEOUT {
+            return Err(invalid(server.key("header_timeout"), "must be at most 24h"));
         }
         if s.max_body_bytes == 0 {
             return Err(invalid(
@@ -964,6 +972,12 @@ upstream = "echo"
             err("[server]\nheader_timeout = \"0s\"\n"),
             "quartet.toml:2: server.header_timeout: must be greater than zero"
         );
+        // Past the clock's range the deadline would panic; refused with the key instead.
+        assert_eq!(
+            err("[server]\nheader_timeout = \"18446744073709551615s\"\n"),
+            "quartet.toml:2: server.header_timeout: must be at most 24h"
+        );
+        assert!(parse("[server]\nheader_timeout = \"24h\"\n", "q.toml", no_env).is_ok());
     }
 
     #[test]
