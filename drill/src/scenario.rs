@@ -97,14 +97,14 @@ pub struct LoadSpec {
     /// Requests in flight, closed loop: each worker sends the next when one ends.
     #[serde(default)]
     pub concurrency: Option<u32>,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "quartet_policies::duration")]
     pub duration: Duration,
     /// When the load starts, from the start of the drill.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "quartet_policies::duration")]
     pub start: Option<Duration>,
     /// The drill's own limit on one request (longer than Quartet's total timeout, so
     /// Quartet's is the one seen).
-    #[serde(default = "default_timeout", with = "humantime_serde")]
+    #[serde(default = "default_timeout", with = "quartet_policies::duration")]
     pub timeout: Duration,
     /// Connections (workers) an open-loop load sends through (default: 64 for HTTP
     /// channels, 8 for SQL); a closed-loop load has one per unit of concurrency.
@@ -162,12 +162,12 @@ pub struct RequestSpec {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultStepSpec {
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "quartet_policies::duration")]
     pub at: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "quartet_policies::duration")]
     pub duration: Duration,
     pub target: String,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "quartet_policies::duration")]
     pub delay: Option<Duration>,
     #[serde(default)]
     pub delay_percent: Option<f64>,
@@ -256,16 +256,16 @@ pub struct ExpectSpec {
     pub at_most: Option<f64>,
     #[serde(default)]
     pub percentile: Option<f64>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "quartet_policies::duration")]
     pub under: Option<Duration>,
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "quartet_policies::duration")]
     pub within: Option<Duration>,
     /// breaker_opens: counted from the start of this fault (1 is the first `[[faults]]`);
     /// breaker_closes: from its end.
     #[serde(default)]
     pub fault: Option<usize>,
     /// Instead of `fault`: counted from this time of the drill.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "quartet_policies::duration")]
     pub at: Option<Duration>,
     #[serde(default)]
     pub status: Option<u16>,

@@ -59,11 +59,11 @@ pub struct ServerConfig {
     pub admin_token: Option<Secret>,
     pub tls: Option<TlsConfig>,
     pub max_body_bytes: u64,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "quartet_policies::duration")]
     pub grace_period: Duration,
     /// How long a client may take to send a request head (idle keep-alive included);
     /// the connection is closed when it runs out.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "quartet_policies::duration")]
     pub header_timeout: Duration,
     pub log_format: LogFormat,
     /// How the public listener's connections are served (see [`RuntimeModel`]).
@@ -351,8 +351,8 @@ impl Config {
                 "must be greater than zero",
             ));
         }
-        // Deadlines are instants: a limit past any clock's range would end a connection
-        // with a panic instead of a timeout.
+        // A client holding a connection open for more than a day without a request is
+        // not one to wait for (every duration is bounded anyway: quartet_policies::duration).
         if s.header_timeout > MAX_HEADER_TIMEOUT {
             return Err(invalid(server.key("header_timeout"), "must be at most 24h"));
         }
@@ -972,12 +972,39 @@ upstream = "echo"
             err("[server]\nheader_timeout = \"0s\"\n"),
             "quartet.toml:2: server.header_timeout: must be greater than zero"
         );
-        // Past the clock's range the deadline would panic; refused with the key instead.
         assert_eq!(
-            err("[server]\nheader_timeout = \"18446744073709551615s\"\n"),
+            err("[server]\nheader_timeout = \"25h\"\n"),
             "quartet.toml:2: server.header_timeout: must be at most 24h"
         );
         assert!(parse("[server]\nheader_timeout = \"24h\"\n", "q.toml", no_env).is_ok());
+    }
+
+    #[test]
+    fn durations_past_ten_years_are_refused_with_key_and_line() {
+        // Each would be added to a clock reading (a deadline, a cache entry's expiry) and
+        // panic there; `humantime` alone accepts up to u64::MAX seconds.
+        for (text, key) in [
+            (
+                "[server]\nheader_timeout = \"18446744073709551615s\"\n",
+                "server.header_timeout",
+            ),
+            (
+                "[policies.default]\ntimeout = \"3651d\"\n",
+                "policies.default.timeout",
+            ),
+            (
+                "[identity]\ncache = { invalid_ttl = \"500000years\" }\n",
+                "identity.cache.invalid_ttl",
+            ),
+        ] {
+            let e = err(text);
+            assert!(
+                e.starts_with(&format!("quartet.toml:2: {key}:"))
+                    && e.contains(quartet_policies::duration::TOO_LONG),
+                "{text}: {e}"
+            );
+        }
+        assert!(parse("[policies.default]\ntimeout = \"3650d\"\n", "q", no_env).is_ok());
     }
 
     #[test]

@@ -74,14 +74,14 @@ pub struct NativeConfig {
     /// The jobs store (`sqlite://`, `postgres://`, `mysql://`).
     pub database: String,
     /// How long finished jobs stay readable; older ones are deleted.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "quartet_policies::duration")]
     pub job_retention: Duration,
     /// The owner id of this instance's jobs: a stable name (a restart under it fails its
     /// unfinished jobs at once); absent, a fresh id per process.
     pub instance: Option<String>,
     /// How long an instance may go without a heartbeat before the other instances sharing
     /// the store take it for gone and fail its unfinished jobs.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "quartet_policies::duration")]
     pub owner_lease: Duration,
 }
 

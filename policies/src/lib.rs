@@ -18,6 +18,7 @@ pub mod access;
 pub mod auth;
 pub mod breaker;
 pub mod classify;
+pub mod duration;
 pub mod error;
 pub mod fault;
 pub mod head;

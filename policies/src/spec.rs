@@ -10,10 +10,10 @@ use std::time::Duration;
 #[serde(deny_unknown_fields, default)]
 pub struct PolicySpec {
     /// Total time for a call, retries included.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub timeout: Duration,
     /// Time for one attempt.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub per_try_timeout: Duration,
     pub retry: RetrySpec,
     pub breaker: BreakerSpec,
@@ -45,16 +45,16 @@ pub struct RetrySpec {
     /// Attempts in all, the first included; 1 disables retries.
     pub attempts: u32,
     /// Base of the exponential backoff (full jitter: a delay is uniform in [0, base*2^n]).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub backoff: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub max_backoff: Duration,
     /// Retries allowed as a share of recent requests (0.2 = 20 %), on top of `min_per_second`.
     pub budget: f64,
     /// Retries always allowed per second, whatever the traffic (the budget's floor).
     pub min_per_second: u32,
     /// How far back "recent requests" reach for the budget.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub budget_window: Duration,
     /// Request bodies up to this many bytes are buffered so they can be sent again;
     /// larger (streaming) bodies are never retried.
@@ -83,16 +83,16 @@ pub struct BreakerSpec {
     /// Opens when the failure share over `window` reaches this, once `min_calls` were made
     /// (a value above 1 disables this trigger).
     pub failure_rate: f64,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub window: Duration,
     pub min_calls: u32,
     /// A call slower than this counts as slow (absent: slow calls are not tracked).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub slow_call_duration: Option<Duration>,
     /// Opens when the slow share over `window` reaches this, once `min_calls` were made.
     pub slow_call_rate: f64,
     /// How long it stays open before letting probes through.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub open_for: Duration,
     /// Calls let through while half-open; all must succeed to close it again.
     pub half_open_probes: u32,
@@ -129,7 +129,7 @@ fn default_burst() -> u32 {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FaultSpec {
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub delay: Option<Duration>,
     /// Share of calls delayed, in percent (0 to 100).
     pub delay_percent: f64,
@@ -221,14 +221,14 @@ pub struct ToxicSpec {
     /// `latency`: the delay of each chunk.
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::duration",
         skip_serializing_if = "Option::is_none"
     )]
     pub latency: Option<Duration>,
     /// `latency`: each delay is drawn uniformly in `latency` ± `jitter` (never below 0).
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::duration",
         skip_serializing_if = "Option::is_none"
     )]
     pub jitter: Option<Duration>,
@@ -239,7 +239,7 @@ pub struct ToxicSpec {
     /// at once; a stall that holds until removed).
     #[serde(
         default,
-        with = "humantime_serde",
+        with = "crate::duration",
         skip_serializing_if = "Option::is_none"
     )]
     pub timeout: Option<Duration>,

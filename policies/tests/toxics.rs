@@ -528,8 +528,18 @@ async fn extreme_values_never_panic() {
     assert!(read.is_err(), "held for an age");
     let write = tokio::time::timeout(Duration::from_secs(5), t.write_all(b"y")).await;
     assert!(write.is_err(), "stalled");
-    let huge: FaultSpec = serde_json::from_str(
+    // The admin API refuses a duration past ten years; the longest it takes still holds.
+    let err = serde_json::from_str::<FaultSpec>(
         r#"{"connection": [{"kind": "latency", "latency": "500000years", "jitter": "1ns"}]}"#,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(quartet_policies::duration::TOO_LONG),
+        "{err}"
+    );
+    let huge: FaultSpec = serde_json::from_str(
+        r#"{"connection": [{"kind": "latency", "latency": "3650d", "jitter": "1ns"}]}"#,
     )
     .unwrap();
     huge.validate().unwrap();

@@ -32,10 +32,10 @@ pub struct AmqpConfig {
     pub url: String,
     /// AMQP heartbeat negotiated with the broker; `"0s"` disables it. A broker that
     /// stops answering is noticed after about twice this.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "quartet_policies::duration")]
     pub heartbeat: Duration,
     /// Bound on TCP connect plus the AMQP handshake.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "quartet_policies::duration")]
     pub connect_timeout: Duration,
     /// Delay between reconnect attempts while the broker is away.
     pub reconnect: ReconnectSpec,
@@ -44,13 +44,13 @@ pub struct AmqpConfig {
     pub connection_name: String,
     /// How long the reply and fanout queues outlive their consumer (`x-expires`,
     /// oslo's `rabbit_transient_queues_ttl`).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "quartet_policies::duration")]
     pub transient_queues_ttl: Duration,
     /// Declare topic exchanges and queues durable (oslo's `amqp_durable_queues`).
     pub durable_queues: bool,
     /// RPC timeout when neither the request nor its topic gives one (oslo's
     /// `rpc_response_timeout`). It is also the call message's `expiration`.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "quartet_policies::duration")]
     pub default_timeout: Duration,
     /// Not in the config file: the fault handle (target `rpc:broker`) whose connection
     /// toxics apply to every broker connection opened with this config. The gateway sets
@@ -109,9 +109,9 @@ pub fn redact_url(url: &str) -> String {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReconnectSpec {
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "quartet_policies::duration")]
     pub backoff: Duration,
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "quartet_policies::duration")]
     pub max_backoff: Duration,
 }
 
@@ -248,10 +248,10 @@ pub struct RpcTopic {
     #[serde(default)]
     pub server: Option<String>,
     /// RPC timeout for this topic (defaults to `[amqp] default_timeout`).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "quartet_policies::duration")]
     pub timeout: Option<Duration>,
     /// oslo's `call_monitor_timeout`: the server heartbeats every half of it.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "quartet_policies::duration")]
     pub call_monitor_timeout: Option<Duration>,
     /// Calls may be sent again after they may have been delivered.
     #[serde(default)]

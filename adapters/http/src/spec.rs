@@ -20,9 +20,15 @@ pub struct UpstreamSpec {
     /// PEM file of CA certificates for `https://` endpoints; the system's roots otherwise.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_connect_timeout",
+        with = "quartet_policies::duration"
+    )]
     pub connect_timeout: Duration,
-    #[serde(default = "default_pool_idle_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_pool_idle_timeout",
+        with = "quartet_policies::duration"
+    )]
     pub pool_idle_timeout: Duration,
     #[serde(default = "default_pool_max_idle")]
     pub pool_max_idle_per_host: usize,
@@ -52,9 +58,15 @@ pub enum BalanceStrategy {
 pub struct HealthSpec {
     #[serde(default = "default_health_path")]
     pub path: String,
-    #[serde(default = "default_health_interval", with = "humantime_serde")]
+    #[serde(
+        default = "default_health_interval",
+        with = "quartet_policies::duration"
+    )]
     pub interval: Duration,
-    #[serde(default = "default_health_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_health_timeout",
+        with = "quartet_policies::duration"
+    )]
     pub timeout: Duration,
     /// Failed checks in a row before an endpoint is taken out.
     #[serde(default = "default_unhealthy")]

@@ -30,15 +30,21 @@ pub struct IdentityConfig {
     #[serde(default = "default_key_repository")]
     pub key_repository: PathBuf,
     /// Lifetime of issued tokens (Keystone's `[token] expiration`, 1 h).
-    #[serde(default = "default_expiration", with = "humantime_serde")]
+    #[serde(default = "default_expiration", with = "quartet_policies::duration")]
     pub token_expiration: Duration,
     /// Keystone's `[token] allow_expired_window` (48 h): how long past its expiry the
     /// embedded identity still confirms a token when asked with `allow_expired` (a user
     /// token that came with a service token carrying the `service` role).
-    #[serde(default = "default_allow_expired_window", with = "humantime_serde")]
+    #[serde(
+        default = "default_allow_expired_window",
+        with = "quartet_policies::duration"
+    )]
     pub allow_expired_window: Duration,
     /// How often an instance reads revocations other instances wrote.
-    #[serde(default = "default_revocation_poll", with = "humantime_serde")]
+    #[serde(
+        default = "default_revocation_poll",
+        with = "quartet_policies::duration"
+    )]
     pub revocation_poll: Duration,
     /// The public URL of the `/v3` API, for `WWW-Authenticate` and the version document;
     /// by default taken from each request's `Host`.

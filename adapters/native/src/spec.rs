@@ -157,7 +157,10 @@ pub struct HttpDriverSpec {
     /// otherwise. Certificates are always verified.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "default_connect_timeout",
+        with = "quartet_policies::duration"
+    )]
     pub connect_timeout: Duration,
     /// Headers sent with every request.
     #[serde(default)]

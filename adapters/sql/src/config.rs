@@ -133,41 +133,44 @@ pub struct ListenerSpec {
     #[serde(default = "d_reset_query")]
     pub reset_query: String,
     /// Connecting and logging in to a server.
-    #[serde(default = "d_connect_timeout", with = "humantime_serde")]
+    #[serde(default = "d_connect_timeout", with = "quartet_policies::duration")]
     pub connect_timeout: Duration,
     /// Attempts to connect over all backends before a client gets an error.
     #[serde(default = "d_connect_attempts")]
     pub connect_attempts: u32,
     /// Base of the jittered exponential backoff between connect attempts.
-    #[serde(default = "d_connect_backoff", with = "humantime_serde")]
+    #[serde(default = "d_connect_backoff", with = "quartet_policies::duration")]
     pub connect_backoff: Duration,
     /// A query running longer is cancelled (absent: no limit).
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "quartet_policies::duration")]
     pub query_timeout: Option<Duration>,
     /// How long a client waits for a server connection from a full pool.
-    #[serde(default = "d_query_wait_timeout", with = "humantime_serde")]
+    #[serde(default = "d_query_wait_timeout", with = "quartet_policies::duration")]
     pub query_wait_timeout: Duration,
     /// A client idle inside a transaction longer than this is disconnected.
-    #[serde(default, with = "humantime_serde")]
+    #[serde(default, with = "quartet_policies::duration")]
     pub idle_transaction_timeout: Option<Duration>,
     /// A server connection older than this is closed when it is next released
     /// (0: each server connection serves one client or transaction, then closes).
-    #[serde(default = "d_server_lifetime", with = "humantime_serde")]
+    #[serde(default = "d_server_lifetime", with = "quartet_policies::duration")]
     pub server_lifetime: Duration,
     /// A server connection idle longer than this is closed.
-    #[serde(default = "d_server_idle_timeout", with = "humantime_serde")]
+    #[serde(default = "d_server_idle_timeout", with = "quartet_policies::duration")]
     pub server_idle_timeout: Duration,
     /// Startup and authentication of a client must end within this.
-    #[serde(default = "d_client_login_timeout", with = "humantime_serde")]
+    #[serde(
+        default = "d_client_login_timeout",
+        with = "quartet_policies::duration"
+    )]
     pub client_login_timeout: Duration,
     /// How often each backend's role and health are checked.
-    #[serde(default = "d_health_interval", with = "humantime_serde")]
+    #[serde(default = "d_health_interval", with = "quartet_policies::duration")]
     pub health_interval: Duration,
     /// A plain-TCP client with no server attached (transaction mode, between
     /// transactions) and quiet this long is parked: its task and its socket's place in
     /// tokio are given up until it sends again (see `park`); a new client that has sent
     /// nothing since its login, after 10 ms (or this, if shorter). `"0s"`: never park.
-    #[serde(default = "d_client_park_after", with = "humantime_serde")]
+    #[serde(default = "d_client_park_after", with = "quartet_policies::duration")]
     pub client_park_after: Duration,
     /// The named policy whose breaker applies to this listener's backends.
     #[serde(default)]

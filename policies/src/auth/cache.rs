@@ -45,10 +45,10 @@ pub fn keystonemiddleware_key(token: &str) -> String {
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     /// How long a valid token is trusted without asking again (`token_cache_time`).
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub ttl: Duration,
     /// How long an invalid token is answered from the cache.
-    #[serde(with = "humantime_serde")]
+    #[serde(with = "crate::duration")]
     pub invalid_ttl: Duration,
     /// Entries kept at most; expired ones are dropped first when it is reached.
     pub max_entries: usize,
