@@ -2,7 +2,9 @@
 # loopback and defines the ways to compare. Not meant to be run on its own.
 #
 # Ways (name -> port): direct (nginx serving a 44-byte JSON body), nginx (nginx as a
-# reverse proxy, upstream keepalive), haproxy, quartet (the default policy on a `/` route),
+# reverse proxy, upstream keepalive), haproxy (a bare `mode http` proxy), haproxy-full (the
+# same doing the work Quartet's default policy does; its config below), quartet (the
+# default policy on a `/` route),
 # quartet-auth (the same route with `auth = "required"`: the embedded identity, one token
 # validated once and then served from the token cache).
 #
@@ -17,6 +19,7 @@
 BASE_PORT=${BASE_PORT:-18080}
 UP=$((BASE_PORT + 1)) NGX=$((BASE_PORT + 2)) HAP=$((BASE_PORT + 3)) QRT=$((BASE_PORT + 4))
 QADM=$((BASE_PORT + 5)) QAUTH=$((BASE_PORT + 6)) QAUTH_ADM=$((BASE_PORT + 7))
+HAPF=$((BASE_PORT + 8))
 
 need() { command -v "$1" >/dev/null 2>&1; }
 if ! need wrk || ! need nginx || ! need haproxy; then
@@ -91,6 +94,39 @@ backend be
   http-reuse always
   server up 127.0.0.1:$UP
 HAP
+# The same HAProxy set up to do what Quartet's default policy does to a request, so the
+# two can be compared at equal work as well: the forwarded headers, an
+# X-OpenStack-Request-ID made for the request and returned on the response, up to two
+# retries of an idempotent request (per-try limit 10 s), and an endpoint that keeps
+# failing taken out (passive checks: `observe layer7`, 5 errors in a row; `observe`
+# needs the active check, one every 10 s). A bulkhead of 1024 (`maxconn`, though
+# HAProxy queues where Quartet refuses).
+cat > "$WORK/haproxy-full.cfg" <<HAP
+global
+  nbthread 2
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 10s
+  option http-keep-alive
+  retries 2
+  retry-on conn-failure empty-response response-timeout 502 503 504
+frontend fe
+  bind 127.0.0.1:$HAPF
+  maxconn 1024
+  option forwardfor
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  unique-id-format req-%[uuid(4)]
+  unique-id-header X-OpenStack-Request-ID
+  http-response set-header X-OpenStack-Request-ID %[unique-id]
+  default_backend be
+backend be
+  http-reuse always
+  server up 127.0.0.1:$UP check inter 10s observe layer7 error-limit 5 on-error mark-down
+HAP
 RUNTIME_LINE=${QUARTET_RUNTIME:+"runtime = \"$QUARTET_RUNTIME\""}
 cat > "$WORK/quartet.toml" <<TOML
 [server]
@@ -130,6 +166,8 @@ nginx -p "$WORK/px" -c "$WORK/px/nginx.conf"
 read -r -a WRAP_CMD <<<"${WRAP:-}"
 "${WRAP_CMD[@]}" haproxy -f "$WORK/haproxy.cfg" -q >"$WORK/haproxy.log" 2>&1 & bg_pids+=($!)
 HAP_PID=$!
+"${WRAP_CMD[@]}" haproxy -f "$WORK/haproxy-full.cfg" -q >"$WORK/haproxy-full.log" 2>&1 & bg_pids+=($!)
+HAPF_PID=$!
 RUST_LOG=warn "${WRAP_CMD[@]}" "$QUARTET" serve --config "$WORK/quartet.toml" >"$WORK/quartet.log" 2>&1 & bg_pids+=($!)
 QRT_PID=$!
 QUARTET_ADMIN_PASSWORD=bench-secret RUST_LOG=warn "${WRAP_CMD[@]}" "$QUARTET" serve --config "$WORK/quartet-auth.toml" >"$WORK/quartet-auth.log" 2>&1 & bg_pids+=($!)
@@ -142,7 +180,7 @@ wait_port() {
   done
   echo "port $1 did not answer" >&2; cat "$WORK"/quartet*.log >&2; exit 1
 }
-for p in $UP $NGX $HAP $QRT $QAUTH; do wait_port "$p"; done
+for p in $UP $NGX $HAP $HAPF $QRT $QAUTH; do wait_port "$p"; done
 
 # A project-scoped admin token from the embedded identity, validated once by the first
 # request and then answered from the token cache.
@@ -161,8 +199,8 @@ children() { awk -v p="$1" '$4==p {print $1}' /proc/[0-9]*/stat 2>/dev/null; }
 UP_PIDS=$(children "$(cat "$WORK/up/nginx.pid")")
 NGX_PIDS=$(children "$(cat "$WORK/px/nginx.pid")")
 
-WAYS=(direct nginx haproxy quartet quartet-auth)
+WAYS=(direct nginx haproxy haproxy-full quartet quartet-auth)
 if [ -n "${ONLY:-}" ]; then read -r -a WAYS <<<"$ONLY"; fi
-declare -A PORT=([direct]=$UP [nginx]=$NGX [haproxy]=$HAP [quartet]=$QRT [quartet-auth]=$QAUTH)
-declare -A PIDS=([direct]="" [nginx]="$NGX_PIDS" [haproxy]="$HAP_PID" [quartet]="$QRT_PID" [quartet-auth]="$QAUTH_PID")
-declare -A TOKEN_OF=([direct]="" [nginx]="" [haproxy]="" [quartet]="" [quartet-auth]="$TOKEN")
+declare -A PORT=([direct]=$UP [nginx]=$NGX [haproxy]=$HAP [haproxy-full]=$HAPF [quartet]=$QRT [quartet-auth]=$QAUTH)
+declare -A PIDS=([direct]="" [nginx]="$NGX_PIDS" [haproxy]="$HAP_PID" [haproxy-full]="$HAPF_PID" [quartet]="$QRT_PID" [quartet-auth]="$QAUTH_PID")
+declare -A TOKEN_OF=([direct]="" [nginx]="" [haproxy]="" [haproxy-full]="" [quartet]="" [quartet-auth]="$TOKEN")

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # REST channel benchmark: wrk against one nginx upstream serving a small JSON body,
-# five ways in one run, alternating, several rounds:
-#   direct, nginx as a reverse proxy, HAProxy, Quartet (default policy on the route), and
-#   Quartet with `auth = "required"` on the route (embedded identity, token cache hits).
+# six ways in one run, alternating, several rounds:
+#   direct, nginx as a reverse proxy, HAProxy, HAProxy set up to do the work of Quartet's
+#   default policy (forwarded headers, request id, retries, passive ejection: see
+#   bench/http-env.sh), Quartet (default policy on the route), and Quartet with
+#   `auth = "required"` on the route (embedded identity, token cache hits).
 # Prints requests/s, p50 and p99 for each, the ratios to direct, Quartet against HAProxy
 # and Quartet with auth against Quartet without.
 #
@@ -55,6 +57,9 @@ for n in "${WAYS[@]}"; do
 done
 if [ -n "${MRPS[haproxy]:-}" ] && [ -n "${MRPS[quartet]:-}" ]; then
   echo "quartet / haproxy: req/s $(ratio "${MRPS[quartet]}" "${MRPS[haproxy]}") (target >= 1), p99 $(ratio "${MP99[quartet]}" "${MP99[haproxy]}") (target <= 1)"
+fi
+if [ -n "${MRPS[haproxy-full]:-}" ] && [ -n "${MRPS[quartet]:-}" ]; then
+  echo "quartet / haproxy-full (HAProxy doing the default policy's work): req/s $(ratio "${MRPS[quartet]}" "${MRPS[haproxy-full]}"), p99 $(ratio "${MP99[quartet]}" "${MP99[haproxy-full]}")"
 fi
 if [ -n "${MRPS[quartet]:-}" ] && [ -n "${MRPS[quartet-auth]:-}" ]; then
   echo "quartet-auth / quartet: req/s $(ratio "${MRPS[quartet-auth]}" "${MRPS[quartet]}") (target >= 0.90)"
