@@ -77,16 +77,18 @@ http {
   }
 }
 NGINX
-cat > "$WORK/haproxy.cfg" <<HAP
-global
+# What both HAProxy ways share; `timeout server` is each way's own.
+HAP_COMMON="global
   nbthread 2
   maxconn 4000
 defaults
   mode http
   timeout connect 5s
   timeout client 30s
+  option http-keep-alive"
+cat > "$WORK/haproxy.cfg" <<HAP
+$HAP_COMMON
   timeout server 30s
-  option http-keep-alive
 frontend fe
   bind 127.0.0.1:$HAP
   default_backend be
@@ -102,15 +104,8 @@ HAP
 # needs the active check, one every 10 s). A bulkhead of 1024 (`maxconn`, though
 # HAProxy queues where Quartet refuses).
 cat > "$WORK/haproxy-full.cfg" <<HAP
-global
-  nbthread 2
-  maxconn 4000
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 30s
+$HAP_COMMON
   timeout server 10s
-  option http-keep-alive
   retries 2
   retry-on conn-failure empty-response response-timeout 502 503 504
 frontend fe
