@@ -55,6 +55,22 @@ for n in "${WAYS[@]}"; do
   printf '%-12s %12.0f %10.3f %10.3f %10s %10s\n' "$n" "${MRPS[$n]}" "$p50" "${MP99[$n]}" \
     "$(ratio "${MRPS[$n]}" "${d_rps:-0}")" "$(ratio "${MP99[$n]}" "${d_p99:-0}")"
 done
+# Round by round: the two ways of a pair ran one after the other, so their ratio is spared
+# the machine's drift between rounds, which the ratio of the medians above carries.
+paired() {
+  local ratios
+  ratios=$(awk -v a="$1" -v b="$2" 'BEGIN { n = split(a, x, " "); m = split(b, y, " ")
+    if (n != m) exit
+    for (i = 1; i <= n; i++) if (y[i] > 0) printf "%.2f ", x[i] / y[i] }')
+  if [ -z "$ratios" ]; then echo "-"; return; fi
+  echo "${ratios}(median $(median <<<"$ratios"))"
+}
+if [ -n "${MRPS[haproxy]:-}" ] && [ -n "${MRPS[quartet]:-}" ]; then
+  echo "quartet / haproxy, req/s round by round: $(paired "${RPS[quartet]}" "${RPS[haproxy]}")"
+fi
+if [ -n "${MRPS[quartet]:-}" ] && [ -n "${MRPS[quartet-auth]:-}" ]; then
+  echo "quartet-auth / quartet, req/s round by round: $(paired "${RPS[quartet-auth]}" "${RPS[quartet]}")"
+fi
 if [ -n "${MRPS[haproxy]:-}" ] && [ -n "${MRPS[quartet]:-}" ]; then
   echo "quartet / haproxy: req/s $(ratio "${MRPS[quartet]}" "${MRPS[haproxy]}") (target >= 1), p99 $(ratio "${MP99[quartet]}" "${MP99[haproxy]}") (target <= 1)"
 fi

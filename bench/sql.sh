@@ -105,6 +105,17 @@ for c in "${cases[@]}"; do
     printf '%-5s %-10s %10.0f %10.3f %9s %12s\n' "$label" "$n" "$t" "$l" "$(ratio "$t" "$d")" "$(ratio "$t" "$b")"
   done
 done
+# Round by round: the two poolers ran one after the other, so their ratio is spared the
+# machine's drift between rounds, which the ratio of the medians above carries.
+for c in "${cases[@]}"; do
+  label=${c%%:*}
+  ratios=$(awk -v a="${TPS[$label.quartet]:-}" -v b="${TPS[$label.pgbouncer]:-}" 'BEGIN {
+    n = split(a, x, " "); m = split(b, y, " "); if (n != m) exit
+    for (i = 1; i <= n; i++) if (y[i] > 0) printf "%.2f ", x[i] / y[i] }')
+  if [ -n "$ratios" ]; then
+    echo "$label quartet / pgbouncer round by round: ${ratios}(median $(median <<<"$ratios"))"
+  fi
+done
 fi
 
 # Resident memory with IDLE idle clients.
