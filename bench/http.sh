@@ -43,8 +43,7 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 
-median() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -g | awk '{a[NR]=$1} END { if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b > 0) printf "%.2f", a/b; else print "-" }'; }
+. bench/stats.sh
 echo
 echo "median of $ROUNDS rounds, wrk -t$THREADS -c$CONNS -d$DURATION, $(nproc) cores"
 printf '%-12s %12s %10s %10s %10s %10s\n' way req/s p50_ms p99_ms rps/direct p99/direct
@@ -55,16 +54,6 @@ for n in "${WAYS[@]}"; do
   printf '%-12s %12.0f %10.3f %10.3f %10s %10s\n' "$n" "${MRPS[$n]}" "$p50" "${MP99[$n]}" \
     "$(ratio "${MRPS[$n]}" "${d_rps:-0}")" "$(ratio "${MP99[$n]}" "${d_p99:-0}")"
 done
-# Round by round: the two ways of a pair ran one after the other, so their ratio is spared
-# the machine's drift between rounds, which the ratio of the medians above carries.
-paired() {
-  local ratios
-  ratios=$(awk -v a="$1" -v b="$2" 'BEGIN { n = split(a, x, " "); m = split(b, y, " ")
-    if (n != m) exit
-    for (i = 1; i <= n; i++) if (y[i] > 0) printf "%.2f ", x[i] / y[i] }')
-  if [ -z "$ratios" ]; then echo "-"; return; fi
-  echo "${ratios}(median $(median <<<"$ratios"))"
-}
 if [ -n "${MRPS[haproxy]:-}" ] && [ -n "${MRPS[quartet]:-}" ]; then
   echo "quartet / haproxy, req/s round by round: $(paired "${RPS[quartet]}" "${RPS[haproxy]}")"
 fi

@@ -92,8 +92,7 @@ done
 if [ "$ROUNDS" -gt 0 ]; then
 # (`grep -v` fails on no input: with pipefail and -e, a way whose every run failed
 # would end the script before the table.)
-median() { tr ' ' '\n' | { grep -v '^$' || true; } | sort -g | awk '{a[NR]=$1} END { if (NR == 0) print "nan"; else if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2 }'; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a == "nan" || b == "nan") print "-"; else printf "%.2f", a/b}'; }
+. bench/stats.sh
 echo
 echo "median of $ROUNDS rounds, pgbench -T $DURATION, pool size $POOL, $(nproc) cores"
 printf '%-5s %-10s %10s %10s %9s %12s\n' case way tps lat_ms /direct /pgbouncer
@@ -105,16 +104,9 @@ for c in "${cases[@]}"; do
     printf '%-5s %-10s %10.0f %10.3f %9s %12s\n' "$label" "$n" "$t" "$l" "$(ratio "$t" "$d")" "$(ratio "$t" "$b")"
   done
 done
-# Round by round: the two poolers ran one after the other, so their ratio is spared the
-# machine's drift between rounds, which the ratio of the medians above carries.
 for c in "${cases[@]}"; do
   label=${c%%:*}
-  ratios=$(awk -v a="${TPS[$label.quartet]:-}" -v b="${TPS[$label.pgbouncer]:-}" 'BEGIN {
-    n = split(a, x, " "); m = split(b, y, " "); if (n != m) exit
-    for (i = 1; i <= n; i++) if (y[i] > 0) printf "%.2f ", x[i] / y[i] }')
-  if [ -n "$ratios" ]; then
-    echo "$label quartet / pgbouncer round by round: ${ratios}(median $(median <<<"$ratios"))"
-  fi
+  echo "$label quartet / pgbouncer round by round: $(paired "${TPS[$label.quartet]:-}" "${TPS[$label.pgbouncer]:-}")"
 done
 fi
 
