@@ -191,7 +191,9 @@ async fn forward<'a>(
 ) -> Result<Response<Body>, BoxError> {
     let host = request_host(&req);
     if crate::identity::serves_v3(built, host, req.uri().path()) {
-        return crate::identity::serve_v3(built, req).await;
+        // Boxed: the identity API's future is three times the proxy path's, and every
+        // request's future would carry it otherwise.
+        return Box::pin(crate::identity::serve_v3(built, req)).await;
     }
     let route = find_route(&built.rest.routes, host, req.uri().path()).ok_or(NoRoute)?;
     facts.upstream = Some(&route.upstream);

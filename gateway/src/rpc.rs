@@ -580,7 +580,9 @@ pub async fn intercept(
         if let Some(topic) = path.strip_prefix("/rpc/") {
             if !topic.is_empty() && !topic.contains('/') {
                 let topic = topic.to_owned();
-                return Ok(post_rpc(built, rpc, &topic, req, request_id).await);
+                // Boxed, as below: the public path's future stays small for the REST requests
+                // that never come here (it is moved and polled once per request).
+                return Ok(Box::pin(post_rpc(built, rpc, &topic, req, request_id)).await);
             }
         }
     }
@@ -597,7 +599,9 @@ pub async fn intercept(
             })
     });
     match found {
-        Some((route, params)) => Ok(route_rpc(built, rpc, route, params, req, request_id).await),
+        Some((route, params)) => {
+            Ok(Box::pin(route_rpc(built, rpc, route, params, req, request_id)).await)
+        }
         None => Err(req),
     }
 }
