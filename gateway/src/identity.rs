@@ -442,14 +442,14 @@ fn remote_client(url: &str, shared: &Shared) -> Result<(BytesService, RemoteHand
                 'static,
                 Result<Response<Bytes>, BoxError>,
             > {
-                let mut stack = stack.clone();
+                let stack = stack.clone();
                 Box::pin(async move {
                     let (parts, body) = req.into_parts();
                     let mut req =
                         Request::from_parts(parts, quartet_http::body::full(body.clone()));
                     req.extensions_mut()
                         .insert(quartet_http::body::Buffered(body));
-                    let resp = quartet_policies::call_ready(&mut stack, req).await?;
+                    let resp = stack.call(req).await?;
                     let (parts, body) = resp.into_parts();
                     let bytes = body.collect().await?.to_bytes();
                     Ok::<_, BoxError>(Response::from_parts(parts, bytes))
@@ -494,7 +494,7 @@ pub fn guard(
         params,
         inner: service,
     });
-    Ok(tower::util::BoxCloneSyncService::new(Guarded { route }))
+    Ok(RestService::new(Guarded { route }))
 }
 
 /// A REST route's guard and the route's stack behind it.
@@ -504,8 +504,8 @@ struct RouteGuard {
     inner: RestService,
 }
 
-/// The guarded route as a service. A clone (one per request, by the router) is one
-/// reference count; the stack behind is cloned once per call, as an unguarded route's is.
+/// The guarded route as a service. A clone (the [`RestService`] around it makes one per
+/// call) is one reference count.
 #[derive(Clone)]
 struct Guarded {
     route: Arc<RouteGuard>,
@@ -531,11 +531,7 @@ impl tower::Service<Request<ProxyBody>> for Guarded {
             Some(Ok(())) => match self.route.authorize(&parts) {
                 Ok(()) => {
                     let www = self.route.checks.www_source(&parts);
-                    forward(
-                        self.route.inner.clone(),
-                        Request::from_parts(parts, body),
-                        www,
-                    )
+                    forward(&self.route.inner, Request::from_parts(parts, body), www)
                 }
                 Err(refused) => Box::pin(std::future::ready(Err(refused.into()))),
             },
@@ -546,7 +542,7 @@ impl tower::Service<Request<ProxyBody>> for Guarded {
                     route.checks.authenticate(&mut parts).await?;
                     route.authorize(&parts)?;
                     let www = route.checks.www_source(&parts);
-                    forward(route.inner.clone(), Request::from_parts(parts, body), www).await
+                    forward(&route.inner, Request::from_parts(parts, body), www).await
                 })
             }
         }
@@ -570,14 +566,14 @@ impl RouteGuard {
 
 /// Sends a checked request through the route's stack. As keystonemiddleware does: a 401
 /// of the service tells where tokens are (`WWW-Authenticate`, built only then). The stack
-/// is called here, at once, as an unguarded route's is (`routes::send`): every layer of
+/// is called here, at once, as an unguarded route's is (`routes::forward`): every layer of
 /// it is always ready, so there is no `poll_ready` walk (`Oneshot`) to wait on.
 fn forward(
-    mut inner: RestService,
+    inner: &RestService,
     req: Request<ProxyBody>,
     www: guard::WwwSource,
 ) -> futures_util::future::BoxFuture<'static, Result<Response<ProxyBody>, BoxError>> {
-    let sent = quartet_policies::call_ready(&mut inner, req);
+    let sent = inner.call(req);
     Box::pin(async move {
         let mut resp = sent.await?;
         if resp.status() == StatusCode::UNAUTHORIZED {

@@ -229,7 +229,7 @@ async fn forward<'a>(
     req.extensions_mut().insert(call.clone());
     facts.call = Some(call);
 
-    let mut resp = send(&route.service, req).await?;
+    let mut resp = route.service.call(req).await?;
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client) = client_upgrade {
@@ -246,19 +246,10 @@ fn limited(body: Body, limit: usize) -> ProxyBody {
     Limited::new(body, limit).boxed_unsync()
 }
 
-/// Calls a route's stack; a plain function so the future's type is named once.
-fn send(
-    service: &crate::stack::RestService,
-    req: Request<ProxyBody>,
-) -> futures_util::future::BoxFuture<'static, Result<Response<ProxyBody>, BoxError>> {
-    quartet_policies::call_ready(&mut service.clone(), req)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use quartet_policies::spec::PolicySpec;
-    use tower::util::BoxCloneSyncService;
 
     fn route(prefix: &str, host: Option<&str>, upstream: &str) -> Route {
         let svc = tower::service_fn(|_req: Request<ProxyBody>| async {
@@ -270,7 +261,7 @@ mod tests {
             strip_prefix: false,
             upstream: upstream.to_string(),
             policy: PolicySpec::default(),
-            service: BoxCloneSyncService::new(svc),
+            service: crate::stack::RestService::boxing(svc),
         }
     }
 

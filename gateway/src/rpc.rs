@@ -46,11 +46,10 @@ use std::collections::BTreeMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
-use tower::util::BoxCloneSyncService;
 use tower::ServiceExt;
 
 /// A topic's whole stack.
-pub type RpcService = BoxCloneSyncService<RpcRequest, RpcResponse, BoxError>;
+pub type RpcService = quartet_policies::SharedStack<RpcRequest, RpcResponse>;
 
 /// `POST /rpc/{topic}` named a topic that is not in `[[rpc.topics]]`. Edge: 404.
 #[derive(Debug, thiserror::Error)]
@@ -343,7 +342,7 @@ fn attempt_service(client: RpcClient, default_timeout: Duration, per_try: Durati
             client.send(req).await.map_err(BoxError::from)
         }
     });
-    BoxCloneSyncService::new(svc)
+    RpcService::boxing(svc)
 }
 
 /// The REST stack a `[[rpc.servers]]` entry forwards through: the upstream's balancer and

@@ -9,8 +9,8 @@
 //! [`policy_stack`] builds the layers above the balancer and [`endpoint_stack`] those below
 //! it, generic over the request, the response and the channel's [`Classify`] and
 //! [`Replay`], so every channel (REST here; RPC topics, SQL backends and drivers later)
-//! gets the same order from the same two functions. Services are boxed at the channel
-//! boundary so their types stay readable.
+//! gets the same order from the same two functions. Each stack is kept as a
+//! [`SharedStack`] (its type erased, called through a shared reference).
 //!
 //! What is shared, and by whom (REST):
 //! - per (upstream, endpoint): one breaker, one health flag, one in-flight count, shared by
@@ -39,7 +39,7 @@ use quartet_policies::observe::ObserveLayer;
 use quartet_policies::retry::{Budget, RetryLayer};
 use quartet_policies::spec::{FaultSpec, PolicySpec};
 use quartet_policies::timeout::TimeoutLayer;
-use quartet_policies::{BoxError, Target};
+use quartet_policies::{BoxError, SharedStack, Target};
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::pin::Pin;
@@ -47,12 +47,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tower::util::BoxCloneSyncService;
 use tower::{Layer, Service, ServiceBuilder};
 
 /// A REST route's whole stack, as the router calls it.
-pub type RestService =
-    BoxCloneSyncService<http::Request<ProxyBody>, http::Response<ProxyBody>, BoxError>;
+pub type RestService = SharedStack<http::Request<ProxyBody>, http::Response<ProxyBody>>;
 
 /// The per-target state every stack sending to the target shares: one fault handle (the
 /// admin API sets faults per target) and one retry budget (retries are a share of the
@@ -72,7 +70,7 @@ pub fn policy_stack<S, Req, Resp, C, R>(
     classify: C,
     replay: R,
     inner: S,
-) -> BoxCloneSyncService<Req, Resp, BoxError>
+) -> SharedStack<Req, Resp>
 where
     S: Service<Req, Response = Resp, Error = BoxError> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
@@ -114,7 +112,7 @@ where
             metrics.clone(),
         ))
         .service(inner);
-    BoxCloneSyncService::new(svc)
+    SharedStack::new(svc)
 }
 
 /// The layers below the balancer, around one endpoint, in request order.
@@ -124,7 +122,7 @@ pub fn endpoint_stack<S, Req, Resp, C>(
     classify: C,
     in_flight: Option<Arc<AtomicUsize>>,
     inner: S,
-) -> BoxCloneSyncService<Req, Resp, BoxError>
+) -> SharedStack<Req, Resp>
 where
     S: Service<Req, Response = Resp, Error = BoxError> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
@@ -145,7 +143,7 @@ where
         // `None` where a balancer above counts it already (REST).
         .option_layer(in_flight.map(InFlightLayer))
         .service(inner);
-    BoxCloneSyncService::new(svc)
+    SharedStack::new(svc)
 }
 
 /// Counts calls outstanding at one endpoint (until the response head arrives).

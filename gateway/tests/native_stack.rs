@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tower::{Service, ServiceExt};
+use tower::ServiceExt;
 use vendor::{http_driver, serve, start, Backend};
 
 /// The stack the gateway serves `instance` with, and its breaker.

@@ -26,12 +26,15 @@ pub mod limit;
 pub mod metrics;
 pub mod observe;
 pub mod retry;
+pub mod shared;
 pub mod spec;
 pub mod timeout;
 
 /// The error type that flows through the stack: typed at the leaves, boxed in the trunk,
 /// mapped once at the gateway's edge.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+pub use shared::SharedStack;
 
 /// Calls a service of a policy stack without first waiting for it to be ready.
 ///

@@ -31,11 +31,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tower::util::BoxCloneSyncService;
 use tower::Service;
 
 pub type EndpointStack =
-    BoxCloneSyncService<http::Request<ProxyBody>, http::Response<ProxyBody>, BoxError>;
+    quartet_policies::SharedStack<http::Request<ProxyBody>, http::Response<ProxyBody>>;
 
 /// One endpoint as the balancer sees it: its stack (breaker and per-try timeout around the
 /// endpoint service, as `stack.rs` built it), its breaker, its health flag.
@@ -259,7 +258,7 @@ impl Service<http::Request<ProxyBody>> for Balancer {
             }
         }
         let guard = InFlight::new(&slot.in_flight);
-        let attempt = quartet_policies::call_ready(&mut slot.service.clone(), req);
+        let attempt = slot.service.call(req);
         // A combinator, not an async block: the latter trips the compiler's Send check on
         // the boxed service's higher-ranked error type.
         Box::pin(attempt.map(move |result| {
@@ -283,7 +282,7 @@ mod tests {
     /// An endpoint stack answering 200 with `x-endpoint: NAME`; it waits for `gate` first
     /// when one is given.
     fn stack(name: &'static str, gate: Option<Arc<Notify>>) -> EndpointStack {
-        BoxCloneSyncService::new(tower::service_fn(move |_req: http::Request<ProxyBody>| {
+        EndpointStack::boxing(tower::service_fn(move |_req: http::Request<ProxyBody>| {
             let gate = gate.clone();
             async move {
                 if let Some(gate) = gate {

@@ -7,10 +7,8 @@
 //! built stack where it runs calls itself ([`crate::Jobs::submit`]).
 
 use crate::driver::NativeCall;
-use quartet_policies::BoxError;
 use serde_json::Value;
-use tower::util::BoxCloneSyncService;
 
-/// The boxed service the gateway calls: one per driver instance, cheap to clone; every
+/// The stack the gateway calls: one per driver instance, cheap to clone; every
 /// clone shares the instance's limit, breaker, budget and fault.
-pub type NativeService = BoxCloneSyncService<NativeCall, Value, BoxError>;
+pub type NativeService = quartet_policies::SharedStack<NativeCall, Value>;

@@ -9,7 +9,6 @@ use quartet_native::{DriverInstance, NativeCall, NativeService};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
-use tower::util::BoxCloneSyncService;
 
 async fn state_of(jobs: &Jobs, id: uuid::Uuid) -> JobState {
     jobs.get(id).await.expect("get").expect("stored").state
@@ -22,7 +21,7 @@ async fn restart_scenario(url: &str, owner: &str) {
     let instance = DriverInstance::new("device", None, Arc::new(driver.clone()));
     // The jobs store runs whatever service it is given (the gateway gives the driver's
     // policy stack); the bare driver is enough here.
-    let service: NativeService = BoxCloneSyncService::new(instance.service());
+    let service = NativeService::boxing(instance.service());
 
     let jobs = Jobs::open_as(url, owner).await.expect("open");
     let done = jobs
