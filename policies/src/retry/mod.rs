@@ -34,7 +34,7 @@ use futures_util::future::BoxFuture;
 use std::marker::PhantomData;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tower::{Layer, Service, ServiceExt};
+use tower::{Layer, Service};
 
 pub struct RetryLayer<C, R> {
     spec: RetrySpec,
@@ -124,25 +124,25 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        // Readiness is awaited inside the future for every attempt (including the first),
-        // on a clone, so `poll_ready` never has to reserve anything for us.
+        // Every layer below is always ready (`crate::call_ready`), so each attempt is
+        // called on a clone at once. What the future needs is taken here, outside it: a
+        // captured value moved into a local inside would take its room twice, and a
+        // future over 1 KiB costs the allocator's slow path on every call.
         let mut svc = self.inner.clone();
-        let layer = self.layer.clone();
+        let RetryLayer {
+            spec,
+            budget,
+            classify,
+            replay,
+            target,
+            metrics,
+        } = self.layer.clone();
+        let attempts = spec.attempts.max(1);
+        let backoff = Backoff::new(spec.backoff, spec.max_backoff);
+        let mut req = req;
         Box::pin(async move {
-            let RetryLayer {
-                spec,
-                budget,
-                classify,
-                replay,
-                target,
-                metrics,
-            } = layer;
             let labels = [target.channel, &*target.name];
-            let attempts = spec.attempts.max(1);
-            let backoff = Backoff::new(spec.backoff, spec.max_backoff);
             budget.deposit();
-
-            let mut req = req;
             let mut attempt: u32 = 1;
             loop {
                 // The request is moved into the call, so the copy for the next attempt
@@ -153,10 +153,7 @@ where
                 } else {
                     None
                 };
-                let result = match svc.ready().await {
-                    Ok(ready) => ready.call(req).await,
-                    Err(e) => Err(e),
-                };
+                let result = crate::call_ready(&mut svc, req).await;
                 let class = class_of(&classify, &result);
                 let Some(next) = next else {
                     return result;
@@ -174,7 +171,8 @@ where
                 let delay = backoff.delay(attempt);
                 tracing::debug!(target = %target, attempt, ?class, ?delay, "retrying");
                 drop(result);
-                tokio::time::sleep(delay).await;
+                // Boxed: only a call that retries pays for the timer's room.
+                Box::pin(tokio::time::sleep(delay)).await;
                 metrics.retries.with_label_values(&labels).inc();
                 attempt += 1;
                 req = next;
@@ -203,6 +201,7 @@ mod tests {
     use std::time::Duration;
     use tokio::time::Instant;
     use tower::service_fn;
+    use tower::ServiceExt;
 
     /// What the scripted backend does on each call; the last step repeats.
     #[derive(Clone, Copy, Debug)]
