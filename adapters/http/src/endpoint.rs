@@ -4,7 +4,7 @@
 use crate::body::ProxyBody;
 use crate::client::HttpClient;
 use crate::error::{BuildError, ConnectError, UpstreamError};
-use crate::pool::{H1Pool, SendError};
+use crate::pool::{Direct, H1Pool, SendError};
 use crate::BoxError;
 use futures_util::future::BoxFuture;
 use http_body_util::BodyExt;
@@ -214,18 +214,13 @@ impl Service<http::Request<ProxyBody>> for EndpointService {
                 .entry(http::header::HOST)
                 .or_insert_with(|| self.host.clone());
             let pool = pool.clone();
-            let req = http::Request::from_parts(parts, body);
-            return Box::pin(async move {
-                match pool.send(req).await {
-                    Ok(resp) => Ok(resp),
-                    Err(SendError::Connect(source)) => Err(ConnectError {
-                        endpoint: endpoint.to_string(),
-                        source,
-                    }
-                    .into()),
-                    Err(SendError::Sent(source)) => Err(upstream_err(&endpoint, source)),
+            // Encoded here, so the future below holds the bytes and not the request.
+            return match Direct::encode(http::Request::from_parts(parts, body)) {
+                Ok(direct) => {
+                    Box::pin(async move { answer(&endpoint, pool.send_direct(direct).await) })
                 }
-            });
+                Err(req) => Box::pin(async move { answer(&endpoint, pool.send_hyper(req).await) }),
+            };
         }
         let uri = match rewrite_uri(&self.base, &self.base_path, &parts.uri) {
             Ok(uri) => uri,
@@ -247,6 +242,22 @@ impl Service<http::Request<ProxyBody>> for EndpointService {
                 Err(e) => Err(upstream_err(&endpoint, e)),
             }
         })
+    }
+}
+
+/// What our own pool's exchange gave, as the stack's result.
+fn answer(
+    endpoint: &str,
+    sent: Result<http::Response<ProxyBody>, SendError>,
+) -> Result<http::Response<ProxyBody>, BoxError> {
+    match sent {
+        Ok(resp) => Ok(resp),
+        Err(SendError::Connect(source)) => Err(ConnectError {
+            endpoint: endpoint.to_string(),
+            source,
+        }
+        .into()),
+        Err(SendError::Sent(source)) => Err(upstream_err(endpoint, source)),
     }
 }
 

@@ -157,14 +157,13 @@ impl H1Pool {
             .sum()
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) on a pooled or new connection.
-    pub async fn send(
+    /// Sends `req` (origin-form URI, `Host` set) with hyper, on a pooled or new
+    /// connection: a request [`Direct::encode`] gave back (a streamed body, an upgrade,
+    /// `CONNECT`).
+    pub async fn send_hyper(
         &self,
         req: http::Request<ProxyBody>,
     ) -> Result<http::Response<ProxyBody>, SendError> {
-        if let Some(body) = in_memory_body(&req) {
-            return self.send_direct(req, body).await;
-        }
         // hyper writes the head from the map: the added headers go in it.
         let (mut parts, body) = req.into_parts();
         AddedHeaders::apply_from(&mut parts.extensions, &mut parts.headers);
@@ -190,27 +189,12 @@ impl H1Pool {
         }
     }
 
-    /// Sends a request whose whole body is `body` on a direct connection ([`crate::h1`]).
-    async fn send_direct(
+    /// Sends an encoded request on a direct connection ([`crate::h1`]).
+    pub async fn send_direct(
         &self,
-        req: http::Request<ProxyBody>,
-        body: Bytes,
+        direct: Direct,
     ) -> Result<http::Response<ProxyBody>, SendError> {
         let shard = this_shard();
-        let (parts, _) = req.into_parts();
-        let added = parts
-            .extensions
-            .get::<AddedHeaders>()
-            .map_or(&[][..], |a| a.wire());
-        let mut wire = Vec::new();
-        h1::encode_request(
-            &mut wire,
-            &parts.method,
-            &parts.uri,
-            &parts.headers,
-            added,
-            &body,
-        );
         // Let the other requests this thread has ready go first, so their writes reach
         // the upstream together and it serves them in one wake-up (as happened when
         // hyper's connection tasks wrote after the requests' tasks had run).
@@ -226,7 +210,7 @@ impl H1Pool {
                     false,
                 ),
             };
-            if let Err(err) = conn.write_request(&wire).await {
+            if let Err(err) = conn.write_request(&direct.wire).await {
                 // Not all of it went out, so the upstream cannot have acted on it.
                 if reused {
                     continue;
@@ -234,7 +218,7 @@ impl H1Pool {
                 return Err(SendError::Connect(err.into()));
             }
             let head = conn
-                .read_head(&parts.method, self.raw_heads)
+                .read_head(&direct.method, self.raw_heads)
                 .await
                 .map_err(|e| SendError::Sent(e.into()))?;
             return Ok(self.finish_direct(head, conn, shard));
@@ -464,6 +448,46 @@ impl Body for PooledBody {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+/// A request ready for a direct exchange: its head and whole body as they go on the
+/// wire. Encoding it before the exchange's future is made keeps the request itself (240
+/// bytes, and a copy per async function it would pass through) out of that future.
+pub struct Direct {
+    wire: Vec<u8>,
+    method: http::Method,
+}
+
+impl Direct {
+    /// `req` encoded for a direct exchange, or `req` back when it needs hyper (a streamed
+    /// body, an upgrade, `CONNECT`).
+    #[allow(
+        clippy::result_large_err,
+        reason = "the request is handed back by value, as it came, for the hyper path"
+    )]
+    pub fn encode(req: http::Request<ProxyBody>) -> Result<Self, http::Request<ProxyBody>> {
+        let Some(body) = in_memory_body(&req) else {
+            return Err(req);
+        };
+        let (parts, _) = req.into_parts();
+        let added = parts
+            .extensions
+            .get::<AddedHeaders>()
+            .map_or(&[][..], |a| a.wire());
+        let mut wire = Vec::new();
+        h1::encode_request(
+            &mut wire,
+            &parts.method,
+            &parts.uri,
+            &parts.headers,
+            added,
+            &body,
+        );
+        Ok(Self {
+            wire,
+            method: parts.method,
+        })
     }
 }
 
