@@ -447,8 +447,9 @@ fn remote_client(url: &str, shared: &Shared) -> Result<(BytesService, RemoteHand
                     let (parts, body) = req.into_parts();
                     let mut req =
                         Request::from_parts(parts, quartet_http::body::full(body.clone()));
-                    req.extensions_mut()
-                        .insert(quartet_http::body::Buffered(body));
+                    let info = quartet_http::classify::CallInfo::default();
+                    info.set_buffered(body);
+                    req.extensions_mut().insert(Arc::new(info));
                     let resp = stack.call(req).await?;
                     let (parts, body) = resp.into_parts();
                     let bytes = body.collect().await?.to_bytes();

@@ -210,6 +210,11 @@ async fn forward<'a>(
     if route.strip_prefix {
         parts.uri = strip_uri(&parts.uri, &route.prefix)?;
     }
+    // The call's facts, shared by every attempt (and by the replay buffer, which keeps
+    // the body in it): the one extension the stack reads.
+    let call = Arc::new(CallInfo::default());
+    parts.extensions.insert(call.clone());
+    facts.call = Some(call);
     // The body streams through; `Limited` stops a chunked body that grows past the limit.
     let body = limited(body, usize::try_from(limit).unwrap_or(usize::MAX));
     let mut req = Request::from_parts(parts, body);
@@ -220,14 +225,11 @@ async fn forward<'a>(
     proxy::prepare_request(&mut req, &fwd, request_id);
 
     // An upgrade has no body and is never replayed (its connection is taken over).
-    let mut req = if client_upgrade.is_some() {
+    let req = if client_upgrade.is_some() {
         req
     } else {
         buffer_for_replay(req, route.policy.retry.buffer_limit).await?
     };
-    let call = Arc::new(CallInfo::default());
-    req.extensions_mut().insert(call.clone());
-    facts.call = Some(call);
 
     let mut resp = route.service.call(req).await?;
 

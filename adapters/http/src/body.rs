@@ -1,5 +1,6 @@
 //! The body type that flows through the REST channel, and the bounded replay buffer.
 
+use crate::classify::CallInfo;
 use crate::error::BodyError;
 use crate::BoxError;
 use bytes::{Bytes, BytesMut};
@@ -7,13 +8,10 @@ use futures_util::StreamExt;
 use http_body::{Body, Frame};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, BodyStream, Empty, Full, StreamBody};
+use std::sync::Arc;
 
 /// Request and response bodies between the client, the stack and the upstream: streamed.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
-
-/// Marks a request whose whole body was buffered, so it can be sent again.
-#[derive(Clone, Debug)]
-pub struct Buffered(pub Bytes);
 
 /// A body of these bytes (empty bytes: an empty body).
 pub fn full(bytes: Bytes) -> ProxyBody {
@@ -28,8 +26,9 @@ pub fn empty() -> ProxyBody {
 }
 
 /// Reads up to `limit` bytes of the request body. When the whole body fits, the request
-/// gets a [`Buffered`] extension and a full body, so retries can replay it; otherwise the
-/// bytes read are put back in front of the rest of the stream and nothing is buffered.
+/// gets a full body and its [`CallInfo`] (the `Arc<CallInfo>` extension, added when
+/// missing) holds the bytes, so retries can replay it; otherwise the bytes read are put
+/// back in front of the rest of the stream and nothing is buffered.
 ///
 /// A `Content-Length` (or a body size hint) above `limit` means nothing is read at all. A
 /// body with trailers is never buffered (its trailers are passed on as they came). An
@@ -49,7 +48,10 @@ pub async fn buffer_for_replay(
         match body.frame().await {
             None => {
                 let bytes = buf.freeze();
-                parts.extensions.insert(Buffered(bytes.clone()));
+                parts
+                    .extensions
+                    .get_or_insert_with(|| Arc::new(CallInfo::default()))
+                    .set_buffered(bytes.clone());
                 return Ok(http::Request::from_parts(parts, full(bytes)));
             }
             Some(Err(source)) => return Err(BodyError { source }.into()),
@@ -94,7 +96,13 @@ fn content_length(headers: &http::HeaderMap) -> Option<u64> {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
+
+    /// The bytes the request's `CallInfo` holds for replay, if any.
+    fn buffered(req: &http::Request<ProxyBody>) -> Option<Bytes> {
+        req.extensions()
+            .get::<Arc<CallInfo>>()
+            .and_then(|info| info.buffered().cloned())
+    }
 
     /// A body of these chunks, streamed one frame at a time with no size hint.
     fn chunks(parts: &[&'static str]) -> ProxyBody {
@@ -118,12 +126,23 @@ mod tests {
         let req = buffer_for_replay(post(chunks(&["ab", "cd", "ef"])), 6)
             .await
             .unwrap();
-        assert_eq!(req.extensions().get::<Buffered>().unwrap().0, "abcdef");
+        assert_eq!(buffered(&req).unwrap(), "abcdef");
         assert_eq!(req.body().size_hint().exact(), Some(6));
         assert_eq!(read_all(req.into_body()).await, "abcdef");
 
         let req = buffer_for_replay(post(empty()), 0).await.unwrap();
-        assert_eq!(req.extensions().get::<Buffered>().unwrap().0, "");
+        assert_eq!(buffered(&req).unwrap(), "");
+
+        // A request that has its CallInfo already keeps it, and it gets the bytes.
+        let info = Arc::new(CallInfo::default());
+        let mut req = post(chunks(&["xy"]));
+        req.extensions_mut().insert(info.clone());
+        let req = buffer_for_replay(req, 6).await.unwrap();
+        assert!(Arc::ptr_eq(
+            req.extensions().get::<Arc<CallInfo>>().unwrap(),
+            &info
+        ));
+        assert_eq!(info.buffered().unwrap(), "xy");
     }
 
     #[tokio::test]
@@ -131,7 +150,7 @@ mod tests {
         let req = buffer_for_replay(post(chunks(&["ab", "cd", "ef", "gh"])), 3)
             .await
             .unwrap();
-        assert!(req.extensions().get::<Buffered>().is_none());
+        assert!(buffered(&req).is_none());
         assert_eq!(read_all(req.into_body()).await, "abcdefgh");
     }
 
@@ -149,7 +168,7 @@ mod tests {
             .unwrap();
         let req = buffer_for_replay(req, 4).await.unwrap();
         assert!(!polled.load(Ordering::SeqCst));
-        assert!(req.extensions().get::<Buffered>().is_none());
+        assert!(buffered(&req).is_none());
         assert_eq!(read_all(req.into_body()).await, "0123456789");
     }
 
@@ -163,7 +182,7 @@ mod tests {
         ];
         let body = StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync();
         let req = buffer_for_replay(post(body), 100).await.unwrap();
-        assert!(req.extensions().get::<Buffered>().is_none());
+        assert!(buffered(&req).is_none());
         let collected = req.into_body().collect().await.unwrap();
         assert_eq!(collected.trailers().unwrap()["x-checksum"], "abc");
         assert_eq!(collected.to_bytes(), "data");

@@ -1,12 +1,13 @@
 //! How the REST channel classifies its results and replays its requests.
 
-use crate::body::{full, Buffered, ProxyBody};
+use crate::body::{full, ProxyBody};
 use crate::error::ConnectError;
+use bytes::Bytes;
 use quartet_policies::classify::{classify_policy_error, Class, Classify, Replay};
 use quartet_policies::head::AddedHeaders;
 use quartet_policies::BoxError;
 use std::sync::atomic::AtomicU32;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Per-call facts the layers below share with the access log (kept in the request's
 /// extensions as `Arc<CallInfo>`, carried over to every replayed attempt).
@@ -23,6 +24,23 @@ pub struct CallInfo {
     /// Indexes of the endpoints tried, so a retry goes elsewhere when it can (kept only
     /// when the upstream has more than one endpoint).
     pub tried: Mutex<Vec<usize>>,
+    /// The whole request body, when the replay buffer held it
+    /// ([`buffer_for_replay`](crate::body::buffer_for_replay)): every attempt can send
+    /// it. Kept here rather than as an extension of its own, so a request and each copy
+    /// of it carry one extension for all the per-call facts.
+    buffered: OnceLock<Bytes>,
+}
+
+impl CallInfo {
+    /// The whole request body, if it was buffered.
+    pub fn buffered(&self) -> Option<&Bytes> {
+        self.buffered.get()
+    }
+
+    /// Records the whole request body (the first time only: a call has one body).
+    pub fn set_buffered(&self, bytes: Bytes) {
+        let _ = self.buffered.set(bytes);
+    }
 }
 
 /// Results of the REST channel: a status of 500 to 599 is a [`Class::Sent`] failure, any
@@ -61,22 +79,20 @@ pub struct HttpReplay {
 impl Replay<http::Request<ProxyBody>> for HttpReplay {
     /// A copy with the same method, URI, version and headers, the buffered bytes as its
     /// body, and the extensions the layers below the retry read: the shared
-    /// `Arc<CallInfo>`, [`Buffered`] and the headers to add ([`AddedHeaders`]). `None` when the body was not buffered (see
-    /// [`buffer_for_replay`](crate::body::buffer_for_replay)). The other extensions are
+    /// `Arc<CallInfo>` and the headers to add ([`AddedHeaders`]). `None` when the body
+    /// was not buffered (see [`buffer_for_replay`](crate::body::buffer_for_replay)). The
+    /// other extensions are
     /// not copied: this runs for every request that may be retried, and a whole copy of
     /// the extension map costs an allocation per entry.
     fn replay(&self, req: &http::Request<ProxyBody>) -> Option<http::Request<ProxyBody>> {
-        let Buffered(bytes) = req.extensions().get::<Buffered>()?;
-        let mut copy = http::Request::new(full(bytes.clone()));
+        let info = req.extensions().get::<Arc<CallInfo>>()?;
+        let mut copy = http::Request::new(full(info.buffered()?.clone()));
         *copy.method_mut() = req.method().clone();
         *copy.uri_mut() = req.uri().clone();
         *copy.version_mut() = req.version();
         *copy.headers_mut() = req.headers().clone();
         let extensions = copy.extensions_mut();
-        extensions.insert(Buffered(bytes.clone()));
-        if let Some(info) = req.extensions().get::<Arc<CallInfo>>() {
-            extensions.insert(info.clone());
-        }
+        extensions.insert(info.clone());
         if let Some(added) = req.extensions().get::<AddedHeaders>() {
             extensions.insert(added.clone());
         }
@@ -208,9 +224,8 @@ mod tests {
             .header("content-type", "application/json")
             .body(full(bytes::Bytes::from_static(b"{\"a\":1}")))
             .unwrap();
+        info.set_buffered(Bytes::from_static(b"{\"a\":1}"));
         req.extensions_mut().insert(info.clone());
-        req.extensions_mut()
-            .insert(Buffered(bytes::Bytes::from_static(b"{\"a\":1}")));
         struct NoHeaders(quartet_policies::head::HeaderBlock);
         impl quartet_policies::head::HoldsHeaderBlocks for NoHeaders {
             fn header_block(&self, _: usize) -> &quartet_policies::head::HeaderBlock {
@@ -229,7 +244,7 @@ mod tests {
         let shared = copy.extensions().get::<Arc<CallInfo>>().unwrap();
         assert!(Arc::ptr_eq(shared, &info));
         assert_eq!(shared.attempts.load(Ordering::Relaxed), 1);
-        assert!(copy.extensions().get::<Buffered>().is_some());
+        assert_eq!(shared.buffered().unwrap(), "{\"a\":1}");
         let body = copy.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "{\"a\":1}");
     }

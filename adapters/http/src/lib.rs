@@ -4,12 +4,12 @@
 //! `Service`s; no axum, no config file.
 //!
 //! How the gateway uses it, per upstream: one [`client::HttpClient`]; per endpoint an
-//! [`endpoint::EndpointService`] wrapped (per-try timeout, breaker) and boxed into a
+//! [`endpoint::EndpointService`] wrapped (per-try timeout, breaker) and kept as a
 //! [`balance::EndpointStack`]; one [`balance::Balancer`] over the slots, its health flags
 //! driven by [`health::spawn`]; above it the retry layer with [`classify::HttpClassify`]
 //! and [`classify::HttpReplay`]. Per request, before the stack: [`proxy::request_id`],
-//! [`proxy::prepare_request`], [`body::buffer_for_replay`], an `Arc<CallInfo>` in the
-//! extensions; after it: [`proxy::prepare_response`]. Upgrades: see [`proxy`].
+//! [`proxy::prepare_request`], an `Arc<CallInfo>` in the extensions (the call's facts),
+//! [`body::buffer_for_replay`] (which keeps the body in it); after it: [`proxy::prepare_response`]. Upgrades: see [`proxy`].
 //!
 //! A pitfall when calling these services from an `async` block that must be `Send`
 //! (`tokio::spawn`, an axum handler): awaiting `svc.oneshot(req)` there can fail to compile

@@ -37,7 +37,8 @@
 //!
 //! HTTPS and HTTP/2 endpoints keep hyper-util's client (TLS, ALPN, h2 multiplexing).
 
-use crate::body::{Buffered, ProxyBody};
+use crate::body::ProxyBody;
+use crate::classify::CallInfo;
 use crate::h1::{self, Conn, Reading, Step};
 use crate::BoxError;
 use bytes::Bytes;
@@ -497,7 +498,11 @@ fn in_memory_body(req: &http::Request<ProxyBody>) -> Option<Bytes> {
     if crate::proxy::is_upgrade(req) || req.method() == http::Method::CONNECT {
         return None;
     }
-    if let Some(Buffered(bytes)) = req.extensions().get::<Buffered>() {
+    if let Some(bytes) = req
+        .extensions()
+        .get::<Arc<CallInfo>>()
+        .and_then(|info| info.buffered())
+    {
         return Some(bytes.clone());
     }
     req.body().is_end_stream().then(Bytes::new)

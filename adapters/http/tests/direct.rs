@@ -7,7 +7,8 @@ mod common;
 use bytes::Bytes;
 use common::spec;
 use http_body_util::BodyExt;
-use quartet_http::body::{full, Buffered, ProxyBody};
+use quartet_http::body::{full, ProxyBody};
+use quartet_http::classify::CallInfo;
 use quartet_http::client::HttpClient;
 use quartet_http::endpoint::EndpointService;
 use quartet_http::error::UpstreamError;
@@ -126,7 +127,9 @@ fn buffered(method: &str, path: &str, body: &'static [u8]) -> http::Request<Prox
         .header("host", "api.example")
         .body(full(bytes.clone()))
         .unwrap();
-    req.extensions_mut().insert(Buffered(bytes));
+    let info = CallInfo::default();
+    info.set_buffered(bytes);
+    req.extensions_mut().insert(std::sync::Arc::new(info));
     req
 }
 
