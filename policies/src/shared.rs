@@ -34,17 +34,29 @@ trait CallStack<Req, Resp>: Send + Sync {
     fn call(&self, req: Req) -> StackFuture<Resp>;
 }
 
-/// A stack whose future is boxed already (every policy layer's is).
-struct Boxed<S>(S);
+/// A service whose future is boxed already (every policy layer's is), shareable.
+pub trait BoxedService<Req, Resp>:
+    Service<Req, Response = Resp, Error = BoxError, Future = StackFuture<Resp>>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
 
-impl<S, Req, Resp> CallStack<Req, Resp> for Boxed<S>
-where
+impl<S, Req, Resp> BoxedService<Req, Resp> for S where
     S: Service<Req, Response = Resp, Error = BoxError, Future = StackFuture<Resp>>
         + Clone
         + Send
         + Sync
-        + 'static,
+        + 'static
 {
+}
+
+/// A stack whose future is boxed already.
+struct Boxed<S>(S);
+
+impl<S: BoxedService<Req, Resp>, Req, Resp> CallStack<Req, Resp> for Boxed<S> {
     fn call(&self, req: Req) -> StackFuture<Resp> {
         crate::call_ready(&mut self.0.clone(), req)
     }
@@ -65,14 +77,7 @@ where
 
 impl<Req: 'static, Resp: 'static> SharedStack<Req, Resp> {
     /// A stack whose outermost layer returns a boxed future (every policy layer does).
-    pub fn new<S>(svc: S) -> Self
-    where
-        S: Service<Req, Response = Resp, Error = BoxError, Future = StackFuture<Resp>>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-    {
+    pub fn new<S: BoxedService<Req, Resp>>(svc: S) -> Self {
         Self {
             inner: Arc::new(Boxed(svc)),
         }
