@@ -361,6 +361,12 @@ async fn write_response(
         }
         has_date |= raw.has_date();
         out.extend_from_slice(raw.block());
+        if let Some(id) = raw.request_id() {
+            out.extend_from_slice(quartet_http::proxy::REQUEST_ID.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(id.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
     }
     let framing = if bodiless {
         Framing::None

@@ -174,6 +174,13 @@ pub fn prepare_response<B>(resp: &mut http::Response<B>, request_id: &http::Head
     if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
         remove_hop_by_hop(resp.headers_mut());
     }
+    // A proxied response's upstream headers are a block (`crate::raw`): the id goes with
+    // it, and the map, which holds only what the proxy added, gets none.
+    if let Some(raw) = resp.extensions_mut().get_mut::<crate::raw::RawHead>() {
+        raw.set_request_id(request_id.clone());
+        resp.headers_mut().remove(REQUEST_ID);
+        return;
+    }
     set_request_id(resp.headers_mut(), request_id);
 }
 

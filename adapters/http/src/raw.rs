@@ -11,8 +11,10 @@
 //!
 //! The one rule, as for a request's `AddedHeaders`: whoever writes the response honours
 //! the extension. Quartet's HTTP/1.1 server loop writes the block after the map's
-//! headers; before hyper writes a response (HTTP/2, TLS, a connection hyper serves),
-//! [`RawHead::apply`] moves the headers into the map.
+//! headers, then the request id the proxy set ([`RawHead::request_id`]); before hyper
+//! writes a response (HTTP/2, TLS, a connection hyper serves), [`RawHead::apply`] moves
+//! both into the map. The request id rides here rather than in the map so that a proxied
+//! response needs no map at all (its first insert is two allocations and a hash).
 
 use crate::h1::Framing;
 use bytes::{Bytes, BytesMut};
@@ -24,6 +26,8 @@ pub struct RawHead {
     block: Bytes,
     content_length: Option<u64>,
     has_date: bool,
+    /// The `X-OpenStack-Request-ID` to send with the block (`proxy::prepare_response`).
+    request_id: Option<http::HeaderValue>,
 }
 
 impl RawHead {
@@ -67,6 +71,7 @@ impl RawHead {
             block: block.freeze(),
             content_length,
             has_date,
+            request_id: None,
         }
     }
 
@@ -83,6 +88,15 @@ impl RawHead {
     /// Whether the block carries a `Date`.
     pub fn has_date(&self) -> bool {
         self.has_date
+    }
+
+    /// The `X-OpenStack-Request-ID` to write after the block.
+    pub fn request_id(&self) -> Option<&http::HeaderValue> {
+        self.request_id.as_ref()
+    }
+
+    pub(crate) fn set_request_id(&mut self, id: http::HeaderValue) {
+        self.request_id = Some(id);
     }
 
     /// Moves a response's raw headers into its `HeaderMap` (after the ones it has), for
@@ -105,6 +119,9 @@ impl RawHead {
             ) {
                 headers.append(name, value);
             }
+        }
+        if let Some(id) = raw.request_id {
+            headers.insert(crate::proxy::REQUEST_ID, id);
         }
     }
 }
@@ -198,5 +215,32 @@ mod tests {
         assert_eq!(resp.headers()["content-type"], "application/json");
         assert_eq!(resp.headers().get_all("x-a").iter().count(), 2);
         assert_eq!(resp.headers()[crate::proxy::REQUEST_ID], "req-1");
+    }
+
+    #[test]
+    fn the_request_id_rides_with_the_block() {
+        let mut resp = http::Response::new(());
+        resp.extensions_mut()
+            .insert(head(&[("Content-Type", "text/plain")], Framing::None));
+        let id = http::HeaderValue::from_static("req-2");
+        crate::proxy::prepare_response(&mut resp, &id);
+        // The map stays empty: the id is the block's, for whoever writes it.
+        assert!(resp.headers().is_empty());
+        let raw = resp.extensions().get::<RawHead>().unwrap();
+        assert_eq!(raw.request_id(), Some(&id));
+        RawHead::apply(&mut resp);
+        assert_eq!(resp.headers()[crate::proxy::REQUEST_ID], "req-2");
+        assert_eq!(
+            resp.headers()
+                .get_all(crate::proxy::REQUEST_ID)
+                .iter()
+                .count(),
+            1
+        );
+
+        // Without a block, the map gets it.
+        let mut plain = http::Response::new(());
+        crate::proxy::prepare_response(&mut plain, &id);
+        assert_eq!(plain.headers()[crate::proxy::REQUEST_ID], "req-2");
     }
 }
