@@ -8,13 +8,16 @@ use crate::stack::{Built, Route};
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::Router;
+use futures_util::future::BoxFuture;
 use http::{header, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
-use quartet_http::body::buffer_for_replay;
+use hyper::upgrade::OnUpgrade;
+use quartet_http::body::{buffer_ended, buffer_for_replay};
 use quartet_http::classify::CallInfo;
 use quartet_http::proxy::{self, Forwarded};
 use quartet_http::ProxyBody;
 use quartet_policies::BoxError;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -59,9 +62,14 @@ pub fn prefix_matches(prefix: &str, path: &str) -> bool {
 
 /// The first route (host-specific first, then longest prefix) matching `host` and `path`.
 pub fn find_route<'a>(routes: &'a [Route], host: Option<&str>, path: &str) -> Option<&'a Route> {
+    find_route_index(routes, host, path).map(|i| &routes[i])
+}
+
+/// Where in `routes` [`find_route`]'s route is.
+fn find_route_index(routes: &[Route], host: Option<&str>, path: &str) -> Option<usize> {
     // Normalized only when a route names a host (most configs have none).
     let mut normalized: Option<Option<String>> = None;
-    routes.iter().find(|r| {
+    routes.iter().position(|r| {
         let host_ok = match &r.host {
             None => true,
             Some(want) => normalized
@@ -122,8 +130,9 @@ fn client_facts<B>(req: &Request<B>) -> ConnInfo {
 
 /// What the access log line reports besides the request and the status.
 #[derive(Default)]
-struct Facts<'a> {
-    upstream: Option<&'a str>,
+struct Facts {
+    /// The index of the request's route in the built routes.
+    route: Option<usize>,
     call: Option<Arc<CallInfo>>,
 }
 
@@ -133,33 +142,77 @@ pub fn needs_router(path: &str) -> bool {
     path.starts_with("/native/")
 }
 
-async fn handle(State(built): State<Arc<Built>>, req: Request<Body>) -> Response<Body> {
+fn handle(
+    State(built): State<Arc<Built>>,
+    req: Request<Body>,
+) -> impl Future<Output = Response<Body>> + Send + 'static {
     let conn = client_facts(&req);
-    serve(built, req, conn).await
+    serve(built, req, conn)
 }
 
 /// Serves one request of the public listener that is not a native one: the RPC bridge,
 /// the identity API, or a REST route.
-pub async fn serve(built: Arc<Built>, req: Request<Body>, conn: ConnInfo) -> Response<Body> {
+///
+/// Everything up to the call of the route's stack is done here, before the future is
+/// made: the future holds only what the answer and the access line need, not the request
+/// (a future is moved and polled once per request, and an `async fn` keeps its arguments
+/// and each of their moves).
+pub fn serve(
+    built: Arc<Built>,
+    req: Request<Body>,
+    conn: ConnInfo,
+) -> impl Future<Output = Response<Body>> + Send + 'static {
     let start = Instant::now();
     let request_id = proxy::request_id(req.headers());
-    let rid = proxy::request_id_str(&request_id);
-    let method = req.method().clone();
-    // The access line's path, taken only when the line is written.
-    let path = tracing::enabled!(target: "quartet::access", tracing::Level::INFO)
-        .then(|| req.uri().path().to_string());
+    // The access line's method and path, taken only when the line is written.
+    let access = tracing::enabled!(target: "quartet::access", tracing::Level::INFO)
+        .then(|| (req.method().clone(), req.uri().path().to_string()));
     let mut facts = Facts::default();
-
-    // The RPC channel first: `POST /rpc/{topic}` and the `[[rpc.routes]]`.
-    let result = match crate::rpc::intercept(&built, req, rid).await {
-        Ok(result) => result,
-        Err(req) => forward(&built, req, conn, &request_id, &mut facts).await,
+    let started = match crate::rpc::intercept(&built, req, &request_id) {
+        Ok(answer) => Started::Answer(answer),
+        Err(req) => forward(&built, req, conn, &request_id, &mut facts)
+            .unwrap_or_else(|err| Started::Done(Err(err))),
     };
-    let resp = match result {
-        Ok(resp) => resp,
-        Err(err) => error::into_response(err.as_ref(), Some(rid)),
-    };
+    async move {
+        let result = match started {
+            Started::Done(result) => result,
+            Started::Answer(answer) => answer.await,
+            Started::Proxied { call, upgrade } => answered(call.await, upgrade, &request_id),
+        };
+        let rid = proxy::request_id_str(&request_id);
+        let resp = match result {
+            Ok(resp) => resp,
+            Err(err) => error::into_response(err.as_ref(), Some(rid)),
+        };
+        if let Some((method, path)) = access {
+            log_access(&built, &facts, rid, &method, &path, &resp, start);
+        }
+        resp
+    }
+}
 
+/// A request's answer as [`forward`] leaves it.
+enum Started {
+    /// Known before anything was sent.
+    Done(Result<Response<Body>, BoxError>),
+    /// The identity API's or the RPC bridge's.
+    Answer(crate::rpc::Answer),
+    /// The route's stack called; the client's side of an upgrade, if it asked for one.
+    Proxied {
+        call: BoxFuture<'static, Result<Response<ProxyBody>, BoxError>>,
+        upgrade: Option<OnUpgrade>,
+    },
+}
+
+fn log_access(
+    built: &Built,
+    facts: &Facts,
+    rid: &str,
+    method: &http::Method,
+    path: &str,
+    resp: &Response<Body>,
+    start: Instant,
+) {
     let (attempts, endpoint) = match &facts.call {
         Some(call) => (
             call.attempts.load(Ordering::Relaxed),
@@ -167,36 +220,43 @@ pub async fn serve(built: Arc<Built>, req: Request<Body>, conn: ConnInfo) -> Res
         ),
         None => (0, None),
     };
+    let upstream = facts
+        .route
+        .and_then(|i| built.rest.routes.get(i))
+        .map(|r| r.upstream.as_str());
     tracing::info!(
         target: "quartet::access",
         request_id = rid,
         method = %method,
-        path = path.as_deref().unwrap_or("-"),
+        path = path,
         status = resp.status().as_u16(),
         duration_ms = start.elapsed().as_micros() as f64 / 1000.0,
-        upstream = facts.upstream.unwrap_or("-"),
+        upstream = upstream.unwrap_or("-"),
         endpoint = endpoint.as_deref().unwrap_or("-"),
         attempts,
         "request"
     );
-    resp
 }
 
-async fn forward<'a>(
-    built: &'a Built,
+/// The identity API's answer, or the request prepared as a reverse proxy does and the
+/// route's stack called with it.
+fn forward(
+    built: &Arc<Built>,
     mut req: Request<Body>,
     conn: ConnInfo,
     request_id: &http::HeaderValue,
-    facts: &mut Facts<'a>,
-) -> Result<Response<Body>, BoxError> {
+    facts: &mut Facts,
+) -> Result<Started, BoxError> {
     let host = request_host(&req);
     if crate::identity::serves_v3(built, host, req.uri().path()) {
-        // Boxed: the identity API's future is three times the proxy path's, and every
-        // request's future would carry it otherwise.
-        return Box::pin(crate::identity::serve_v3(built, req)).await;
+        let built = built.clone();
+        return Ok(Started::Answer(Box::pin(async move {
+            crate::identity::serve_v3(&built, req).await
+        })));
     }
-    let route = find_route(&built.rest.routes, host, req.uri().path()).ok_or(NoRoute)?;
-    facts.upstream = Some(&route.upstream);
+    let index = find_route_index(&built.rest.routes, host, req.uri().path()).ok_or(NoRoute)?;
+    let route = &built.rest.routes[index];
+    facts.route = Some(index);
 
     let limit = built.config.server.max_body_bytes;
     if content_length(&req).is_some_and(|len| len > limit) {
@@ -204,7 +264,7 @@ async fn forward<'a>(
     }
 
     // Taken before the request is sent on: the client's side of a WebSocket upgrade.
-    let client_upgrade = proxy::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let upgrade = proxy::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
     if route.strip_prefix {
@@ -224,17 +284,33 @@ async fn forward<'a>(
     };
     proxy::prepare_request(&mut req, &fwd, request_id);
 
-    // An upgrade has no body and is never replayed (its connection is taken over).
-    let req = if client_upgrade.is_some() {
-        req
+    // An upgrade has no body and is never replayed (its connection is taken over). A
+    // body that has ended (most requests) is kept for replay at once; any other is read
+    // first.
+    let call = if upgrade.is_some() {
+        route.service.call(req)
     } else {
-        buffer_for_replay(req, route.policy.retry.buffer_limit).await?
+        match buffer_ended(req) {
+            Ok(req) => route.service.call(req),
+            Err(req) => {
+                let (service, limit) = (route.service.clone(), route.policy.retry.buffer_limit);
+                Box::pin(async move { service.call(buffer_for_replay(req, limit).await?).await })
+            }
+        }
     };
+    Ok(Started::Proxied { call, upgrade })
+}
 
-    let mut resp = route.service.call(req).await?;
-
+/// The proxied answer as the client gets it: the tunnel started on a 101, the request id
+/// set, hop-by-hop headers gone.
+fn answered(
+    result: Result<Response<ProxyBody>, BoxError>,
+    upgrade: Option<OnUpgrade>,
+    request_id: &http::HeaderValue,
+) -> Result<Response<Body>, BoxError> {
+    let mut resp = result?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-        if let Some(client) = client_upgrade {
+        if let Some(client) = upgrade {
             let upstream = hyper::upgrade::on(&mut resp);
             tokio::spawn(proxy::tunnel(client, upstream));
         }

@@ -563,46 +563,65 @@ fn bad(message: impl Into<String>) -> BoxError {
     })
 }
 
-/// What the public router does with a request on the RPC channel: `Err(req)` hands the
-/// request back when it is not one (not `POST /rpc/{topic}`, no `[[rpc.routes]]` match,
-/// or no RPC channel).
-pub async fn intercept(
-    built: &Built,
+/// An answer of the RPC bridge under way.
+pub type Answer = futures_util::future::BoxFuture<'static, Result<Response<Body>, BoxError>>;
+
+/// What the public router does with a request on the RPC channel, decided before anything
+/// is awaited: `Ok` with the bridge's answer (boxed, so that the REST requests that never
+/// come here do not carry its future), or `Err(req)`, the request handed back, when it is
+/// not one (not `POST /rpc/{topic}`, no `[[rpc.routes]]` match, or no RPC channel).
+#[allow(clippy::result_large_err)] // the request is handed back, as `Direct::encode` does
+pub fn intercept(
+    built: &Arc<Built>,
     req: Request<Body>,
-    request_id: &str,
-) -> Result<Result<Response<Body>, BoxError>, Request<Body>> {
+    request_id: &HeaderValue,
+) -> Result<Answer, Request<Body>> {
     let Some(rpc) = &built.rpc else {
         return Err(req);
     };
-    let path = req.uri().path().to_owned();
+    let path = req.uri().path();
     if req.method() == http::Method::POST {
         if let Some(topic) = path.strip_prefix("/rpc/") {
             if !topic.is_empty() && !topic.contains('/') {
                 let topic = topic.to_owned();
-                // Boxed, as below: the public path's future stays small for the REST requests
-                // that never come here (it is moved and polled once per request).
-                return Ok(Box::pin(post_rpc(built, rpc, &topic, req, request_id)).await);
+                let (built, rid) = (built.clone(), request_id.clone());
+                return Ok(Box::pin(async move {
+                    let rid = quartet_http::proxy::request_id_str(&rid);
+                    match &built.rpc {
+                        Some(rpc) => post_rpc(&built, rpc, &topic, req, rid).await,
+                        None => Err(crate::error::NoRoute.into()),
+                    }
+                }));
             }
         }
     }
     let found = rpc.routes.iter().enumerate().find_map(|(i, r)| {
         (r.method == req.method().as_str())
-            .then(|| r.match_path(&path))
+            .then(|| r.match_path(path))
             .flatten()
             .map(|params| {
                 let params: Vec<(String, String)> = params
                     .into_iter()
                     .map(|(k, v)| (k.to_owned(), guard::percent_decode(v)))
                     .collect();
-                ((i, r), params)
+                (i, params)
             })
     });
-    match found {
-        Some((route, params)) => {
-            Ok(Box::pin(route_rpc(built, rpc, route, params, req, request_id)).await)
+    let Some((index, params)) = found else {
+        return Err(req);
+    };
+    let (built, rid) = (built.clone(), request_id.clone());
+    Ok(Box::pin(async move {
+        let rid = quartet_http::proxy::request_id_str(&rid);
+        match built
+            .rpc
+            .as_ref()
+            .and_then(|rpc| Some((rpc, rpc.routes.get(index)?)))
+        {
+            Some((rpc, route)) => route_rpc(&built, rpc, (index, route), params, req, rid).await,
+            None => Err(crate::error::NoRoute.into()),
         }
-        None => Err(req),
-    }
+    }))
 }
 
 async fn read_body(built: &Built, body: Body) -> Result<Bytes, BoxError> {

@@ -76,6 +76,22 @@ pub async fn buffer_for_replay(
     }
 }
 
+/// What [`buffer_for_replay`] makes of a request whose body has already ended (no body,
+/// or `Content-Length: 0`), without reading or waiting: the request, its empty body kept
+/// for replay. `Err(req)`, unchanged, when there is a body to read.
+#[allow(clippy::result_large_err)] // the request is handed back, as `Direct::encode` does
+pub fn buffer_ended(
+    mut req: http::Request<ProxyBody>,
+) -> Result<http::Request<ProxyBody>, http::Request<ProxyBody>> {
+    if !req.body().is_end_stream() {
+        return Err(req);
+    }
+    req.extensions_mut()
+        .get_or_insert_with(|| Arc::new(CallInfo::default()))
+        .set_buffered(Bytes::new());
+    Ok(req)
+}
+
 /// The frames already read, then the rest of `body`, as one streamed body.
 fn prepend(read: Vec<Frame<Bytes>>, rest: ProxyBody) -> ProxyBody {
     let head = futures_util::stream::iter(read.into_iter().map(Ok::<_, BoxError>));
