@@ -33,6 +33,7 @@ use quartet_policies::breaker::{BreakerHandle, BreakerRegistry};
 use quartet_policies::classify::{Classify, Replay};
 use quartet_policies::error::TimeoutKind;
 use quartet_policies::fault::{FaultHandle, FaultLayer, FaultRegistry};
+use quartet_policies::future::{LayerFuture, OnDone};
 use quartet_policies::limit::{ConcurrencyLimitLayer, RateLimitLayer};
 use quartet_policies::metrics::Metrics;
 use quartet_policies::observe::ObserveLayer;
@@ -41,8 +42,6 @@ use quartet_policies::spec::{FaultSpec, PolicySpec};
 use quartet_policies::timeout::TimeoutLayer;
 use quartet_policies::{BoxError, SharedStack, Target};
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -112,7 +111,9 @@ where
             metrics.clone(),
         ))
         .service(inner);
-    SharedStack::new(svc)
+    // One allocation per call for the whole stack: the layers' futures nest unboxed
+    // (`quartet_policies::future`).
+    SharedStack::boxing(svc)
 }
 
 /// The layers below the balancer, around one endpoint, in request order.
@@ -143,7 +144,9 @@ where
         // `None` where a balancer above counts it already (REST).
         .option_layer(in_flight.map(InFlightLayer))
         .service(inner);
-    SharedStack::new(svc)
+    // One allocation per call for the whole stack: the layers' futures nest unboxed
+    // (`quartet_policies::future`).
+    SharedStack::boxing(svc)
 }
 
 /// Counts calls outstanding at one endpoint (until the response head arrives).
@@ -166,7 +169,8 @@ pub struct InFlight<S> {
     count: Arc<AtomicUsize>,
 }
 
-struct InFlightGuard(Arc<AtomicUsize>);
+/// Takes the call out of the count when it ends, or when its future is dropped.
+pub struct InFlightGuard(Arc<AtomicUsize>);
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
@@ -174,27 +178,29 @@ impl Drop for InFlightGuard {
     }
 }
 
+impl<T> OnDone<T> for InFlightGuard {
+    type Output = T;
+    fn done(self, output: T) -> T {
+        output
+    }
+}
+
 impl<S, Req> Service<Req> for InFlight<S>
 where
-    S: Service<Req>,
-    S::Future: Send + 'static,
+    S: Service<Req, Error = BoxError>,
 {
     type Response = S::Response;
-    type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<S::Response, S::Error>> + Send>>;
+    type Error = BoxError;
+    type Future = LayerFuture<S::Future, InFlightGuard, S::Response>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
         self.count.fetch_add(1, Ordering::Relaxed);
         let guard = InFlightGuard(self.count.clone());
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let _guard = guard;
-            fut.await
-        })
+        LayerFuture::calling(self.inner.call(req), guard)
     }
 }
 

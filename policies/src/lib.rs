@@ -21,6 +21,7 @@ pub mod classify;
 pub mod duration;
 pub mod error;
 pub mod fault;
+pub mod future;
 pub mod head;
 pub mod limit;
 pub mod metrics;

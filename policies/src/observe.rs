@@ -2,9 +2,9 @@
 
 use crate::classify::{Class, Classify};
 use crate::error::{BreakerOpen, Elapsed, FaultAbort, NoEndpoint, Overloaded, RateLimited};
+use crate::future::{LayerFuture, OnDone};
 use crate::metrics::Metrics;
 use crate::{BoxError, Target};
-use futures_util::future::BoxFuture;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::time::Instant;
@@ -55,7 +55,7 @@ impl<S, C: Clone> Layer<S> for ObserveLayer<C> {
     fn layer(&self, inner: S) -> Self::Service {
         Observe {
             inner,
-            layer: self.clone(),
+            layer: Arc::new(self.clone()),
         }
     }
 }
@@ -63,7 +63,8 @@ impl<S, C: Clone> Layer<S> for ObserveLayer<C> {
 #[derive(Clone)]
 pub struct Observe<S, C> {
     inner: S,
-    layer: ObserveLayer<C>,
+    /// One reference count per call, not one per field.
+    layer: Arc<ObserveLayer<C>>,
 }
 
 /// The `outcome` label for a finished call.
@@ -100,55 +101,59 @@ pub fn outcome<T, C: Classify<T>>(classify: &C, result: &Result<T, BoxError>) ->
     }
 }
 
-/// Takes a call out of `quartet_in_flight` when it ends, however it ends (dropped too).
-struct InFlight {
-    gauge: prometheus::IntGauge,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.gauge.dec();
-    }
-}
-
 impl<S, Req, C> Service<Req> for Observe<S, C>
 where
     S: Service<Req, Error = BoxError>,
-    S::Future: Send + 'static,
-    S::Response: Send + 'static,
     C: Classify<S::Response>,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<S::Response, BoxError>>;
+    type Future = LayerFuture<S::Future, Record<C>, S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let layer = self.layer.clone();
-        let gauge = layer.handles.in_flight.clone();
-        gauge.inc();
-        let in_flight = InFlight { gauge };
-        let start = Instant::now();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let result = fut.await;
-            let handles = &layer.handles;
-            handles.duration.observe(start.elapsed().as_secs_f64());
-            match outcome(&layer.classify, &result) {
-                "success" => handles.success.inc(),
-                "failure" => handles.failure.inc(),
-                other => layer
-                    .metrics
-                    .requests
-                    .with_label_values(&[layer.target.channel, &*layer.target.name, other])
-                    .inc(),
-            }
-            drop(in_flight);
-            result
-        })
+        self.layer.handles.in_flight.inc();
+        let record = Record {
+            layer: self.layer.clone(),
+            start: Instant::now(),
+        };
+        LayerFuture::calling(self.inner.call(req), record)
+    }
+}
+
+/// What a call's end is counted and timed with; the call leaves `quartet_in_flight` when
+/// this is dropped, however the call ends (the future dropped too).
+pub struct Record<C> {
+    layer: Arc<ObserveLayer<C>>,
+    start: Instant,
+}
+
+impl<C> Drop for Record<C> {
+    fn drop(&mut self) {
+        self.layer.handles.in_flight.dec();
+    }
+}
+
+impl<R, C: Classify<R>> OnDone<Result<R, BoxError>> for Record<C> {
+    type Output = Result<R, BoxError>;
+
+    fn done(self, result: Result<R, BoxError>) -> Self::Output {
+        let layer = &self.layer;
+        let handles = &layer.handles;
+        handles.duration.observe(self.start.elapsed().as_secs_f64());
+        match outcome(&layer.classify, &result) {
+            "success" => handles.success.inc(),
+            "failure" => handles.failure.inc(),
+            other => layer
+                .metrics
+                .requests
+                .with_label_values(&[layer.target.channel, &*layer.target.name, other])
+                .inc(),
+        }
+        result
     }
 }
 

@@ -2,8 +2,8 @@
 //! retry layer knows a per-try timeout may be retried and a total one ends the call.
 
 use crate::error::{Elapsed, TimeoutKind};
+use crate::future::{LayerFuture, OnDone};
 use crate::BoxError;
-use futures_util::future::BoxFuture;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::{Layer, Service};
@@ -42,11 +42,10 @@ impl<S, Req> Service<Req> for Timeout<S>
 where
     S: Service<Req>,
     S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<S::Response, BoxError>>;
+    type Future = LayerFuture<tokio::time::Timeout<S::Future>, Expiry, S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx).map_err(Into::into)
@@ -56,13 +55,33 @@ where
         // The inner future is created here, outside the timer, so the clock starts when
         // the call is made, not when the returned future is first polled.
         let fut = self.inner.call(req);
-        let (after, kind) = (self.after, self.kind);
-        Box::pin(async move {
-            match tokio::time::timeout(after, fut).await {
-                Ok(result) => result.map_err(Into::into),
-                Err(_) => Err(Box::new(Elapsed { kind, after }) as BoxError),
-            }
-        })
+        LayerFuture::calling(
+            tokio::time::timeout(self.after, fut),
+            Expiry {
+                after: self.after,
+                kind: self.kind,
+            },
+        )
+    }
+}
+
+/// A timeout's end of a call: the inner answer, or [`Elapsed`] with the kind.
+pub struct Expiry {
+    after: Duration,
+    kind: TimeoutKind,
+}
+
+impl<R, E: Into<BoxError>> OnDone<Result<Result<R, E>, tokio::time::error::Elapsed>> for Expiry {
+    type Output = Result<R, BoxError>;
+
+    fn done(self, output: Result<Result<R, E>, tokio::time::error::Elapsed>) -> Self::Output {
+        match output {
+            Ok(result) => result.map_err(Into::into),
+            Err(_) => Err(Box::new(Elapsed {
+                kind: self.kind,
+                after: self.after,
+            })),
+        }
     }
 }
 

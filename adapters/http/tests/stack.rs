@@ -50,7 +50,7 @@ fn build(urls: &[String], breaker: BreakerSpec, idempotent_route: bool) -> Stack
                 metrics.clone(),
             );
             breakers.push(handle.clone());
-            let service = EndpointStack::new(
+            let service = EndpointStack::boxing(
                 ServiceBuilder::new()
                     .layer(CircuitBreakerLayer::new(handle.clone(), HttpClassify))
                     .layer(TimeoutLayer::new(

@@ -8,10 +8,10 @@ pub use machine::{AdminState, Breaker, BreakerState, BreakerStats, Permit};
 
 use crate::classify::{classify_policy_error, Class, Classify};
 use crate::error::BreakerOpen;
+use crate::future::{LayerFuture, OnDone};
 use crate::metrics::Metrics;
 use crate::spec::BreakerSpec;
 use crate::{BoxError, Target};
-use futures_util::future::BoxFuture;
 use serde::Serialize;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -254,13 +254,11 @@ pub struct CircuitBreaker<S, C> {
 impl<S, Req, C> Service<Req> for CircuitBreaker<S, C>
 where
     S: Service<Req, Error = BoxError>,
-    S::Future: Send + 'static,
-    S::Response: Send + 'static,
     C: Classify<S::Response>,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<S::Response, BoxError>>;
+    type Future = LayerFuture<S::Future, Verdict<C>, S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -271,33 +269,45 @@ where
         let permit = match self.handle.try_acquire() {
             Ok(permit) => permit,
             Err(retry_after) => {
-                let err = BreakerOpen {
+                return LayerFuture::refused(BreakerOpen {
                     target: self.handle.target().to_string(),
                     retry_after,
-                };
-                return Box::pin(futures_util::future::ready(Err(err.into())));
+                })
             }
         };
-        let classify = self.classify.clone();
-        let start = Instant::now();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            // If this future is dropped while awaiting, `permit` drops too and gives
-            // its probe slot back.
-            let result = fut.await;
-            let elapsed = start.elapsed();
-            let class = match &result {
-                Err(e) => classify_policy_error(e).unwrap_or_else(|| classify.classify(&result)),
-                Ok(_) => classify.classify(&result),
-            };
-            match class {
-                Class::Success => permit.record(false, elapsed),
-                Class::NotSent | Class::Sent => permit.record(true, elapsed),
-                // The gateway's own refusal says nothing about the backend.
-                Class::Local => permit.release(),
-            }
-            result
-        })
+        let verdict = Verdict {
+            permit,
+            classify: self.classify.clone(),
+            start: Instant::now(),
+        };
+        LayerFuture::calling(self.inner.call(req), verdict)
+    }
+}
+
+/// What the breaker records when a call ends. If the call's future is dropped first, the
+/// permit drops too and gives its probe slot back.
+pub struct Verdict<C> {
+    permit: BreakerPermit,
+    classify: C,
+    start: Instant,
+}
+
+impl<R, C: Classify<R>> OnDone<Result<R, BoxError>> for Verdict<C> {
+    type Output = Result<R, BoxError>;
+
+    fn done(self, result: Result<R, BoxError>) -> Self::Output {
+        let elapsed = self.start.elapsed();
+        let class = match &result {
+            Err(e) => classify_policy_error(e).unwrap_or_else(|| self.classify.classify(&result)),
+            Ok(_) => self.classify.classify(&result),
+        };
+        match class {
+            Class::Success => self.permit.record(false, elapsed),
+            Class::NotSent | Class::Sent => self.permit.record(true, elapsed),
+            // The gateway's own refusal says nothing about the backend.
+            Class::Local => self.permit.release(),
+        }
+        result
     }
 }
 

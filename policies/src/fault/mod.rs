@@ -3,11 +3,11 @@
 
 use crate::breaker::target_matches;
 use crate::error::FaultAbort;
+use crate::future::{LayerFuture, Pass};
 use crate::metrics::Metrics;
 use crate::spec::FaultSpec;
 use crate::{BoxError, Target};
 use arc_swap::ArcSwapOption;
-use futures_util::future::BoxFuture;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -137,7 +137,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<S::Response, BoxError>>;
+    type Future = LayerFuture<S::Future, Pass, S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -145,7 +145,7 @@ where
 
     fn call(&mut self, req: Req) -> Self::Future {
         let Some(fault) = self.handle.current() else {
-            return Box::pin(self.inner.call(req));
+            return LayerFuture::calling(self.inner.call(req), Pass);
         };
         let labels = [self.handle.target.channel, &*self.handle.target.name];
         let delay = fault.delay.filter(|_| chance(fault.delay_percent));
@@ -168,24 +168,24 @@ where
                 status: fault.abort_status,
                 message: format!("call to {} aborted", self.handle.target),
             };
-            return Box::pin(async move {
+            return LayerFuture::boxed(Box::pin(async move {
                 if let Some(delay) = delay {
                     tokio::time::sleep(delay).await;
                 }
                 Err(err.into())
-            });
+            }));
         }
         let Some(delay) = delay else {
-            return Box::pin(self.inner.call(req));
+            return LayerFuture::calling(self.inner.call(req), Pass);
         };
         // The call happens after the delay: take the service that `poll_ready` made
         // ready, and leave a clone in its place (tower's usual pattern).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
+        LayerFuture::boxed(Box::pin(async move {
             tokio::time::sleep(delay).await;
             inner.call(req).await
-        })
+        }))
     }
 }
 

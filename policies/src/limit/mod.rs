@@ -7,9 +7,9 @@
 //! gateway's own latency flat and tells the caller the truth.
 
 use crate::error::{Overloaded, RateLimited};
+use crate::future::{LayerFuture, OnDone, Pass};
 use crate::spec::RateLimitSpec;
 use crate::BoxError;
-use futures_util::future::BoxFuture;
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use std::num::NonZeroU32;
@@ -57,11 +57,10 @@ pub struct ConcurrencyLimit<S> {
 impl<S, Req> Service<Req> for ConcurrencyLimit<S>
 where
     S: Service<Req, Error = BoxError>,
-    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<S::Response, BoxError>>;
+    type Future = LayerFuture<S::Future, Release, S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -71,18 +70,21 @@ where
         // `try_acquire_owned`, not `acquire`: when full, refuse now instead of waiting.
         let permit = match self.semaphore.clone().try_acquire_owned() {
             Ok(permit) => permit,
-            Err(_) => {
-                let err = Overloaded { limit: self.max };
-                return Box::pin(async move { Err(err.into()) });
-            }
+            Err(_) => return LayerFuture::refused(Overloaded { limit: self.max }),
         };
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let result = fut.await;
-            // Held until the response is there (or this future is dropped).
-            drop(permit);
-            result
-        })
+        // Held until the response is there (or the future is dropped).
+        LayerFuture::calling(self.inner.call(req), Release(permit))
+    }
+}
+
+/// A bulkhead slot, given back when the call ends.
+pub struct Release(tokio::sync::OwnedSemaphorePermit);
+
+impl<T> OnDone<T> for Release {
+    type Output = T;
+    fn done(self, output: T) -> T {
+        drop(self.0);
+        output
     }
 }
 
@@ -131,11 +133,10 @@ pub struct RateLimit<S> {
 impl<S, Req> Service<Req> for RateLimit<S>
 where
     S: Service<Req, Error = BoxError>,
-    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = BoxFuture<'static, Result<S::Response, BoxError>>;
+    type Future = LayerFuture<S::Future, Pass, S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -146,10 +147,9 @@ where
         // refill the bucket, which is acceptable for a limit on real traffic.
         if let Err(not_until) = self.limiter.check() {
             let retry_after = not_until.wait_time_from(self.limiter.clock().now());
-            let err = RateLimited { retry_after };
-            return Box::pin(async move { Err(err.into()) });
+            return LayerFuture::refused(RateLimited { retry_after });
         }
-        Box::pin(self.inner.call(req))
+        LayerFuture::calling(self.inner.call(req), Pass)
     }
 }
 
