@@ -29,6 +29,9 @@ pub struct CallInfo {
     /// it. Kept here rather than as an extension of its own, so a request and each copy
     /// of it carry one extension for all the per-call facts.
     buffered: OnceLock<Bytes>,
+    /// The headers the proxy sets on the request (`X-Forwarded-*`, the request id),
+    /// which whoever sends the request writes ([`crate::proxy::prepare_request`]).
+    proxy_headers: OnceLock<crate::proxy::ProxyHeaders>,
 }
 
 impl CallInfo {
@@ -40,6 +43,16 @@ impl CallInfo {
     /// Records the whole request body (the first time only: a call has one body).
     pub fn set_buffered(&self, bytes: Bytes) {
         let _ = self.buffered.set(bytes);
+    }
+
+    /// The headers the proxy sets on the call's request, once set.
+    pub fn proxy_headers(&self) -> Option<&crate::proxy::ProxyHeaders> {
+        self.proxy_headers.get()
+    }
+
+    /// Records the proxy's headers (the first time only: a call is prepared once).
+    pub fn set_proxy_headers(&self, headers: crate::proxy::ProxyHeaders) {
+        let _ = self.proxy_headers.set(headers);
     }
 }
 

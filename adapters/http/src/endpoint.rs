@@ -230,6 +230,7 @@ impl Service<http::Request<ProxyBody>> for EndpointService {
         parts.version = self.client.request_version();
         // hyper writes the head from the map: the added headers go in it.
         quartet_policies::head::AddedHeaders::apply_from(&mut parts.extensions, &mut parts.headers);
+        crate::proxy::apply_proxy_headers(&parts.extensions, &mut parts.headers);
         let fut = self.client.send(http::Request::from_parts(parts, body));
         Box::pin(async move {
             match fut.await {

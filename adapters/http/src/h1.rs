@@ -360,6 +360,7 @@ pub(crate) fn encode_request(
     uri: &http::Uri,
     headers: &http::HeaderMap,
     added: &[u8],
+    proxy: Option<&crate::proxy::ProxyHeaders>,
     body: &[u8],
 ) {
     let target = uri.path_and_query().map_or("/", |p| p.as_str());
@@ -369,7 +370,8 @@ pub(crate) fn encode_request(
         .iter()
         .map(|(name, value)| name.as_str().len() + value.len() + 4)
         .sum();
-    out.reserve(target.len() + fields + added.len() + body.len() + 64);
+    let proxy_len = proxy.map_or(0, |p| p.wire_len());
+    out.reserve(target.len() + fields + added.len() + proxy_len + body.len() + 64);
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -383,8 +385,12 @@ pub(crate) fn encode_request(
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    // Headers a layer added as a prepared block (`quartet_policies::head`).
+    // Headers a layer added as a prepared block (`quartet_policies::head`), and the
+    // proxy's own (`crate::proxy::ProxyHeaders`).
     out.extend_from_slice(added);
+    if let Some(proxy) = proxy {
+        proxy.write(out);
+    }
     // As hyper does: a length for any body, and `0` where a body is expected.
     let expects_body = matches!(
         *method,
@@ -700,6 +706,7 @@ mod tests {
             &"/p?q=1".parse().unwrap(),
             &headers,
             b"x-roles: admin\r\n",
+            None,
             b"hey",
         );
         assert_eq!(
@@ -713,6 +720,7 @@ mod tests {
             &"/".parse().unwrap(),
             &map(&[]),
             b"",
+            None,
             b"",
         );
         assert_eq!(String::from_utf8(out).unwrap(), "GET / HTTP/1.1\r\n\r\n");
@@ -723,6 +731,7 @@ mod tests {
             &"/x".parse().unwrap(),
             &map(&[]),
             b"",
+            None,
             b"",
         );
         assert_eq!(

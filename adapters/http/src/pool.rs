@@ -168,6 +168,7 @@ impl H1Pool {
         // hyper writes the head from the map: the added headers go in it.
         let (mut parts, body) = req.into_parts();
         AddedHeaders::apply_from(&mut parts.extensions, &mut parts.headers);
+        crate::proxy::apply_proxy_headers(&parts.extensions, &mut parts.headers);
         let mut req = http::Request::from_parts(parts, body);
         let shard = this_shard();
         loop {
@@ -476,6 +477,10 @@ impl Direct {
             .extensions
             .get::<AddedHeaders>()
             .map_or(&[][..], |a| a.wire());
+        let proxy = parts
+            .extensions
+            .get::<Arc<CallInfo>>()
+            .and_then(|call| call.proxy_headers());
         let mut wire = Vec::new();
         h1::encode_request(
             &mut wire,
@@ -483,6 +488,7 @@ impl Direct {
             &parts.uri,
             &parts.headers,
             added,
+            proxy,
             &body,
         );
         Ok(Self {

@@ -17,9 +17,11 @@
 //!    bytes both ways until either side closes.
 //! 4. Any other answer: drop `client_upgrade`, return the response as usual.
 
+use crate::classify::CallInfo;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 /// Facts about the client connection the forwarded headers need.
 #[derive(Clone, Debug)]
@@ -99,11 +101,16 @@ pub fn is_valid_request_id(id: &str) -> bool {
 }
 
 /// Removes hop-by-hop headers (except `Upgrade`/`Connection: upgrade` on an upgrade
-/// request), sets `X-Forwarded-For` (appended), `-Proto`, `-Host`, and the request id.
+/// request), and sets `X-Forwarded-For` (appended), `-Proto`, `-Host`, and the request id.
 ///
 /// `TE: trailers` is kept (HTTP/2 allows it, gRPC needs it); any other `TE` goes.
 /// `X-Forwarded-Host` is the client's `Host`, or the URI's authority (an HTTP/2 client's
 /// `:authority`).
+///
+/// The four set headers go into the call's [`CallInfo`] as [`ProxyHeaders`] when the
+/// request has one (every request of the REST channel), and the client's own fields of
+/// those names leave the map: the sender writes them (the rule of
+/// `quartet_policies::head`). A request without a `CallInfo` gets them in its map.
 pub fn prepare_request<B>(
     req: &mut http::Request<B>,
     fwd: &Forwarded,
@@ -137,35 +144,134 @@ pub fn prepare_request<B>(
         );
     }
 
-    // Appended to what the client sent; most clients send none, and then the value made
-    // once per connection is the whole header.
-    if headers.contains_key(X_FORWARDED_FOR) {
-        let mut xff: Vec<u8> = Vec::new();
-        for v in headers.get_all(X_FORWARDED_FOR) {
-            let v = v.as_bytes().trim_ascii();
-            if !v.is_empty() {
-                xff.extend_from_slice(v);
-                xff.extend_from_slice(b", ");
+    let set = ProxyHeaders {
+        forwarded_for: forwarded_for(headers, fwd),
+        proto: fwd.proto,
+        host: forwarded_host,
+        request_id: request_id.clone(),
+    };
+    match req.extensions().get::<Arc<CallInfo>>().cloned() {
+        Some(call) => {
+            remove_proxy_fields(req.headers_mut());
+            call.set_proxy_headers(set);
+        }
+        None => set.apply(req.headers_mut()),
+    }
+}
+
+/// `X-Forwarded-For`: what the client sent, then the client's address. Most clients send
+/// none, and then the value made once per connection is the whole header.
+fn forwarded_for(headers: &http::HeaderMap, fwd: &Forwarded) -> http::HeaderValue {
+    let mut sent = headers.get_all(X_FORWARDED_FOR).iter().peekable();
+    if sent.peek().is_none() {
+        return fwd.client_ip.clone();
+    }
+    let mut xff: Vec<u8> = Vec::new();
+    for v in sent {
+        let v = v.as_bytes().trim_ascii();
+        if !v.is_empty() {
+            xff.extend_from_slice(v);
+            xff.extend_from_slice(b", ");
+        }
+    }
+    xff.extend_from_slice(fwd.client_ip.as_bytes());
+    // Valid header bytes, ", " and an IP make a valid header value.
+    http::HeaderValue::from_bytes(&xff).unwrap_or_else(|_| fwd.client_ip.clone())
+}
+
+/// Takes the client's fields named as one of [`ProxyHeaders`] out of `headers`: one pass
+/// over the names the request has (a handful), not a lookup per name.
+fn remove_proxy_fields(headers: &mut http::HeaderMap) {
+    let is_ours = |name: &http::HeaderName| {
+        name.as_str().starts_with("x-")
+            && (*name == X_FORWARDED_FOR
+                || *name == X_FORWARDED_PROTO
+                || *name == X_FORWARDED_HOST
+                || *name == REQUEST_ID)
+    };
+    if !headers.keys().any(is_ours) {
+        return;
+    }
+    for name in [
+        X_FORWARDED_FOR,
+        X_FORWARDED_PROTO,
+        X_FORWARDED_HOST,
+        REQUEST_ID,
+    ] {
+        headers.remove(name);
+    }
+}
+
+/// The headers a reverse proxy sets on a request, kept with the call's facts
+/// ([`CallInfo::proxy_headers`]) rather than inserted into its map one by one: made once
+/// per call (every attempt and the retry's copy share them), written by the sender.
+#[derive(Clone, Debug)]
+pub struct ProxyHeaders {
+    forwarded_for: http::HeaderValue,
+    proto: &'static str,
+    host: Option<http::HeaderValue>,
+    request_id: http::HeaderValue,
+}
+
+impl ProxyHeaders {
+    fn fields(&self) -> [(&'static str, Option<&[u8]>); 4] {
+        [
+            ("x-forwarded-for", Some(self.forwarded_for.as_bytes())),
+            ("x-forwarded-proto", Some(self.proto.as_bytes())),
+            ("x-forwarded-host", self.host.as_ref().map(|h| h.as_bytes())),
+            ("x-openstack-request-id", Some(self.request_id.as_bytes())),
+        ]
+    }
+
+    /// The HTTP/1.1 lines' length.
+    pub fn wire_len(&self) -> usize {
+        self.fields()
+            .iter()
+            .filter_map(|(name, value)| Some(name.len() + value.as_ref()?.len() + 4))
+            .sum()
+    }
+
+    /// Writes the headers as HTTP/1.1 lines.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        for (name, value) in self.fields() {
+            if let Some(value) = value {
+                out.extend_from_slice(name.as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value);
+                out.extend_from_slice(b"\r\n");
             }
         }
-        xff.extend_from_slice(fwd.client_ip.as_bytes());
-        // Valid header bytes, ", " and an IP make a valid header value.
-        if let Ok(xff) = http::HeaderValue::from_bytes(&xff) {
-            headers.insert(X_FORWARDED_FOR, xff);
-        }
-    } else {
-        headers.insert(X_FORWARDED_FOR, fwd.client_ip.clone());
     }
-    headers.insert(X_FORWARDED_PROTO, http::HeaderValue::from_static(fwd.proto));
-    match forwarded_host {
-        Some(host) => {
-            headers.insert(X_FORWARDED_HOST, host);
+
+    /// Sets the headers in `headers`, replacing any of the same names (and removing an
+    /// `X-Forwarded-Host` when there is no host to forward).
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        headers.insert(X_FORWARDED_FOR, self.forwarded_for.clone());
+        headers.insert(
+            X_FORWARDED_PROTO,
+            http::HeaderValue::from_static(self.proto),
+        );
+        match &self.host {
+            Some(host) => {
+                headers.insert(X_FORWARDED_HOST, host.clone());
+            }
+            None => {
+                headers.remove(X_FORWARDED_HOST);
+            }
         }
-        None => {
-            headers.remove(X_FORWARDED_HOST);
-        }
+        set_request_id(headers, &self.request_id);
     }
-    set_request_id(headers, request_id);
+}
+
+/// What a sender that writes the head from the map calls first (hyper's client): the
+/// call's [`ProxyHeaders`], if any, set in `headers`.
+pub fn apply_proxy_headers(extensions: &http::Extensions, headers: &mut http::HeaderMap) {
+    if let Some(set) = extensions
+        .get::<Arc<CallInfo>>()
+        .and_then(|call| call.proxy_headers())
+    {
+        set.apply(headers);
+    }
 }
 
 /// Removes hop-by-hop headers from the upstream's response (except on a 101) and sets the
@@ -459,6 +565,46 @@ mod tests {
             "203.0.113.1, 198.51.100.2, 198.51.100.3, 2001:db8::1"
         );
         assert_eq!(h["x-forwarded-proto"], "http");
+    }
+
+    #[test]
+    fn a_call_keeps_the_proxy_headers_for_its_sender() {
+        let headers = [
+            ("host", "api.example:8080"),
+            ("x-forwarded-for", "203.0.113.1"),
+            ("x-forwarded-host", "spoofed.example"),
+            ("x-openstack-request-id", "req-not-a-uuid"),
+            ("accept", "application/json"),
+        ];
+        // Without a `CallInfo` the map gets them; with one, its sender writes them.
+        let mut plain = get(&headers);
+        prepare_request(&mut plain, &fwd(), &id());
+        let mut req = get(&headers);
+        let call = Arc::new(CallInfo::default());
+        req.extensions_mut().insert(call.clone());
+        prepare_request(&mut req, &fwd(), &id());
+
+        let h = req.headers();
+        for gone in ["x-forwarded-for", "x-forwarded-host", REQUEST_ID.as_str()] {
+            assert!(!h.contains_key(gone), "{gone} left in the map");
+        }
+        assert_eq!(h["accept"], "application/json");
+        let set = call.proxy_headers().expect("set with the call");
+        let mut wire = Vec::new();
+        set.write(&mut wire);
+        assert_eq!(wire.len(), set.wire_len());
+        assert_eq!(
+            String::from_utf8(wire).unwrap(),
+            format!(
+                "x-forwarded-for: 203.0.113.1, 192.0.2.7\r\nx-forwarded-proto: https\r\n\
+                 x-forwarded-host: api.example:8080\r\nx-openstack-request-id: {ID}\r\n"
+            )
+        );
+
+        // What a sender that writes from the map (hyper) sees is what the map got.
+        let mut applied = req.headers().clone();
+        apply_proxy_headers(req.extensions(), &mut applied);
+        assert_eq!(applied, *plain.headers());
     }
 
     #[test]
