@@ -197,17 +197,20 @@ pub fn set_user_headers(headers: &mut HeaderMap, token: &TokenInfo) {
     build_user_headers(headers, token);
 }
 
-/// The headers [`set_user_headers`] sets for `token` (and `X-Service-Catalog` when
-/// `catalog`), as one block a request can point at ([`crate::head`]). The headers it
-/// would remove are not in it: every one of them is among [`REMOVED_HEADERS`], gone from
-/// the request before a token is looked at.
+/// `X-Identity-Status: Confirmed` and the headers [`set_user_headers`] sets for `token`
+/// (and `X-Service-Catalog` when `catalog`), as one block a request with this valid
+/// token can point at ([`crate::head`]). The headers it would remove are not in it: every
+/// one of them is among [`REMOVED_HEADERS`], gone from the request before a token is
+/// looked at.
 pub(crate) fn user_header_block(token: &TokenInfo, catalog: bool) -> crate::head::HeaderBlock {
     let mut built = HeaderMap::new();
     build_user_headers(&mut built, token);
-    let mut pairs: Vec<(HeaderName, HeaderValue)> = user_header_names()
-        .filter_map(|n| header_name(&n))
-        .filter_map(|name| built.get(&name).cloned().map(|value| (name, value)))
-        .collect();
+    let mut pairs: Vec<(HeaderName, HeaderValue)> = vec![(IDENTITY_STATUS, status(true))];
+    pairs.extend(
+        user_header_names()
+            .filter_map(|n| header_name(&n))
+            .filter_map(|name| built.get(&name).cloned().map(|value| (name, value))),
+    );
     if catalog && !token.catalog.is_empty() {
         if let Ok(value) = HeaderValue::from_bytes(v2_catalog_json(&token.catalog).as_bytes()) {
             pairs.push((SERVICE_CATALOG, value));

@@ -370,7 +370,11 @@ fn finish(
 ) -> (Decision, Identity) {
     let config = &shared.config;
     let delay = config.mode == AuthMode::Delay;
-    headers::set_identity_status(headers, identity.user.is_some());
+    // A valid user token's status is `Confirmed` (whatever the service token's), and
+    // comes with its headers' block below.
+    if identity.user.is_none() {
+        headers::set_identity_status(headers, false);
+    }
     if let Some(valid) = service_valid {
         headers::set_service_identity_status(headers, valid);
     }

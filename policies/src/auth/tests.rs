@@ -500,6 +500,12 @@ async fn decide_cached_only_when_no_validator_is_needed() {
         wire.contains("x-user-id: 4a2b6010d52842ac81b8e0ef29169188\r\n"),
         "{wire}"
     );
+    // The status of a valid token comes with its block, not in the map.
+    assert!(
+        wire.starts_with("x-identity-status: Confirmed\r\n"),
+        "{wire}"
+    );
+    assert_eq!(h["x-identity-status"], "Confirmed");
     // Cached: decided at once, with the same headers as the validated request got.
     let mut again = headers_of(&[("x-auth-token", "user"), ("X-User-Id", "spoofed")]);
     let mut again_ext = http::Extensions::new();
