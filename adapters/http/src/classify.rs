@@ -1,6 +1,6 @@
 //! How the REST channel classifies its results and replays its requests.
 
-use crate::body::{full, ProxyBody};
+use crate::body::{empty, full, ProxyBody};
 use crate::error::ConnectError;
 use bytes::Bytes;
 use quartet_policies::classify::{classify_policy_error, Class, Classify, Replay};
@@ -99,7 +99,14 @@ impl Replay<http::Request<ProxyBody>> for HttpReplay {
     /// the extension map costs an allocation per entry.
     fn replay(&self, req: &http::Request<ProxyBody>) -> Option<http::Request<ProxyBody>> {
         let info = req.extensions().get::<Arc<CallInfo>>()?;
-        let mut copy = http::Request::new(full(info.buffered()?.clone()));
+        let buffered = info.buffered()?;
+        // An empty body (most requests) boxes nothing.
+        let body = if buffered.is_empty() {
+            empty()
+        } else {
+            full(buffered.clone())
+        };
+        let mut copy = http::Request::new(body);
         *copy.method_mut() = req.method().clone();
         *copy.uri_mut() = req.uri().clone();
         *copy.version_mut() = req.version();
