@@ -33,7 +33,7 @@ use quartet_policies::breaker::{BreakerHandle, BreakerRegistry};
 use quartet_policies::classify::{Classify, Replay};
 use quartet_policies::error::TimeoutKind;
 use quartet_policies::fault::{FaultHandle, FaultLayer, FaultRegistry};
-use quartet_policies::future::{LayerFuture, OnDone};
+use quartet_policies::future::{Hold, LayerFuture};
 use quartet_policies::limit::{ConcurrencyLimitLayer, RateLimitLayer};
 use quartet_policies::metrics::Metrics;
 use quartet_policies::observe::ObserveLayer;
@@ -178,20 +178,13 @@ impl Drop for InFlightGuard {
     }
 }
 
-impl<T> OnDone<T> for InFlightGuard {
-    type Output = T;
-    fn done(self, output: T) -> T {
-        output
-    }
-}
-
 impl<S, Req> Service<Req> for InFlight<S>
 where
     S: Service<Req, Error = BoxError>,
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = LayerFuture<S::Future, InFlightGuard, S::Response>;
+    type Future = LayerFuture<S::Future, Hold<InFlightGuard>, S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -200,7 +193,7 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         self.count.fetch_add(1, Ordering::Relaxed);
         let guard = InFlightGuard(self.count.clone());
-        LayerFuture::calling(self.inner.call(req), guard)
+        LayerFuture::calling(self.inner.call(req), Hold(guard))
     }
 }
 

@@ -34,6 +34,17 @@ impl<T> OnDone<T> for Pass {
     }
 }
 
+/// Passes the output on unchanged, holding `T` (a permit, a count's guard) until the
+/// call ends or its future is dropped, whichever comes first.
+pub struct Hold<T>(pub T);
+
+impl<T, O> OnDone<O> for Hold<T> {
+    type Output = O;
+    fn done(self, output: O) -> O {
+        output
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A layer's answer to one call.
     #[project = Proj]
@@ -124,16 +135,9 @@ mod tests {
     #[test]
     fn what_on_done_holds_is_dropped_with_an_unfinished_call() {
         let dropped = std::sync::Arc::new(());
-        struct Holds(#[allow(dead_code)] std::sync::Arc<()>);
-        impl OnDone<Result<u32, BoxError>> for Holds {
-            type Output = Result<u32, BoxError>;
-            fn done(self, output: Result<u32, BoxError>) -> Self::Output {
-                output
-            }
-        }
         let fut: LayerFuture<_, _, u32> = LayerFuture::calling(
             std::future::pending::<Result<u32, BoxError>>(),
-            Holds(dropped.clone()),
+            Hold(dropped.clone()),
         );
         assert_eq!(std::sync::Arc::strong_count(&dropped), 2);
         drop(fut);

@@ -7,7 +7,7 @@
 //! gateway's own latency flat and tells the caller the truth.
 
 use crate::error::{Overloaded, RateLimited};
-use crate::future::{LayerFuture, OnDone, Pass};
+use crate::future::{Hold, LayerFuture, Pass};
 use crate::spec::RateLimitSpec;
 use crate::BoxError;
 use governor::clock::Clock;
@@ -60,7 +60,7 @@ where
 {
     type Response = S::Response;
     type Error = BoxError;
-    type Future = LayerFuture<S::Future, Release, S::Response>;
+    type Future = LayerFuture<S::Future, Hold<tokio::sync::OwnedSemaphorePermit>, S::Response>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         self.inner.poll_ready(cx)
@@ -73,18 +73,7 @@ where
             Err(_) => return LayerFuture::refused(Overloaded { limit: self.max }),
         };
         // Held until the response is there (or the future is dropped).
-        LayerFuture::calling(self.inner.call(req), Release(permit))
-    }
-}
-
-/// A bulkhead slot, given back when the call ends.
-pub struct Release(tokio::sync::OwnedSemaphorePermit);
-
-impl<T> OnDone<T> for Release {
-    type Output = T;
-    fn done(self, output: T) -> T {
-        drop(self.0);
-        output
+        LayerFuture::calling(self.inner.call(req), Hold(permit))
     }
 }
 
