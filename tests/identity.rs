@@ -67,9 +67,15 @@ print(session.Session(auth=auth).get_token())
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-/// An upstream answering every request with the headers it received, as JSON.
+/// An upstream answering every request with the headers it received, as JSON; with 401
+/// for a path ending in `/unauthorized`.
 async fn echo_upstream() -> SocketAddr {
-    async fn echo(req: Request) -> Json<Value> {
+    async fn echo(req: Request) -> (axum::http::StatusCode, Json<Value>) {
+        let status = if req.uri().path().ends_with("/unauthorized") {
+            axum::http::StatusCode::UNAUTHORIZED
+        } else {
+            axum::http::StatusCode::OK
+        };
         let mut headers = serde_json::Map::new();
         for (name, value) in req.headers() {
             headers.insert(
@@ -77,7 +83,10 @@ async fn echo_upstream() -> SocketAddr {
                 json!(value.to_str().unwrap_or("")),
             );
         }
-        Json(json!({"path": req.uri().path(), "headers": headers}))
+        (
+            status,
+            Json(json!({"path": req.uri().path(), "headers": headers})),
+        )
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -285,6 +294,20 @@ async fn tokens_from_keystoneauth_pass_and_the_rest_is_refused_as_keystonemiddle
     assert!(roles.split(',').any(|r| r == "admin"), "{roles}");
     assert!(!roles.contains("spoofed"), "{roles}");
     assert!(seen(&body, "x-service-roles").is_none(), "{body}");
+
+    // A valid token the service itself refuses: its 401 passes, told where tokens are,
+    // as keystonemiddleware tells it.
+    let (status, headers, body) =
+        get(&q.url("/echo/unauthorized"), &[("X-Auth-Token", &token)]).await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        body["path"], "/echo/unauthorized",
+        "the service's own answer"
+    );
+    assert_eq!(
+        headers["www-authenticate"].to_str().unwrap(),
+        format!("Keystone uri=\"{}\"", q.v3())
+    );
 
     // No token: keystonemiddleware's 401, with where to get one.
     let (status, headers, body) = get(&q.url("/echo/servers"), &[]).await;

@@ -29,6 +29,8 @@ use quartet_http::ProxyBody;
 use quartet_identity::{Identity, IdentityApi, IdentityConfig, Mode};
 use quartet_policies::access::{Rule, Rules};
 use quartet_policies::auth::{headers, AuthMode, Endpoint, Service, TokenCache, Validator};
+use quartet_policies::future::{LayerFuture, OnDone};
+use quartet_policies::shared::StackFuture;
 use quartet_policies::BoxError;
 use std::sync::Arc;
 
@@ -495,7 +497,7 @@ pub fn guard(
         params,
         inner: service,
     });
-    Ok(RestService::new(Guarded { route }))
+    Ok(RestService::boxing(Guarded { route }))
 }
 
 /// A REST route's guard and the route's stack behind it.
@@ -512,10 +514,14 @@ struct Guarded {
     route: Arc<RouteGuard>,
 }
 
+/// A guarded route's call: refused at once, forwarded (with the 401 rule applied to the
+/// answer), or, when a validator must be asked, boxed.
+type GuardedFuture = LayerFuture<StackFuture<Response<ProxyBody>>, Www, Response<ProxyBody>>;
+
 impl tower::Service<Request<ProxyBody>> for Guarded {
     type Response = Response<ProxyBody>;
     type Error = BoxError;
-    type Future = futures_util::future::BoxFuture<'static, Result<Response<ProxyBody>, BoxError>>;
+    type Future = GuardedFuture;
 
     fn poll_ready(
         &mut self,
@@ -531,20 +537,24 @@ impl tower::Service<Request<ProxyBody>> for Guarded {
         match self.route.checks.authenticate_cached(&mut parts) {
             Some(Ok(())) => match self.route.authorize(&parts) {
                 Ok(()) => {
-                    let www = self.route.checks.www_source(&parts);
-                    forward(&self.route.inner, Request::from_parts(parts, body), www)
+                    let www = Www(self.route.checks.www_source(&parts));
+                    LayerFuture::calling(
+                        self.route.inner.call(Request::from_parts(parts, body)),
+                        www,
+                    )
                 }
-                Err(refused) => Box::pin(std::future::ready(Err(refused.into()))),
+                Err(refused) => LayerFuture::refused(refused),
             },
-            Some(Err(refused)) => Box::pin(std::future::ready(Err(refused.into()))),
+            Some(Err(refused)) => LayerFuture::refused(refused),
             None => {
                 let route = self.route.clone();
-                Box::pin(async move {
+                LayerFuture::boxed(Box::pin(async move {
                     route.checks.authenticate(&mut parts).await?;
                     route.authorize(&parts)?;
-                    let www = route.checks.www_source(&parts);
-                    forward(&route.inner, Request::from_parts(parts, body), www).await
-                })
+                    let www = Www(route.checks.www_source(&parts));
+                    let answer = route.inner.call(Request::from_parts(parts, body)).await;
+                    www.done(answer)
+                }))
             }
         }
     }
@@ -565,25 +575,24 @@ impl RouteGuard {
     }
 }
 
-/// Sends a checked request through the route's stack. As keystonemiddleware does: a 401
-/// of the service tells where tokens are (`WWW-Authenticate`, built only then). The stack
-/// is called here, at once, as an unguarded route's is (`routes::forward`): every layer of
-/// it is always ready, so there is no `poll_ready` walk (`Oneshot`) to wait on.
-fn forward(
-    inner: &RestService,
-    req: Request<ProxyBody>,
-    www: guard::WwwSource,
-) -> futures_util::future::BoxFuture<'static, Result<Response<ProxyBody>, BoxError>> {
-    let sent = inner.call(req);
-    Box::pin(async move {
-        let mut resp = sent.await?;
+/// What a checked request's answer gets, as keystonemiddleware does: a 401 of the service
+/// tells where tokens are (`WWW-Authenticate`, built only then). The route's stack is
+/// called at once, as an unguarded route's is (`routes::forward`): every layer of it is
+/// always ready, so there is no `poll_ready` walk (`Oneshot`) to wait on.
+struct Www(guard::WwwSource);
+
+impl OnDone<Result<Response<ProxyBody>, BoxError>> for Www {
+    type Output = Result<Response<ProxyBody>, BoxError>;
+
+    fn done(self, answer: Self::Output) -> Self::Output {
+        let mut resp = answer?;
         if resp.status() == StatusCode::UNAUTHORIZED {
-            if let Some(value) = www.value() {
+            if let Some(value) = self.0.value() {
                 resp.headers_mut().append(WWW_AUTHENTICATE, value);
             }
         }
         Ok(resp)
-    })
+    }
 }
 
 /// Whether the embedded `/v3` answers this request: identity is embedded, the path is

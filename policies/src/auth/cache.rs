@@ -130,9 +130,10 @@ mod front {
     pub(super) type Tokens = HashMap<Box<str>, Entry, TokenHasher>;
 
     thread_local! {
-        /// By cache id, then by the token itself: a hit costs a hash of the token, not
-        /// its SHA-256 (the shared map's key).
-        pub(super) static FRONT: RefCell<HashMap<u64, Tokens>> = RefCell::new(HashMap::new());
+        /// By cache id (a process has one or two caches: a list, where a map hashed the
+        /// id with SipHash on every hit), then by the token itself: a hit costs a hash of
+        /// the token, not its SHA-256 (the shared map's key).
+        pub(super) static FRONT: RefCell<Vec<(u64, Tokens)>> = const { RefCell::new(Vec::new()) };
     }
 }
 
@@ -166,7 +167,8 @@ impl TokenCache {
         let generation = self.generation.load(Ordering::Acquire);
         front::FRONT.with(|front| {
             let front = front.borrow();
-            let entry = front.get(&self.id)?.get(token)?;
+            let (_, tokens) = front.iter().find(|(id, _)| *id == self.id)?;
+            let entry = tokens.get(token)?;
             (entry.generation == generation && entry.deadline > now).then(|| entry.info.clone())
         })
     }
@@ -184,10 +186,17 @@ impl TokenCache {
         let copy = Arc::new(info.clone());
         front::FRONT.with(|front| {
             let mut front = front.borrow_mut();
-            if front.values().map(HashMap::len).sum::<usize>() >= front::MAX_ENTRIES {
+            if front.iter().map(|(_, t)| t.len()).sum::<usize>() >= front::MAX_ENTRIES {
                 front.clear();
             }
-            front.entry(self.id).or_default().insert(
+            let at = match front.iter().position(|(id, _)| *id == self.id) {
+                Some(at) => at,
+                None => {
+                    front.push((self.id, front::Tokens::default()));
+                    front.len() - 1
+                }
+            };
+            front[at].1.insert(
                 token.into(),
                 front::Entry {
                     info: copy.clone(),

@@ -103,7 +103,7 @@ const SERVICE_IDENTITY_STATUS: HeaderName = HeaderName::from_static(X_SERVICE_ID
 const SERVICE_CATALOG: HeaderName = HeaderName::from_static(X_SERVICE_CATALOG);
 
 /// The user token: `X-Auth-Token`, else `X-Storage-Token`, whitespace stripped. An empty
-/// or non-text value counts as no token.
+/// value, or one that is not UTF-8, counts as no token.
 pub fn user_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers
         .get(AUTH_TOKEN)
@@ -116,8 +116,11 @@ pub fn service_token(headers: &HeaderMap) -> Option<&str> {
     non_empty(headers.get(SERVICE_TOKEN)?)
 }
 
+/// UTF-8 checked, not `to_str`'s visible ASCII, which tests a 200-byte token byte by byte
+/// (a header value holds no control characters anyway). A token that is not ASCII is
+/// refused by the validator, the same 401 as for no token.
 fn non_empty(value: &HeaderValue) -> Option<&str> {
-    let s = value.to_str().ok()?.trim();
+    let s = std::str::from_utf8(value.as_bytes()).ok()?.trim();
     (!s.is_empty()).then_some(s)
 }
 

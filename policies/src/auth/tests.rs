@@ -67,6 +67,27 @@ fn iso_times() {
 }
 
 #[test]
+fn tokens_are_trimmed_and_an_empty_or_non_utf8_one_is_no_token() {
+    let mut h = HeaderMap::new();
+    h.insert("x-storage-token", HeaderValue::from_static("  storage \t"));
+    assert_eq!(headers::user_token(&h), Some("storage"));
+    h.insert("x-auth-token", HeaderValue::from_static(" "));
+    assert_eq!(headers::user_token(&h), None, "an empty X-Auth-Token wins");
+    h.insert(
+        "x-auth-token",
+        HeaderValue::from_bytes(b"tok\xe9n").unwrap(),
+    );
+    assert_eq!(headers::user_token(&h), None);
+    h.insert(
+        "x-auth-token",
+        HeaderValue::from_bytes("tok\u{e9}n".as_bytes()).unwrap(),
+    );
+    assert_eq!(headers::user_token(&h), Some("tok\u{e9}n"));
+    h.insert("x-service-token", HeaderValue::from_static("\tsvc"));
+    assert_eq!(headers::service_token(&h), Some("svc"));
+}
+
+#[test]
 fn removes_every_spoofable_header() {
     let mut h = HeaderMap::new();
     for name in headers::REMOVED_HEADERS {
