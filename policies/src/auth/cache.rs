@@ -127,7 +127,7 @@ mod front {
     pub(super) type TokenHasher = foldhash::fast::RandomState;
 
     /// One cache's copies on this thread, by the token itself.
-    pub(super) type Tokens = HashMap<Box<str>, Entry, TokenHasher>;
+    pub(super) type Tokens = HashMap<Box<[u8]>, Entry, TokenHasher>;
 
     thread_local! {
         /// By cache id (a process has one or two caches: a list, where a map hashed the
@@ -163,7 +163,7 @@ impl TokenCache {
     }
 
     /// This thread's copy of a valid answer for `key`, if it is still good at `now`.
-    fn front_get(&self, token: &str, now: Instant) -> Option<Arc<TokenInfo>> {
+    fn front_get(&self, token: &[u8], now: Instant) -> Option<Arc<TokenInfo>> {
         let generation = self.generation.load(Ordering::Acquire);
         front::FRONT.with(|front| {
             let front = front.borrow();
@@ -197,7 +197,7 @@ impl TokenCache {
                 }
             };
             front[at].1.insert(
-                token.into(),
+                token.as_bytes().into(),
                 front::Entry {
                     info: copy.clone(),
                     deadline,
@@ -220,9 +220,22 @@ impl TokenCache {
     /// validator, or `None` when it would have to ask (or wait for a validation under
     /// way). Never calls the validator, never waits.
     pub fn cached(&self, token: &str) -> Option<Outcome> {
+        self.cached_raw(token.as_bytes())
+    }
+
+    /// [`cached`](Self::cached) for a token as the request carried it: this thread's
+    /// copies are found by its bytes, with no check that they are text; the shared map
+    /// is asked with the token as [`headers::user_token`](super::headers::user_token)
+    /// reads it. `None` as well for a token that is not text: the validators' way refuses
+    /// it.
+    pub fn cached_raw(&self, token: &[u8]) -> Option<Outcome> {
         let now = Instant::now();
         if let Some(info) = self.front_get(token, now) {
             return Some(still_valid(Ok(info), SystemTime::now()));
+        }
+        let token = std::str::from_utf8(token).ok()?.trim();
+        if token.is_empty() {
+            return None;
         }
         self.shared_hit(token, key(token), now)
             .map(|outcome| still_valid(outcome, SystemTime::now()))
@@ -384,7 +397,7 @@ impl TokenCache {
     /// confirmed them.
     pub async fn get_or_validate(&self, token: &str, validator: Arc<dyn Validator>) -> Outcome {
         let now = Instant::now();
-        if let Some(info) = self.front_get(token, now) {
+        if let Some(info) = self.front_get(token.as_bytes(), now) {
             return still_valid(Ok(info), SystemTime::now());
         }
         let key = key(token);

@@ -130,15 +130,57 @@ fn non_empty(value: &HeaderValue) -> Option<&str> {
 /// of [`REMOVED_HEADERS`] (32): a request without spoofed headers costs a few byte
 /// comparisons, and nothing is allocated unless a spoofed header is found.
 pub fn remove_auth_headers(headers: &mut HeaderMap) {
-    let mut spoofed: Vec<HeaderName> = Vec::new();
-    for name in headers.keys() {
-        if is_removed(name) {
-            spoofed.push(name.clone());
-        }
-    }
+    let spoofed = scan(headers).spoofed;
+    remove(headers, spoofed);
+}
+
+/// Removes the headers [`scan`] found spoofed.
+pub fn remove(headers: &mut HeaderMap, spoofed: Vec<HeaderName>) {
     for name in spoofed {
         headers.remove(name);
     }
+}
+
+/// What one pass over a request's headers finds: the spoofed identity headers, the user
+/// token as sent, and whether a service token came. The cached way reads the tokens from
+/// here, where [`user_token`] and [`service_token`] would each hash and look up a name.
+pub struct Scan<'a> {
+    pub spoofed: Vec<HeaderName>,
+    /// `X-Auth-Token`, else `X-Storage-Token` (the first value of either), ASCII
+    /// whitespace stripped, unchecked; empty: no token. [`user_token`] is the same
+    /// token, checked as text.
+    pub user: Option<&'a [u8]>,
+    /// A non-empty `X-Service-Token` came.
+    pub service: bool,
+}
+
+pub fn scan(headers: &HeaderMap) -> Scan<'_> {
+    let mut found = Scan {
+        spoofed: Vec::new(),
+        user: None,
+        service: false,
+    };
+    let (mut auth, mut storage, mut service) = (None, None, None);
+    // Every value in turn, a name's values one after the other: the first value of a
+    // name is the one `HeaderMap::get` gives.
+    for (name, value) in headers {
+        let slot = match name.as_str() {
+            X_AUTH_TOKEN => &mut auth,
+            X_STORAGE_TOKEN => &mut storage,
+            X_SERVICE_TOKEN => &mut service,
+            _ => {
+                if is_removed(name) && found.spoofed.last() != Some(name) {
+                    found.spoofed.push(name.clone());
+                }
+                continue;
+            }
+        };
+        slot.get_or_insert_with(|| value.as_bytes().trim_ascii());
+    }
+    // As `user_token`: a present `X-Auth-Token` wins, even empty.
+    found.user = auth.or(storage).filter(|t| !t.is_empty());
+    found.service = service.is_some_and(|t| !t.is_empty());
+    found
 }
 
 /// Whether `name` is one of [`REMOVED_HEADERS`]. Names are lowercase in a `HeaderName`;

@@ -273,28 +273,35 @@ fn decide_cached(
     headers: &mut HeaderMap,
     extensions: &mut Extensions,
 ) -> Option<(Decision, Identity)> {
-    headers::remove_auth_headers(headers);
+    // One pass finds the spoofed headers and the tokens; the spoofed ones go before any
+    // return.
+    let found = headers::scan(headers);
+    let cached = if shared.config.mode == AuthMode::None {
+        Some(None)
+    } else if found.service {
+        None
+    } else {
+        match found.user {
+            None => Some(None),
+            Some(token) => match shared.cache.cached_raw(token) {
+                None => None,
+                Some(Ok(info)) => Some(Some(info)),
+                Some(Err(ValidateError::Invalid(reason))) => {
+                    tracing::debug!(%reason, "token refused");
+                    Some(None)
+                }
+                // Never cached; ask the validator.
+                Some(Err(ValidateError::Unavailable(_))) => None,
+            },
+        }
+    };
+    headers::remove(headers, found.spoofed);
     debug_assert!(REMOVED_HEADERS.iter().all(|h| !headers.contains_key(*h)));
     if shared.config.mode == AuthMode::None {
         return Some((Decision::Forward, Identity::default()));
     }
-    if headers::service_token(headers).is_some() {
-        return None;
-    }
-    let user = match headers::user_token(headers) {
-        None => None,
-        Some(token) => match shared.cache.cached(token)? {
-            Ok(info) => Some(info),
-            Err(ValidateError::Invalid(reason)) => {
-                tracing::debug!(%reason, "token refused");
-                None
-            }
-            // Never cached; ask the validator.
-            Err(ValidateError::Unavailable(_)) => return None,
-        },
-    };
     let identity = Identity {
-        user,
+        user: cached?,
         service: None,
     };
     Some(finish(shared, headers, extensions, identity, None))

@@ -88,6 +88,55 @@ fn tokens_are_trimmed_and_an_empty_or_non_utf8_one_is_no_token() {
 }
 
 #[test]
+fn one_scan_finds_what_the_lookups_find() {
+    let cases: &[&[(&str, &str)]] = &[
+        &[],
+        &[("x-auth-token", " a ")],
+        &[("x-storage-token", "s")],
+        &[("x-auth-token", ""), ("x-storage-token", "s")],
+        &[("x-auth-token", "first"), ("x-auth-token", "second")],
+        &[("x-service-token", " "), ("x-auth-token", "a")],
+        &[
+            ("x-service-token", "svc"),
+            ("x-roles", "admin"),
+            ("x-roles", "more"),
+        ],
+        &[
+            ("x-user-id", "u"),
+            ("accept", "*/*"),
+            ("openstack-system-scope", "all"),
+        ],
+    ];
+    for headers_of_case in cases {
+        let mut h = HeaderMap::new();
+        for (name, value) in *headers_of_case {
+            h.append(*name, HeaderValue::from_static(value));
+        }
+        let found = headers::scan(&h);
+        let what = format!("{headers_of_case:?}");
+        assert_eq!(
+            found.user.map(|t| std::str::from_utf8(t).unwrap()),
+            headers::user_token(&h),
+            "{what}"
+        );
+        assert_eq!(
+            found.service,
+            headers::service_token(&h).is_some(),
+            "{what}"
+        );
+        let mut expected: Vec<_> = h
+            .keys()
+            .filter(|n| headers::REMOVED_HEADERS.contains(&n.as_str()))
+            .cloned()
+            .collect();
+        expected.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        let mut spoofed = found.spoofed.clone();
+        spoofed.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        assert_eq!(spoofed, expected, "{what}");
+    }
+}
+
+#[test]
 fn removes_every_spoofable_header() {
     let mut h = HeaderMap::new();
     for name in headers::REMOVED_HEADERS {
