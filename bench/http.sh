@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # REST channel benchmark: wrk against one nginx upstream serving a small JSON body,
-# six ways in one run, alternating, several rounds:
+# six ways in one run, alternating (even rounds in reverse order), several rounds:
 #   direct, nginx as a reverse proxy, HAProxy, HAProxy set up to do the work of Quartet's
 #   default policy (forwarded headers, request id, retries, passive ejection: see
 #   bench/http-env.sh), Quartet (default policy on the route), and Quartet with
@@ -36,7 +36,15 @@ run_wrk() {
 
 declare -A RPS P50 P99
 for r in $(seq 1 "$ROUNDS"); do
-  for n in "${WAYS[@]}"; do
+  # Odd rounds run the ways in order, even rounds in reverse: on a machine whose speed
+  # drifts within a round, the way that ran second in one round runs first in the next,
+  # so a paired ratio is not always taken from the same side of the drift.
+  order=("${WAYS[@]}")
+  if [ $((r % 2)) -eq 0 ]; then
+    order=()
+    for ((i = ${#WAYS[@]} - 1; i >= 0; i--)); do order+=("${WAYS[$i]}"); done
+  fi
+  for n in "${order[@]}"; do
     read -r rps p50 p99 < <(run_wrk "$n")
     printf 'round %d %-12s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms\n' "$r" "$n" "$rps" "$p50" "$p99"
     RPS[$n]="${RPS[$n]:-} $rps"; P50[$n]="${P50[$n]:-} $p50"; P99[$n]="${P99[$n]:-} $p99"
