@@ -17,7 +17,8 @@ use quartet_policies::retry::Backoff;
 use quartet_policies::BoxError;
 use serde::Serialize;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::{Layer, Service, ServiceExt};
@@ -138,6 +139,38 @@ pub(crate) struct Health {
     pub healthy: Option<bool>,
 }
 
+impl Health {
+    /// One byte, so that every checkout reads it with a load, not a lock.
+    fn pack(self) -> u8 {
+        let role = match self.role {
+            BackendRole::Primary => 0,
+            BackendRole::Replica => 1,
+            BackendRole::Unknown => 2,
+        };
+        let healthy = match self.healthy {
+            None => 0,
+            Some(false) => 1,
+            Some(true) => 2,
+        };
+        role | healthy << 2
+    }
+
+    fn unpack(v: u8) -> Self {
+        Health {
+            role: match v & 3 {
+                0 => BackendRole::Primary,
+                1 => BackendRole::Replica,
+                _ => BackendRole::Unknown,
+            },
+            healthy: match v >> 2 {
+                0 => None,
+                1 => Some(false),
+                _ => Some(true),
+            },
+        }
+    }
+}
+
 /// What /readyz and the admin API show of a backend.
 #[derive(Clone, Debug, Serialize)]
 pub struct BackendState {
@@ -152,7 +185,8 @@ pub struct Backend {
     pub endpoint: String,
     breaker: CircuitBreaker<ConnectService, ConnectClassify>,
     handle: BreakerHandle,
-    health: Mutex<Health>,
+    /// A packed [`Health`].
+    health: AtomicU8,
 }
 
 impl Backend {
@@ -182,23 +216,31 @@ impl Backend {
             url,
             endpoint,
             handle,
-            health: Mutex::new(Health {
-                role: BackendRole::Unknown,
-                healthy: None,
-            }),
+            health: AtomicU8::new(
+                Health {
+                    role: BackendRole::Unknown,
+                    healthy: None,
+                }
+                .pack(),
+            ),
         })
     }
 
     pub(crate) fn health(&self) -> Health {
-        *self.health.lock().unwrap_or_else(|e| e.into_inner())
+        Health::unpack(self.health.load(Ordering::Acquire))
     }
 
     pub fn set_health(&self, healthy: bool, role: Option<BackendRole>) {
-        let mut h = self.health.lock().unwrap_or_else(|e| e.into_inner());
-        h.healthy = Some(healthy);
-        if let Some(role) = role {
-            h.role = role;
-        }
+        let _ = self
+            .health
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                let mut h = Health::unpack(v);
+                h.healthy = Some(healthy);
+                if let Some(role) = role {
+                    h.role = role;
+                }
+                Some(h.pack())
+            });
     }
 
     pub fn state(&self) -> BackendState {

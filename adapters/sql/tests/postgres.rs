@@ -748,6 +748,43 @@ async fn min_idle_is_kept_and_idle_servers_time_out() {
 }
 
 #[tokio::test]
+async fn a_pooled_server_connection_the_server_ended_is_not_lent() {
+    let proxy = Proxy::start(spec(PoolMode::Transaction, 1)).await;
+    let c = proxy.connect("terminated").await;
+    let pid = |c: tokio_postgres::Client| async move {
+        let pid: i32 = c
+            .query_one("select pg_backend_pid()", &[])
+            .await
+            .expect("a query through the proxy")
+            .get(0);
+        (c, pid)
+    };
+    let (c, first) = pid(c).await;
+    // The server ends the idle pooled connection (as a restart or an administrator would).
+    let direct = direct().await;
+    direct
+        .execute("select pg_terminate_backend($1)", &[&first])
+        .await
+        .unwrap();
+    let gone = tokio::time::timeout(BOUND, async {
+        while direct
+            .query_opt("select 1 from pg_stat_activity where pid = $1", &[&first])
+            .await
+            .unwrap()
+            .is_some()
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(gone.is_ok(), "the server did not end pid {first}");
+    // The client's next transaction gets a live connection, not the dead one.
+    let (_c, second) = pid(c).await;
+    assert_ne!(first, second);
+    proxy.stop().await;
+}
+
+#[tokio::test]
 async fn server_lifetime_retires_old_connections() {
     let mut s = spec(PoolMode::Transaction, 1);
     s.server_lifetime = Duration::ZERO;

@@ -88,6 +88,9 @@ impl ClientStream {
             }
         };
         match self {
+            // An active client keeps its buffer: it is read at once, one readiness
+            // check fewer per message.
+            ClientStream::Plain(s) if buf.capacity() - buf.len() >= 4096 => s.read_buf(buf).await,
             ClientStream::Plain(s) => {
                 std::future::poll_fn(|cx| s.poll_read_ready(cx)).await?;
                 room(buf);
@@ -845,13 +848,17 @@ impl Session {
                 None => std::future::pending().await,
             }
         };
+        // In a fixed order: an armed timer first (a server that streams without pause
+        // must not hold off the query timeout), then the server, which is what wakes a
+        // session waiting on its query, so the client's socket is not looked at then.
         Ok(tokio::select! {
-            r = self.client.read_some(&mut self.cbuf) => Wake::client(r?),
+            biased;
+            _ = timer, if deadline.is_some() => Wake::Timer,
             r = server_read => match r {
                 Ok(n) if n > 0 => Wake::Server,
                 _ => Wake::ServerLost,
             },
-            _ = timer => Wake::Timer,
+            r = self.client.read_some(&mut self.cbuf) => Wake::client(r?),
         })
     }
 
@@ -965,17 +972,21 @@ impl Session {
                     self.pool.count_query();
                     if h.tag == b'Q' && self.mode == PoolMode::Transaction {
                         let body = &self.cbuf[run + 5..run + h.size];
-                        if mentions_discard(body) {
-                            self.forget_prepared = true;
+                        if may_manage_statements(body) {
+                            if mentions_discard(body) {
+                                self.forget_prepared = true;
+                            }
+                            watch_sql_prepare(&mut self.pinned, body);
                         }
-                        watch_sql_prepare(&mut self.pinned, body);
                     }
                     run += h.size;
                 }
                 b'P' | b'B' | b'D' | b'C' if self.mode == PoolMode::Transaction => {
                     if h.tag == b'P' {
                         let (_, rest) = codec::parse_parse(&self.cbuf[run + 5..run + h.size])?;
-                        watch_sql_prepare(&mut self.pinned, rest);
+                        if may_manage_statements(rest) {
+                            watch_sql_prepare(&mut self.pinned, rest);
+                        }
                     }
                     if !self.cbuf.is_empty() && run > 0 {
                         out.push(self.cbuf.split_to(run).freeze());
@@ -1001,6 +1012,7 @@ impl Session {
             let Some(l) = self.lease.as_mut() else {
                 return Err(ClientError::ServerLost);
             };
+            l.conn.arm_faults();
             let sent = if direct {
                 match l.conn.stream.write_all(&self.cbuf[..run]).await {
                     Ok(()) => l.conn.stream.flush().await,
@@ -1395,6 +1407,51 @@ fn next_word(stmt: &[u8]) -> (&[u8], &[u8]) {
     (&[], &[])
 }
 
+/// Whether a query's text holds `prepare`, `discard` or `deallocate` in any case, the
+/// words [`mentions_discard`] and [`sql_prepare_effect`] look for: when it does not
+/// (nearly every query), neither needs to read it. Eight bytes at a time: a word whose
+/// bytes, folded to lower case, hold no `d` and no `p` cannot begin one of them, so only
+/// the words that do are looked at byte by byte.
+fn may_manage_statements(sql: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const FOLD: u64 = 0x2020_2020_2020_2020;
+    // A high bit where a byte of `v` is zero (and maybe above one: every hit is checked).
+    let zeros = |v: u64| v.wrapping_sub(ONES) & !v & HIGH;
+    // The second letter tells which word it can be.
+    let starts_keyword = |i: usize| {
+        let at = |w: &[u8]| {
+            sql.get(i..i + w.len())
+                .is_some_and(|x| x.eq_ignore_ascii_case(w))
+        };
+        match sql.get(i + 1).map(|c| c | 0x20) {
+            Some(b'r') => at(b"prepare"),
+            Some(b'i') => at(b"discard"),
+            Some(b'e') => at(b"deallocate"),
+            _ => false,
+        }
+    };
+    let mut chunks = sql.chunks_exact(8);
+    let mut base = 0;
+    for chunk in &mut chunks {
+        let Ok(word) = <[u8; 8]>::try_from(chunk) else {
+            break;
+        };
+        let folded = u64::from_le_bytes(word) | FOLD;
+        let mut hits =
+            zeros(folded ^ (ONES * u64::from(b'd'))) | zeros(folded ^ (ONES * u64::from(b'p')));
+        while hits != 0 {
+            if starts_keyword(base + (hits.trailing_zeros() / 8) as usize) {
+                return true;
+            }
+            hits &= hits - 1;
+        }
+        base += 8;
+    }
+    let tail = chunks.remainder();
+    (0..tail.len()).any(|j| matches!(tail[j] | 0x20, b'd' | b'p') && starts_keyword(base + j))
+}
+
 /// Whether a simple query may drop the server's prepared statements.
 fn mentions_discard(body: &[u8]) -> bool {
     // Both words begin with d: only where a d is (found with SIMD by `memchr2`) is a
@@ -1452,7 +1509,48 @@ pub(crate) fn sizes() -> Vec<(&'static str, usize)> {
 
 #[cfg(test)]
 mod tests {
-    use super::{mentions_discard, sql_prepare_effect};
+    use super::{may_manage_statements, mentions_discard, sql_prepare_effect};
+
+    #[test]
+    fn the_keyword_filter_passes_every_query_the_scans_act_on() {
+        let queries: &[&[u8]] = &[
+            b"PREPARE q AS select 1\0",
+            b"  /* c */ -- x\n prepare q(int) as select $1",
+            b"select 1; Prepare q as select 2",
+            b"DEALLOCATE ALL",
+            b"deallocate prepare all",
+            b"discard all",
+            b"select 1;;  DISCARD  /* x */ ALL;",
+            b"do $$ begin execute 'discard plans'; end $$",
+            b"select 1; Deallocate q",
+            b"1234567prepare",
+            b"12345678Discard",
+            b"1234567Deallocat DEALLOCATE",
+        ];
+        for q in queries {
+            assert!(may_manage_statements(q), "{}", String::from_utf8_lossy(q));
+        }
+        let other: &[&[u8]] = &[
+            b"select abalance from pgbench_accounts where aid = 1;\0",
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = 1;",
+            b"select prepar, discar, dealloc from t",
+            b"",
+            b"d",
+            b"prepar",
+        ];
+        for q in other {
+            assert!(!may_manage_statements(q), "{}", String::from_utf8_lossy(q));
+            assert!(!mentions_discard(q));
+            assert_eq!(sql_prepare_effect(q), None);
+        }
+        // Every position and case of each word, in and across the eight-byte words.
+        for word in ["prepare", "DISCARD", "DeAlLoCaTe"] {
+            for pad in 0..17 {
+                let q = format!("{}{word} x", "x".repeat(pad));
+                assert!(may_manage_statements(q.as_bytes()), "{q}");
+            }
+        }
+    }
 
     #[test]
     fn sql_prepare_pins_and_deallocate_all_unpins() {

@@ -145,30 +145,52 @@ forward_io!(ServerIo, Plain, Tls);
 pub(crate) enum ServerStream {
     Io(ServerIo),
     Toxic(Box<Toxic<ServerIo>>),
+    /// Only while [`ServerConn::arm_faults`] moves the socket into a [`Toxic`].
+    Detached(tokio::io::Empty),
 }
 
-forward_io!(ServerStream, Io, Toxic);
+forward_io!(ServerStream, Io, Toxic, Detached);
 
 impl ServerStream {
-    fn tcp(&self) -> &TcpStream {
+    fn tcp(&self) -> Option<&TcpStream> {
         match self {
-            ServerStream::Io(s) => s.tcp(),
-            ServerStream::Toxic(t) => t.get_ref().tcp(),
+            ServerStream::Io(s) => Some(s.tcp()),
+            ServerStream::Toxic(t) => Some(t.get_ref().tcp()),
+            ServerStream::Detached(_) => None,
         }
     }
 
     /// Whether the server sent anything (or closed): a look at the socket that takes
     /// nothing from it, so TLS records stay whole.
     fn has_input(&self) -> bool {
+        let Some(tcp) = self.tcp() else {
+            return true;
+        };
+        // First what tokio knows: a socket it has seen nothing on since the last read
+        // drained it is quiet, and `try_read` says so without a system call or a waker.
+        if matches!(tcp.try_read(&mut []), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock) {
+            return false;
+        }
+        // Something was seen (or is stale): a peek tells.
         let mut probe = [0u8; 1];
         let mut buf = ReadBuf::new(&mut probe);
         let mut cx = Context::from_waker(std::task::Waker::noop());
-        !matches!(self.tcp().poll_peek(&mut cx, &mut buf), Poll::Pending)
+        !matches!(tcp.poll_peek(&mut cx, &mut buf), Poll::Pending)
     }
+}
+
+/// Whether `fault` holds connection-level faults now.
+fn has_toxics(fault: &FaultHandle) -> bool {
+    fault.current().is_some_and(|f| !f.connection.is_empty())
 }
 
 pub struct ServerConn {
     pub(crate) stream: ServerStream,
+    /// The backend's faults: the socket goes into a [`Toxic`] the first time they hold
+    /// connection-level faults ([`ServerConn::arm_faults`]); until then it is used as is.
+    fault: Option<FaultHandle>,
+    /// The fault's version when it was last looked at.
+    fault_version: u64,
     pub(crate) buf: BytesMut,
     pub peer: SocketAddr,
     pub pid: i32,
@@ -347,12 +369,17 @@ impl ServerConn {
                 b'N' => {}
                 b'Z' => {
                     let now = Instant::now();
+                    let fault_version = fault.as_ref().map_or(0, FaultHandle::version);
                     return Ok(ServerConn {
                         // Toxics act on the session's traffic, not on the login.
-                        stream: match fault.take() {
-                            Some(f) => ServerStream::Toxic(Box::new(Toxic::new(stream, f))),
-                            None => ServerStream::Io(stream),
+                        stream: match &fault {
+                            Some(f) if has_toxics(f) => {
+                                ServerStream::Toxic(Box::new(Toxic::new(stream, f.clone())))
+                            }
+                            _ => ServerStream::Io(stream),
                         },
+                        fault: fault.take(),
+                        fault_version,
                         buf,
                         peer,
                         pid,
@@ -373,6 +400,32 @@ impl ServerConn {
     /// Whether an idle connection is still open and silent: a server that went away
     /// has closed it (end of stream) or said why (an `ErrorResponse` before closing).
     /// Costs one non-blocking read, no round trip.
+    /// Before traffic of a session: puts the socket into a [`Toxic`] when the backend's
+    /// faults have changed since they were last looked at and now hold connection-level
+    /// faults (toxics). A connection without toxics is read and written as is, with no
+    /// watch timer per wait; one that has had them keeps the wrapper, which follows the
+    /// faults from then on. So a toxic set at run time reaches a connection that had
+    /// none at the next message a client sends on it (in transaction mode, at the next
+    /// transaction), not in the middle of an exchange.
+    pub fn arm_faults(&mut self) {
+        let Some(fault) = &self.fault else {
+            return;
+        };
+        let version = fault.version();
+        if version == self.fault_version {
+            return;
+        }
+        self.fault_version = version;
+        if !matches!(self.stream, ServerStream::Io(_)) || !has_toxics(fault) {
+            return;
+        }
+        let fault = fault.clone();
+        let detached = ServerStream::Detached(tokio::io::empty());
+        if let ServerStream::Io(io) = std::mem::replace(&mut self.stream, detached) {
+            self.stream = ServerStream::Toxic(Box::new(Toxic::new(io, fault)));
+        }
+    }
+
     pub fn looks_alive(&self) -> bool {
         self.buf.is_empty() && !self.stream.has_input()
     }
