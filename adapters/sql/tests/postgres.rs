@@ -325,6 +325,61 @@ async fn trust_login(addr: std::net::SocketAddr) -> TcpStream {
     s
 }
 
+#[tokio::test]
+async fn the_login_reports_the_servers_parameters_and_the_clients_application_name() {
+    let mut sp = spec(PoolMode::Transaction, 2);
+    sp.auth = AuthMethod::Trust;
+    let proxy = Proxy::start(sp).await;
+    for app in ["first-probe", "second-probe"] {
+        let mut s = TcpStream::connect(proxy.addr).await.unwrap();
+        let startup = quartet_sql::pg::codec::startup_message(&[
+            ("user", "app"),
+            ("database", "test"),
+            ("application_name", app),
+        ]);
+        s.write_all(&startup).await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let mut status = Vec::new();
+        'login: loop {
+            while buf.len() >= 5 {
+                let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize + 1;
+                if buf.len() < len {
+                    break;
+                }
+                let frame: Vec<u8> = buf.drain(..len).collect();
+                match frame[0] {
+                    b'Z' => break 'login,
+                    b'S' => {
+                        let mut parts = frame[5..].split(|b| *b == 0);
+                        let k = String::from_utf8_lossy(parts.next().unwrap()).into_owned();
+                        let v = String::from_utf8_lossy(parts.next().unwrap()).into_owned();
+                        status.push((k, v));
+                    }
+                    _ => {}
+                }
+            }
+            let n = tokio::time::timeout(BOUND, s.read(&mut chunk))
+                .await
+                .expect("answer")
+                .unwrap();
+            assert!(n > 0, "the proxy closed during the login");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let get = |k: &str| {
+            status
+                .iter()
+                .filter(|(n, _)| n == k)
+                .map(|(_, v)| v.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(get("application_name"), vec![app], "{status:?}");
+        assert_eq!(get("server_version").len(), 1, "{status:?}");
+        assert_eq!(get("client_encoding"), vec!["UTF8"], "{status:?}");
+    }
+    proxy.stop().await;
+}
+
 async fn ends(s: &mut TcpStream) -> bool {
     let mut rest = Vec::new();
     tokio::time::timeout(BOUND, s.read_to_end(&mut rest))

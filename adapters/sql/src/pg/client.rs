@@ -635,11 +635,14 @@ impl Session {
         let mut out = BytesMut::with_capacity(512);
         out.extend_from_slice(&codec::auth_ok());
         if let Some(lease) = &self.lease {
-            for (k, v) in &lease.conn.params {
-                let v = match k.as_str() {
-                    "application_name" => StartupFrame::param(&login.params, k).unwrap_or(v),
-                    _ => v,
-                };
+            out.extend_from_slice(&lease.conn.status_block);
+            if let Some((k, v)) = lease
+                .conn
+                .params
+                .iter()
+                .find(|(k, _)| k == "application_name")
+            {
+                let v = StartupFrame::param(&login.params, k).unwrap_or(v);
                 out.extend_from_slice(&codec::parameter_status(k, v));
             }
         }

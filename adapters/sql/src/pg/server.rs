@@ -5,7 +5,7 @@
 use super::auth::{md5_response, md5_stored, ScramClient, ScramError, MECHANISM};
 use super::codec::{self, AuthRequest, ErrorFields, Frame, ProtocolError};
 use crate::tls::ServerTls;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use quartet_policies::fault::toxic::Toxic;
 use quartet_policies::fault::FaultHandle;
 use std::collections::HashSet;
@@ -179,6 +179,15 @@ impl ServerStream {
     }
 }
 
+/// The `ParameterStatus` messages of `params`, but for `application_name`.
+fn status_block(params: &[(String, String)]) -> Bytes {
+    let mut block = BytesMut::new();
+    for (k, v) in params.iter().filter(|(k, _)| k != "application_name") {
+        block.extend_from_slice(&codec::parameter_status(k, v));
+    }
+    block.freeze()
+}
+
 /// Whether `fault` holds connection-level faults now.
 fn has_toxics(fault: &FaultHandle) -> bool {
     fault.current().is_some_and(|f| !f.connection.is_empty())
@@ -196,6 +205,10 @@ pub struct ServerConn {
     pub pid: i32,
     pub key: i32,
     pub params: Vec<(String, String)>,
+    /// `params` as `ParameterStatus` messages, all but `application_name` (which a
+    /// client's own replaces): made once per connection, copied into every login's
+    /// answer as one block.
+    pub status_block: Bytes,
     /// Names of the statements prepared on this connection by Quartet (transaction
     /// mode's renamed statements).
     pub prepared: HashSet<Arc<str>>,
@@ -384,6 +397,7 @@ impl ServerConn {
                         peer,
                         pid,
                         key,
+                        status_block: status_block(&server_params),
                         params: server_params,
                         prepared: HashSet::new(),
                         created: now,
