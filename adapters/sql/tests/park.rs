@@ -51,12 +51,7 @@ async fn answers(s: &mut TcpStream, mut n: usize) -> Option<(Vec<String>, Option
     let mut chunk = [0u8; 4096];
     let (mut rows, mut error) = (Vec::new(), None);
     loop {
-        while buf.len() >= 5 {
-            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize + 1;
-            if buf.len() < len {
-                break;
-            }
-            let frame: Vec<u8> = buf.drain(..len).collect();
+        while let Some(frame) = take_frame(&mut buf) {
             match frame[0] {
                 b'Z' => {
                     n -= 1;

@@ -290,12 +290,7 @@ async fn read_until_ready(s: &mut TcpStream) -> Option<String> {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
-        while buf.len() >= 5 {
-            let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize + 1;
-            if buf.len() < len {
-                break;
-            }
-            let frame: Vec<u8> = buf.drain(..len).collect();
+        while let Some(frame) = take_frame(&mut buf) {
             match frame[0] {
                 b'Z' => return None,
                 b'E' => {
@@ -342,12 +337,7 @@ async fn the_login_reports_the_servers_parameters_and_the_clients_application_na
         let mut chunk = [0u8; 4096];
         let mut status = Vec::new();
         'login: loop {
-            while buf.len() >= 5 {
-                let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize + 1;
-                if buf.len() < len {
-                    break;
-                }
-                let frame: Vec<u8> = buf.drain(..len).collect();
+            while let Some(frame) = take_frame(&mut buf) {
                 match frame[0] {
                     b'Z' => break 'login,
                     b'S' => {

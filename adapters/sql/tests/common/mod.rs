@@ -164,3 +164,12 @@ fn rand_suffix() -> u32 {
     static N: AtomicU32 = AtomicU32::new(0);
     N.fetch_add(1, Ordering::Relaxed)
 }
+
+/// Takes the first whole backend message (tag, length, body) off `buf`, if there is one.
+pub fn take_frame(buf: &mut Vec<u8>) -> Option<Vec<u8>> {
+    if buf.len() < 5 {
+        return None;
+    }
+    let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize + 1;
+    (buf.len() >= len).then(|| buf.drain(..len).collect())
+}
