@@ -161,17 +161,21 @@ pub(crate) struct Shared {
     pub tls: Option<tokio_rustls::TlsAcceptor>,
     /// Where idle clients park (none when `client_park_after` is 0).
     pub parker: Option<ParkSender>,
-    pools: Mutex<HashMap<PoolKey, Arc<Pool>>>,
-    cancels: Mutex<HashMap<(i32, i32), Arc<CancelSlot>>>,
-    statements: Mutex<HashMap<Bytes, Arc<str>>>,
+    pools: Mutex<FastMap<PoolKey, Arc<Pool>>>,
+    cancels: Mutex<FastMap<(i32, i32), Arc<CancelSlot>>>,
+    statements: Mutex<FastMap<Bytes, Arc<str>>>,
 }
 
+/// The maps looked up on every login (pools, cancel keys) and every `Parse`
+/// (statements): foldhash, randomly seeded per process, a fraction of SipHash's cost.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 impl Shared {
-    pub fn cancels(&self) -> MutexGuard<'_, HashMap<(i32, i32), Arc<CancelSlot>>> {
+    pub fn cancels(&self) -> MutexGuard<'_, FastMap<(i32, i32), Arc<CancelSlot>>> {
         self.cancels.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn pools(&self) -> MutexGuard<'_, HashMap<PoolKey, Arc<Pool>>> {
+    fn pools(&self) -> MutexGuard<'_, FastMap<PoolKey, Arc<Pool>>> {
         self.pools.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -654,9 +658,9 @@ impl PgListener {
             users,
             backends,
             tls,
-            pools: Mutex::new(HashMap::new()),
-            cancels: Mutex::new(HashMap::new()),
-            statements: Mutex::new(HashMap::new()),
+            pools: Mutex::new(FastMap::default()),
+            cancels: Mutex::new(FastMap::default()),
+            statements: Mutex::new(FastMap::default()),
         });
         Ok(Self {
             listener,
