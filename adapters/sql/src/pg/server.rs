@@ -411,9 +411,6 @@ impl ServerConn {
         }
     }
 
-    /// Whether an idle connection is still open and silent: a server that went away
-    /// has closed it (end of stream) or said why (an `ErrorResponse` before closing).
-    /// Costs one non-blocking read, no round trip.
     /// Before traffic of a session: puts the socket into a [`Toxic`] when the backend's
     /// faults have changed since they were last looked at and now hold connection-level
     /// faults (toxics). A connection without toxics is read and written as is, with no
@@ -440,6 +437,10 @@ impl ServerConn {
         }
     }
 
+    /// Whether an idle connection is still open and silent: a server that went away
+    /// has closed it (end of stream) or said why (an `ErrorResponse` before closing).
+    /// Costs a look at tokio's readiness, and a non-blocking peek only when the socket
+    /// was seen readable; no round trip.
     pub fn looks_alive(&self) -> bool {
         self.buf.is_empty() && !self.stream.has_input()
     }
