@@ -17,21 +17,7 @@ POOL=${POOL:-20}
 BASE_PORT=${BASE_PORT:-16932}
 MAX_CLIENTS=1000
 . bench/sql-env.sh
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-"$PGBOUNCER" -u postgres "$WORK/pgbouncer.ini" >"$WORK/pgbouncer.out" 2>&1 & pids+=($!)
-RUST_LOG=warn "$QUARTET" serve --config "$WORK/quartet.toml" >"$WORK/quartet.log" 2>&1 & pids+=($!)
-for port in "$PGB" "$QRT"; do
-  for _ in $(seq 1 100); do
-    "${PSQL[@]}" -p "$port" -d "$DB" -Atc 'select 1' >/dev/null 2>&1 && break
-    sleep 0.1
-  done
-done
+start_poolers
 
 # utime and stime of process $1, in clock ticks.
 proc_ticks() { awk '{print $14, $15}' "/proc/$1/stat"; }
@@ -42,13 +28,7 @@ hz=$(getconf CLK_TCK)
 names=(pgbouncer quartet)
 ports=("$PGB" "$QRT")
 cases=("S8:-S -c 8 -j 2" "C8:-S -C -c 8 -j 2")
-if [ -n "${CASES:-}" ]; then
-  picked=()
-  for c in "${cases[@]}"; do
-    for want in $CASES; do [ "${c%%:*}" = "$want" ] && picked+=("$c"); done
-  done
-  cases=("${picked[@]}")
-fi
+pick_cases
 
 declare -A USER SYS IDLE TPS
 for r in $(seq 1 "$ROUNDS"); do

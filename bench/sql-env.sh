@@ -76,3 +76,36 @@ backends = ["postgres://postgres@127.0.0.1:5432/$DB"]
 auth = "trust"
 client_park_after = "${PARK_AFTER:-1s}"
 TOML
+
+# Starts PgBouncer and Quartet on their ports ($PGB_PID, $QRT_PID), waits until both
+# answer, and stops them and removes $WORK when the script exits.
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  rm -rf "$WORK"
+}
+start_poolers() {
+  trap cleanup EXIT
+  "$PGBOUNCER" -u postgres "$WORK/pgbouncer.ini" >"$WORK/pgbouncer.out" 2>&1 & pids+=($!)
+  RUST_LOG=warn "$QUARTET" serve --config "$WORK/quartet.toml" >"$WORK/quartet.log" 2>&1 & pids+=($!)
+  PGB_PID=${pids[0]} QRT_PID=${pids[1]}
+  local port
+  for port in "$PGB" "$QRT"; do
+    for _ in $(seq 1 100); do
+      "${PSQL[@]}" -p "$port" -d "$DB" -Atc 'select 1' >/dev/null 2>&1 && continue 2
+      sleep 0.1
+    done
+    echo "port $port did not answer" >&2; cat "$WORK/quartet.log" "$WORK/pgbouncer.out" >&2; exit 1
+  done
+}
+
+# Keeps the entries of the array `cases` ("LABEL:pgbench arguments") whose label is one
+# of $CASES; all of them when $CASES is empty.
+pick_cases() {
+  [ -n "${CASES:-}" ] || return 0
+  local picked=() c want
+  for c in "${cases[@]}"; do
+    for want in $CASES; do [ "${c%%:*}" = "$want" ] && picked+=("$c"); done
+  done
+  cases=("${picked[@]}")
+}

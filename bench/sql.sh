@@ -27,25 +27,7 @@ MAX_CLIENTS=$((IDLE + 1000))
 # Each pooler holds IDLE client sockets, the idle script as many.
 ulimit -n "$((IDLE * 2 + 1024))" 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 . bench/sql-env.sh
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-"$PGBOUNCER" -u postgres "$WORK/pgbouncer.ini" >"$WORK/pgbouncer.out" 2>&1 & pids+=($!)
-RUST_LOG=warn "$QUARTET" serve --config "$WORK/quartet.toml" >"$WORK/quartet.log" 2>&1 & pids+=($!)
-PGB_PID=${pids[0]} QRT_PID=${pids[1]}
-
-wait_pg() {
-  for _ in $(seq 1 100); do
-    if "${PSQL[@]}" -p "$1" -d "$DB" -Atc 'select 1' >/dev/null 2>&1; then return 0; fi
-    sleep 0.1
-  done
-  echo "port $1 did not answer" >&2; cat "$WORK/quartet.log" "$WORK/pgbouncer.out" >&2; exit 1
-}
-wait_pg "$PGB"; wait_pg "$QRT"
+start_poolers
 
 # pgbench output -> "tps latency_ms"
 run_pgbench() {
@@ -65,13 +47,7 @@ names=(direct pgbouncer quartet)
 ports=(5432 $PGB $QRT)
 cases=("S8:-S -c 8 -j 2" "S64:-S -c 64 -j 2" "C8:-S -C -c 8 -j 2")
 # CASES="C8" (or "S8 C8"): only those cases.
-if [ -n "${CASES:-}" ]; then
-  picked=()
-  for c in "${cases[@]}"; do
-    for want in $CASES; do [ "${c%%:*}" = "$want" ] && picked+=("$c"); done
-  done
-  cases=("${picked[@]}")
-fi
+pick_cases
 for r in $(seq 1 "$ROUNDS"); do
   # The two poolers take turns at going first: a way that runs right after the other
   # meets what that one left (with -C, some 20,000 sockets in TIME_WAIT).
