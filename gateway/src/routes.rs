@@ -100,9 +100,12 @@ fn strip_uri(uri: &http::Uri, prefix: &str) -> Result<http::Uri, http::Error> {
     Ok(http::Uri::from_parts(parts)?)
 }
 
-fn request_host<B>(req: &Request<B>) -> Option<&str> {
+fn request_host<B>(req: &Request<B>, present: proxy::Present) -> Option<&str> {
     if let Some(a) = req.uri().authority() {
         return Some(a.as_str());
+    }
+    if !present.host() {
+        return None;
     }
     req.headers()
         .get(header::HOST)
@@ -163,14 +166,17 @@ pub fn serve(
     conn: ConnInfo,
 ) -> impl Future<Output = Response<Body>> + Send + 'static {
     let start = Instant::now();
-    let request_id = proxy::request_id(req.headers());
+    // One pass over the request's header names, for the lookups below that would find
+    // nothing (the headers are not changed until `prepare_request_of` has run).
+    let present = proxy::Present::of(req.headers());
+    let request_id = proxy::request_id_of(req.headers(), present);
     // The access line's method and path, taken only when the line is written.
     let access = tracing::enabled!(target: "quartet::access", tracing::Level::INFO)
         .then(|| (req.method().clone(), req.uri().path().to_string()));
     let mut facts = Facts::default();
     let started = match crate::rpc::intercept(&built, req, &request_id) {
         Ok(answer) => Started::Answer(answer),
-        Err(req) => forward(&built, req, conn, &request_id, &mut facts)
+        Err(req) => forward(&built, req, conn, &request_id, present, &mut facts)
             .unwrap_or_else(|err| Started::Done(Err(err))),
     };
     async move {
@@ -245,9 +251,10 @@ fn forward(
     mut req: Request<Body>,
     conn: ConnInfo,
     request_id: &http::HeaderValue,
+    present: proxy::Present,
     facts: &mut Facts,
 ) -> Result<Started, BoxError> {
-    let host = request_host(&req);
+    let host = request_host(&req, present);
     if crate::identity::serves_v3(built, host, req.uri().path()) {
         let built = built.clone();
         return Ok(Started::Answer(Box::pin(async move {
@@ -259,12 +266,14 @@ fn forward(
     facts.route = Some(index);
 
     let limit = built.config.server.max_body_bytes;
-    if content_length(&req).is_some_and(|len| len > limit) {
+    if present.content_length() && content_length(&req).is_some_and(|len| len > limit) {
         return Err(BodyTooLarge { limit }.into());
     }
 
     // Taken before the request is sent on: the client's side of a WebSocket upgrade.
-    let upgrade = proxy::is_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let upgrade = present
+        .is_upgrade(&req)
+        .then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
     if route.strip_prefix {
@@ -282,7 +291,7 @@ fn forward(
         client_ip: conn.client_ip,
         proto: if conn.tls { "https" } else { "http" },
     };
-    proxy::prepare_request(&mut req, &fwd, request_id);
+    proxy::prepare_request_of(&mut req, &fwd, request_id, present);
 
     // An upgrade has no body and is never replayed (its connection is taken over). A
     // body that has ended (most requests) is kept for replay at once; any other is read

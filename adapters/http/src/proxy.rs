@@ -49,8 +49,19 @@ const X_FORWARDED_HOST: http::HeaderName = http::HeaderName::from_static("x-forw
 const KEEP_ALIVE: http::HeaderName = http::HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: http::HeaderName = http::HeaderName::from_static("proxy-connection");
 
-/// Hop-by-hop headers (RFC 9110 7.6.1), besides those `Connection` names.
-const HOP_BY_HOP: [http::HeaderName; 9] = [
+/// Hop-by-hop headers (RFC 9110 7.6.1), besides those `Connection` names: the first
+/// names [`Present`] looks for.
+static HOP_BY_HOP: &[http::HeaderName] = SCANNED.split_at(9).0;
+
+/// Which of the header names a reverse proxy reads are among a request's: one pass over
+/// the names the request has (a handful), where a lookup per name hashes the name and
+/// probes the map, and most of them (`Upgrade`, `TE`, `X-Forwarded-For`, the request id,
+/// a `GET`'s `Content-Length`) find nothing. Valid while the map is not changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Present(u32);
+
+/// The names [`Present`] looks for, the hop-by-hop ones ([`HOP_BY_HOP`]) first.
+static SCANNED: [http::HeaderName; 15] = [
     http::header::CONNECTION,
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -60,12 +71,69 @@ const HOP_BY_HOP: [http::HeaderName; 9] = [
     http::header::TRAILER,
     http::header::TRANSFER_ENCODING,
     http::header::UPGRADE,
+    http::header::HOST,
+    http::header::CONTENT_LENGTH,
+    X_FORWARDED_FOR,
+    X_FORWARDED_PROTO,
+    X_FORWARDED_HOST,
+    REQUEST_ID,
 ];
+
+impl Present {
+    const CONNECTION: u32 = 1 << 0;
+    const TE: u32 = 1 << 5;
+    const UPGRADE: u32 = 1 << 8;
+    const HOP_BY_HOP: u32 = (1 << 9) - 1;
+    const HOST: u32 = 1 << 9;
+    const CONTENT_LENGTH: u32 = 1 << 10;
+    const X_FORWARDED_FOR: u32 = 1 << 11;
+    const PROXY_FIELDS: u32 = 0b1111 << 11;
+    const REQUEST_ID: u32 = 1 << 14;
+
+    /// The names of `headers` among those a proxy reads.
+    pub fn of(headers: &http::HeaderMap) -> Self {
+        let mut bits = 0;
+        for name in headers.keys() {
+            if let Some(i) = SCANNED.iter().position(|n| n == name) {
+                bits |= 1 << i;
+            }
+        }
+        Self(bits)
+    }
+
+    fn has(self, bits: u32) -> bool {
+        self.0 & bits != 0
+    }
+
+    /// Whether the request has a `Host` field.
+    pub fn host(self) -> bool {
+        self.has(Self::HOST)
+    }
+
+    /// Whether the request has a `Content-Length` field.
+    pub fn content_length(self) -> bool {
+        self.has(Self::CONTENT_LENGTH)
+    }
+
+    /// [`is_upgrade`], answered without a lookup when either field is missing.
+    pub fn is_upgrade<B>(self, req: &http::Request<B>) -> bool {
+        self.0 & (Self::UPGRADE | Self::CONNECTION) == Self::UPGRADE | Self::CONNECTION
+            && is_upgrade(req)
+    }
+}
 
 /// The client's `X-OpenStack-Request-ID` when it is a valid `req-<uuid>` (as
 /// oslo.middleware accepts it: any UUID version, in its lowercase hyphenated form), else a
 /// new `req-<uuid4>`. A header value, so that the request and the response share it.
 pub fn request_id(headers: &http::HeaderMap) -> http::HeaderValue {
+    request_id_of(headers, Present::of(headers))
+}
+
+/// [`request_id`] of a request whose names [`Present`] has read.
+pub fn request_id_of(headers: &http::HeaderMap, present: Present) -> http::HeaderValue {
+    if !present.has(Present::REQUEST_ID) {
+        return new_request_id();
+    }
     match headers.get(REQUEST_ID) {
         Some(v) if v.to_str().is_ok_and(is_valid_request_id) => v.clone(),
         _ => new_request_id(),
@@ -116,21 +184,45 @@ pub fn prepare_request<B>(
     fwd: &Forwarded,
     request_id: &http::HeaderValue,
 ) {
-    let upgrade = is_upgrade(req);
-    let te_trailers = req
-        .headers()
-        .get_all(http::header::TE)
-        .iter()
-        .any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case("trailers")));
-    let upgrade_value = req.headers().get(http::header::UPGRADE).cloned();
-    let forwarded_host = req.headers().get(http::header::HOST).cloned().or_else(|| {
+    let present = Present::of(req.headers());
+    prepare_request_of(req, fwd, request_id, present);
+}
+
+/// [`prepare_request`] of a request whose names [`Present`] has read (and that has not
+/// changed since).
+pub fn prepare_request_of<B>(
+    req: &mut http::Request<B>,
+    fwd: &Forwarded,
+    request_id: &http::HeaderValue,
+    present: Present,
+) {
+    let upgrade = present.is_upgrade(req);
+    let te_trailers = present.has(Present::TE)
+        && req
+            .headers()
+            .get_all(http::header::TE)
+            .iter()
+            .any(|v| tokens(v).any(|t| t.eq_ignore_ascii_case("trailers")));
+    let upgrade_value = if upgrade {
+        req.headers().get(http::header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    let host = if present.host() {
+        req.headers().get(http::header::HOST).cloned()
+    } else {
+        None
+    };
+    let forwarded_host = host.or_else(|| {
         req.uri()
             .authority()
             .and_then(|a| http::HeaderValue::from_str(a.as_str()).ok())
     });
 
     let headers = req.headers_mut();
-    remove_hop_by_hop(headers);
+    if present.has(Present::HOP_BY_HOP) {
+        remove_hop_by_hop(headers, present.0 & Present::HOP_BY_HOP);
+    }
     if te_trailers {
         headers.insert(http::header::TE, http::HeaderValue::from_static("trailers"));
     }
@@ -145,14 +237,20 @@ pub fn prepare_request<B>(
     }
 
     let set = ProxyHeaders {
-        forwarded_for: forwarded_for(headers, fwd),
+        forwarded_for: if present.has(Present::X_FORWARDED_FOR) {
+            forwarded_for(headers, fwd)
+        } else {
+            fwd.client_ip.clone()
+        },
         proto: fwd.proto,
         host: forwarded_host,
         request_id: request_id.clone(),
     };
     match req.extensions().get::<Arc<CallInfo>>().cloned() {
         Some(call) => {
-            remove_proxy_fields(req.headers_mut());
+            if present.has(Present::PROXY_FIELDS) {
+                remove_proxy_fields(req.headers_mut());
+            }
             call.set_proxy_headers(set);
         }
         None => set.apply(req.headers_mut()),
@@ -278,7 +376,10 @@ pub fn apply_proxy_headers(extensions: &http::Extensions, headers: &mut http::He
 /// request id.
 pub fn prepare_response<B>(resp: &mut http::Response<B>, request_id: &http::HeaderValue) {
     if resp.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-        remove_hop_by_hop(resp.headers_mut());
+        let present = Present::of(resp.headers()).0 & Present::HOP_BY_HOP;
+        if present != 0 {
+            remove_hop_by_hop(resp.headers_mut(), present);
+        }
     }
     // A proxied response's upstream headers are a block (`crate::raw`): the id goes with
     // it, and the map, which holds only what the proxy added, gets none.
@@ -332,18 +433,10 @@ pub(crate) fn is_hop_by_hop(name: &str) -> bool {
         .any(|h| h.as_str().eq_ignore_ascii_case(name))
 }
 
-fn remove_hop_by_hop(headers: &mut http::HeaderMap) {
-    // Most messages have none or only `Connection` (and `Keep-Alive`): one pass over the
-    // names says which are there, and only those are looked up again.
-    let mut present = 0u16;
-    for k in headers.keys() {
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == k) {
-            present |= 1 << i;
-        }
-    }
-    if present == 0 {
-        return;
-    }
+/// Removes the hop-by-hop fields whose bits ([`Present`]'s, [`HOP_BY_HOP`]'s order) are
+/// in `present`, and those `Connection` names. Most messages have none or
+/// only `Connection` (and `Keep-Alive`): only those are looked up.
+fn remove_hop_by_hop(headers: &mut http::HeaderMap, present: u32) {
     // `Connection` (bit 0) names more headers to remove; `close` and `keep-alive` are
     // the usual ones, and `keep-alive` is in the list already.
     if present & 1 != 0 {
@@ -368,7 +461,7 @@ fn remove_hop_by_hop(headers: &mut http::HeaderMap) {
             headers.remove(name);
         }
     }
-    for (i, name) in HOP_BY_HOP.into_iter().enumerate() {
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
         if present & (1 << i) != 0 {
             headers.remove(name);
         }
@@ -517,6 +610,60 @@ mod tests {
         assert_eq!(h.get_all(CONNECTION).iter().count(), 1);
         assert!(!h.contains_key("keep-alive"));
         assert_eq!(h["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+    }
+
+    #[test]
+    fn present_names_answer_as_the_lookups_do() {
+        let cases: &[&[(&str, &str)]] = &[
+            &[],
+            &[("host", "api:8774")],
+            &[("Host", "a"), ("Content-Length", "3"), ("TE", "trailers")],
+            &[("connection", "Upgrade"), ("upgrade", "websocket")],
+            &[("upgrade", "websocket")],
+            &[("connection", "upgrade")],
+            &[
+                ("x-forwarded-for", "10.0.0.1"),
+                ("x-forwarded-proto", "https"),
+            ],
+            &[
+                ("x-forwarded-host", "h"),
+                ("x-openstack-request-id", "req-x"),
+            ],
+            &[
+                ("keep-alive", "5"),
+                ("proxy-connection", "x"),
+                ("trailer", "t"),
+            ],
+            &[
+                ("transfer-encoding", "chunked"),
+                ("proxy-authorization", "b"),
+            ],
+            &[("x-auth-token", "t"), ("accept", "*/*")],
+        ];
+        for headers in cases {
+            let req = get(headers);
+            let present = Present::of(req.headers());
+            for (i, name) in SCANNED.iter().enumerate() {
+                assert_eq!(
+                    present.has(1 << i),
+                    req.headers().contains_key(name),
+                    "{name} in {headers:?}"
+                );
+            }
+            assert_eq!(present.is_upgrade(&req), is_upgrade(&req), "{headers:?}");
+            assert_eq!(present.host(), req.headers().contains_key("host"));
+        }
+    }
+
+    #[test]
+    fn a_request_id_is_looked_up_only_when_present() {
+        let valid = "req-3f1b2c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d";
+        let req = get(&[("x-openstack-request-id", valid)]);
+        let id = request_id_of(req.headers(), Present::of(req.headers()));
+        assert_eq!(id, valid);
+        let req = get(&[("host", "a")]);
+        let id = request_id_of(req.headers(), Present::of(req.headers()));
+        assert!(is_valid_request_id(request_id_str(&id)));
     }
 
     #[test]
