@@ -7,7 +7,7 @@ use crate::metrics::{ListenerMetrics, SqlMetrics};
 use crate::mysql::{self, MysqlBackend, MysqlBackends};
 use crate::park::{ParkSender, Parking};
 use crate::pg::client::{self, CancelSlot, UserSecret};
-use crate::pg::codec::{self, Severity};
+use crate::pg::codec::{self, Severity, StartupParams};
 use crate::pg::server::Login;
 use crate::pool::{Pool, PoolKey, PoolLimits, PoolState};
 use bytes::Bytes;
@@ -229,7 +229,9 @@ impl Shared {
         name
     }
 
-    pub fn pool(&self, database: &str, user: &str, params: &[(String, String)]) -> Arc<Pool> {
+    /// The pool of (`database`, `user`), made on first use with the session parameters
+    /// of `startup` that a server connection is opened with.
+    pub fn pool(&self, database: &str, user: &str, startup: &StartupParams) -> Arc<Pool> {
         let key = PoolKey {
             database: database.to_string(),
             user: user.to_string(),
@@ -243,7 +245,11 @@ impl Shared {
             user: user.to_string(),
             password: None,
             database: database.to_string(),
-            params: params.to_vec(),
+            params: startup
+                .iter()
+                .filter(|(k, _)| SERVER_PARAMS.contains(k))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         let limits = PoolLimits {
             size: self.spec.pool_size,
@@ -263,6 +269,16 @@ impl Shared {
         pool
     }
 }
+
+/// The startup parameters a pool's server connections are opened with (the client's
+/// session settings); the others (`user`, `database`, anything else) are not passed on.
+const SERVER_PARAMS: [&str; 5] = [
+    "application_name",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "options",
+];
 
 /// What /readyz and the admin API show of a listener.
 #[derive(Clone, Debug, Serialize)]

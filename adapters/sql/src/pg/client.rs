@@ -15,7 +15,7 @@
 //! had prepared.
 
 use super::auth::{md5_check, md5_stored, ScramSecret, ScramServer, MECHANISM};
-use super::codec::{self, Frame, ProtocolError, Severity, StartupFrame};
+use super::codec::{self, Frame, ProtocolError, Severity, StartupFrame, StartupParams};
 use super::server::{forward_io, send_cancel, ServerConn, SERVER_MAX_MESSAGE};
 use crate::config::{AuthMethod, PoolMode};
 use crate::listener::{ClientGuard, Shared};
@@ -151,10 +151,9 @@ impl ClientError {
     }
 }
 
+/// What the client logged in with: its startup parameters (user, database and the rest).
 struct Login {
-    user: String,
-    database: String,
-    params: Vec<(String, String)>,
+    params: StartupParams,
 }
 
 /// Entry point for one accepted connection; `guard` is released when the client ends.
@@ -354,32 +353,17 @@ async fn login(
     if crate::listener::login_fault(&shared.fault, &shared.policy_metrics).await {
         return Err(ClientError::FaultAbort);
     }
-    let user = StartupFrame::param(&params, "user")
+    let user = params
+        .get("user")
         .filter(|u| !u.is_empty())
-        .ok_or(ClientError::NoUser)?
-        .to_string();
-    let database = StartupFrame::param(&params, "database")
+        .ok_or(ClientError::NoUser)?;
+    let database = params
+        .get("database")
         .filter(|d| !d.is_empty())
-        .unwrap_or(&user)
-        .to_string();
-    let extra = params
-        .iter()
-        .filter(|(k, _)| {
-            matches!(
-                k.as_str(),
-                "application_name" | "client_encoding" | "DateStyle" | "TimeZone" | "options"
-            )
-        })
-        .cloned()
-        .collect();
-    authenticate(shared, stream, buf, &user).await?;
-    let login = Login {
-        user,
-        database,
-        params: extra,
-    };
-    let pool = shared.pool(&login.database, &login.user, &login.params);
-    Ok(Some((login, pool)))
+        .unwrap_or(user);
+    authenticate(shared, stream, buf, user).await?;
+    let pool = shared.pool(database, user, &params);
+    Ok(Some((Login { params }, pool)))
 }
 
 /// Reads the client's next `PasswordMessage`-family frame during authentication.
@@ -642,7 +626,7 @@ impl Session {
                 .iter()
                 .find(|(k, _)| k == "application_name")
             {
-                let v = StartupFrame::param(&login.params, k).unwrap_or(v);
+                let v = login.params.get(k).unwrap_or(v);
                 out.extend_from_slice(&codec::parameter_status(k, v));
             }
         }
