@@ -23,7 +23,7 @@ use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::io::AsyncWriteExt;
@@ -452,6 +452,55 @@ impl Drop for ClientGuard {
     }
 }
 
+/// Finished sessions waiting to be reaped before the accept loop wakes up for them
+/// alone (each holds its task's memory until then).
+const REAP_AFTER: usize = 64;
+
+/// The tasks of a listener's sessions. One that ends counts itself finished rather
+/// than waking the accept loop (a `JoinSet` wakes its joiner for every task): the loop
+/// reaps the finished ones when it next accepts, or once [`REAP_AFTER`] of them wait.
+/// With a connection per transaction, that is one task wake-up fewer per connection.
+#[derive(Default)]
+struct Sessions {
+    set: JoinSet<()>,
+    finished: Arc<AtomicUsize>,
+}
+
+impl Sessions {
+    fn spawn(&mut self, session: impl Future<Output = ()> + Send + 'static) {
+        let finished = self.finished.clone();
+        self.set.spawn(session.map(move |()| {
+            finished.fetch_add(1, Ordering::Relaxed);
+        }));
+    }
+
+    fn finished(&self) -> usize {
+        self.finished.load(Ordering::Relaxed)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.set.is_empty()
+    }
+
+    /// A task taken out of the set: one finished fewer, unless it never counted
+    /// itself (it panicked or was aborted).
+    fn count(&self, r: Result<(), tokio::task::JoinError>) {
+        if r.is_ok() {
+            self.finished.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Takes out every task that has ended, without waiting.
+    fn reap(&mut self) {
+        if self.finished() == 0 {
+            return;
+        }
+        while let Some(r) = self.set.try_join_next() {
+            self.count(r);
+        }
+    }
+}
+
 /// Accepts until `shutdown`, giving each client and its guard to `serve_client` under
 /// the `max_clients` limit (more are refused with `refusal`), and resumes the parked
 /// clients of `parking` that woke up as tasks of the same set; then ends every task.
@@ -471,16 +520,18 @@ async fn accept_loop<F, Fut>(
     F: Fn(tokio::net::TcpStream, ClientGuard) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let mut tasks = JoinSet::new();
+    let mut tasks = Sessions::default();
     let clients_gauge = metrics.map(|m| m.clients());
     let mut woken = Vec::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            // Every session that ended since the last turn, in one wake-up.
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {
-                while tasks.try_join_next().is_some() {}
+            // A batch of ended sessions with no client connecting meanwhile, in one
+            // wake-up; a session that ends does not wake the loop by itself.
+            Some(r) = tasks.set.join_next(), if tasks.finished() >= REAP_AFTER => {
+                tasks.count(r);
+                tasks.reap();
             }
             () = async { parking.as_mut()?.turn(&mut woken).await; Some(()) }
                 .map(|o| o.unwrap_or(())), if parking.is_some() => {
@@ -496,6 +547,7 @@ async fn accept_loop<F, Fut>(
                         continue;
                     }
                 };
+                tasks.reap();
                 match clients.clone().try_acquire_owned() {
                     Ok(permit) => {
                         let guard = ClientGuard::new(permit, clients_gauge.clone());
@@ -520,7 +572,7 @@ async fn accept_loop<F, Fut>(
         let drain = async {
             while !tasks.is_empty() || parked(&parking) > 0 {
                 tokio::select! {
-                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                    Some(_) = tasks.set.join_next(), if !tasks.is_empty() => {}
                     () = async { parking.as_mut()?.turn(&mut woken).await; Some(()) }
                         .map(|o| o.unwrap_or(())), if parking.is_some() => {
                         for client in woken.drain(..) {
@@ -532,12 +584,12 @@ async fn accept_loop<F, Fut>(
         };
         if tokio::time::timeout(grace, drain).await.is_err() {
             tracing::info!(
-                sessions = tasks.len() + parked(&parking),
+                sessions = tasks.set.len() + parked(&parking),
                 "grace period over: closing sql sessions"
             );
         }
     }
-    tasks.shutdown().await;
+    tasks.set.shutdown().await;
     // Parked clients are closed with their sockets.
     drop(parking);
     background.shutdown().await;

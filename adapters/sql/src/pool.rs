@@ -71,6 +71,23 @@ pub struct Pool {
     queries: AtomicU64,
     transactions: AtomicU64,
     counters: Option<PoolMetrics>,
+    /// What the last server lent for a login said about itself ([`Pool::welcome`]).
+    welcome: Mutex<Option<Arc<Welcome>>>,
+}
+
+/// A server's parameters as a login's answer carries them, kept by the pool from the
+/// last server connection lent for a login: later logins in transaction mode are
+/// answered from it without taking a server, as PgBouncer answers from its pool's
+/// cached parameters.
+#[derive(Debug)]
+pub struct Welcome {
+    /// The backend the parameters came from: while it is not known to be down (or a
+    /// replica where the primary is wanted), they stand.
+    backend: usize,
+    /// Every `ParameterStatus` but `application_name` ([`ServerConn::status_block`]).
+    pub status_block: bytes::Bytes,
+    /// The server's `application_name`, which a client's own replaces.
+    pub application_name: Option<String>,
 }
 
 /// A server connection lent to a client. Dropped without [`Pool::put`], the connection
@@ -118,7 +135,34 @@ impl Pool {
             idle: Mutex::new(Vec::new()),
             waiting: AtomicUsize::new(0),
             max_wait_us: AtomicUsize::new(0),
+            welcome: Mutex::new(None),
         }
+    }
+
+    /// The parameters a login may be answered with without a server: those of the last
+    /// server lent for a login, while its backend is usable. `None`: take a server
+    /// (the first login of a pool, or after its backend went down) and
+    /// [`Pool::remember_welcome`] it.
+    pub fn welcome(&self) -> Option<Arc<Welcome>> {
+        let w = self.welcome.lock().unwrap_or_else(|e| e.into_inner());
+        w.as_ref()
+            .filter(|w| self.backends.usable(w.backend))
+            .cloned()
+    }
+
+    /// Keeps what `conn`, lent for a login, said about itself for the next logins.
+    pub fn remember_welcome(&self, conn: &ServerConn) -> Arc<Welcome> {
+        let w = Arc::new(Welcome {
+            backend: conn.backend,
+            status_block: conn.status_block.clone(),
+            application_name: conn
+                .params
+                .iter()
+                .find(|(k, _)| k == "application_name")
+                .map(|(_, v)| v.clone()),
+        });
+        *self.welcome.lock().unwrap_or_else(|e| e.into_inner()) = Some(w.clone());
+        w
     }
 
     /// A query (simple, or a `Sync`) sent by one of this pool's clients.

@@ -584,9 +584,13 @@ async fn full_pool_wait_timeout_answers_53300() {
     let proxy = Proxy::start(s).await;
     let holder = proxy.connect("holder").await;
     holder.batch_execute("begin").await.unwrap();
-    let Err(err) = proxy.try_connect("app", "secret", "waiter").await else {
-        panic!("a second client got the only server connection");
-    };
+    // The login is answered from the pool's parameters, as PgBouncer's is; the query
+    // waits for the only server connection and is refused when the wait is over.
+    let waiter = proxy.connect("waiter").await;
+    let err = waiter
+        .simple_query("select 1")
+        .await
+        .expect_err("a second client got the only server connection");
     assert_eq!(err.code(), Some(&SqlState::TOO_MANY_CONNECTIONS));
     holder.batch_execute("commit").await.unwrap();
     // Once the transaction ended, the server connection serves others again.

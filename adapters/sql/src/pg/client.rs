@@ -610,25 +610,37 @@ impl Session {
         }
     }
 
-    /// The end of startup: a server connection (so a client whose backend is down hears
-    /// it now), then `AuthenticationOk`, the server's parameters, Quartet's own key and
-    /// `ReadyForQuery` in one write, as PgBouncer does (a separate `AuthenticationOk`
+    /// The end of startup: `AuthenticationOk`, the server's parameters, Quartet's own key
+    /// and `ReadyForQuery` in one write, as PgBouncer does (a separate `AuthenticationOk`
     /// was one more `sendto` and one more wake-up of the client per connection).
+    ///
+    /// The parameters come from a server connection taken for the login (so a client
+    /// whose backend is down hears it now), or, in transaction mode, from the pool's
+    /// [`Pool::welcome`]: what the last such server said, while its backend is usable.
+    /// A login then takes no server, as with PgBouncer, and a backend that went down
+    /// unnoticed is heard of at the first query.
     async fn start(&mut self, login: &Login) -> Result<(), ClientError> {
-        self.checkout().await?;
+        let cached = match self.mode {
+            PoolMode::Transaction => self.pool.welcome(),
+            _ => None,
+        };
+        let welcome = match cached {
+            Some(w) => w,
+            None => {
+                self.checkout().await?;
+                match &self.lease {
+                    Some(lease) => self.pool.remember_welcome(&lease.conn),
+                    None => return Err(ClientError::Io(std::io::Error::other("no server lent"))),
+                }
+            }
+        };
         let mut out = BytesMut::with_capacity(512);
         out.extend_from_slice(&codec::auth_ok());
-        if let Some(lease) = &self.lease {
-            out.extend_from_slice(&lease.conn.status_block);
-            if let Some((k, v)) = lease
-                .conn
-                .params
-                .iter()
-                .find(|(k, _)| k == "application_name")
-            {
-                let v = login.params.get(k).unwrap_or(v);
-                out.extend_from_slice(&codec::parameter_status(k, v));
-            }
+        out.extend_from_slice(&welcome.status_block);
+        if let Some(v) = &welcome.application_name {
+            let k = "application_name";
+            let v = login.params.get(k).unwrap_or(v);
+            out.extend_from_slice(&codec::parameter_status(k, v));
         }
         out.extend_from_slice(&codec::backend_key_data(self.key.0, self.key.1));
         out.extend_from_slice(&codec::ready_for_query(b'I'));

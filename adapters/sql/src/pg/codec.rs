@@ -127,28 +127,30 @@ pub fn decode_startup(buf: &mut BytesMut) -> Result<Option<StartupFrame>, Protoc
     if buf.len() < len {
         return Ok(None);
     }
-    let mut frame = buf.split_to(len).freeze();
-    frame.advance(4);
-    let code = frame.get_i32();
-    match code {
+    // Read in place, then dropped from the buffer: splitting the frame off would make
+    // the buffer shared (an allocation) for bytes looked at once.
+    let code = i32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    let body = &buf[8..len];
+    let frame = match code {
         SSL_REQUEST if len == 8 => Ok(Some(StartupFrame::Ssl)),
         GSSENC_REQUEST if len == 8 => Ok(Some(StartupFrame::GssEnc)),
-        CANCEL_REQUEST if len == 16 => {
-            let pid = frame.get_i32();
-            let key = frame.get_i32();
-            Ok(Some(StartupFrame::Cancel { pid, key }))
-        }
+        CANCEL_REQUEST if len == 16 => Ok(Some(StartupFrame::Cancel {
+            pid: i32::from_be_bytes([body[0], body[1], body[2], body[3]]),
+            key: i32::from_be_bytes([body[4], body[5], body[6], body[7]]),
+        })),
         SSL_REQUEST | GSSENC_REQUEST | CANCEL_REQUEST => Err(ProtocolError::Malformed {
             what: "startup request",
         }),
-        PROTOCOL_3_0 => Ok(Some(StartupFrame::Startup {
-            params: StartupParams::parse(&frame)?,
-        })),
+        PROTOCOL_3_0 => {
+            StartupParams::parse(body).map(|params| Some(StartupFrame::Startup { params }))
+        }
         other => Err(ProtocolError::Version {
             major: (other >> 16) as u16,
             minor: (other & 0xffff) as u16,
         }),
-    }
+    };
+    buf.advance(len);
+    frame
 }
 
 /// Takes a NUL-terminated UTF-8 string from the front of `body`.
