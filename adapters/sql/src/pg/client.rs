@@ -255,12 +255,14 @@ async fn open(shared: Arc<Shared>, stream: TcpStream) -> Option<Session> {
     let mut stream = ClientStream::Plain(stream);
     // Startup and password messages are small: a small buffer, grown when needed.
     let mut buf = BytesMut::with_capacity(1024);
-    let login_timeout = shared.spec.client_login_timeout;
-    let result =
-        match tokio::time::timeout(login_timeout, login(&shared, &mut stream, &mut buf)).await {
-            Ok(r) => r,
-            Err(_) => Err(ClientError::LoginTimeout),
-        };
+    // One timer for the connection: the login's deadline, then, moved, the session's
+    // first wait before parking (one registration with tokio's timer, not two).
+    let mut timer = Box::pin(tokio::time::sleep(shared.spec.client_login_timeout));
+    let result = tokio::select! {
+        biased;
+        r = login(&shared, &mut stream, &mut buf) => r,
+        () = timer.as_mut() => Err(ClientError::LoginTimeout),
+    };
     let (login, pool) = match result {
         Ok(Some(s)) => s,
         Ok(None) => return None,
@@ -279,6 +281,9 @@ async fn open(shared: Arc<Shared>, stream: TcpStream) -> Option<Session> {
     };
     let buf = if buf.is_empty() { BytesMut::new() } else { buf };
     let mut session = Session::new(shared, pool, stream, buf);
+    if session.parkable() {
+        session.timer = Some(timer);
+    }
     if let Err(e) = session.start(&login).await {
         // The client has not been told `AuthenticationOk` yet: it would go out with the
         // startup's last messages.
