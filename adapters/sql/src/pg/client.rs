@@ -588,7 +588,9 @@ impl Session {
         }
     }
 
-    async fn checkout(&mut self) -> Result<(), ClientError> {
+    /// Takes a server connection for the session; it is also returned, for a caller
+    /// that reads from it at once.
+    async fn checkout(&mut self) -> Result<&Lease, ClientError> {
         // An idle server connection is taken without a future; waiting or connecting
         // is boxed: deep and rare, it stays out of the session's futures.
         let lease = match self.pool.try_get(self.last_client) {
@@ -604,8 +606,7 @@ impl Session {
         })?;
         self.slot
             .set(Some((lease.conn.peer, lease.conn.pid, lease.conn.key)));
-        self.lease = Some(lease);
-        Ok(())
+        Ok(self.lease.insert(lease))
     }
 
     fn release(&mut self) {
@@ -632,11 +633,8 @@ impl Session {
         let welcome = match cached {
             Some(w) => w,
             None => {
-                self.checkout().await?;
-                match &self.lease {
-                    Some(lease) => self.pool.remember_welcome(&lease.conn),
-                    None => return Err(ClientError::Io(std::io::Error::other("no server lent"))),
-                }
+                let pool = self.pool.clone();
+                pool.remember_welcome(&self.checkout().await?.conn)
             }
         };
         let mut out = BytesMut::with_capacity(512);
