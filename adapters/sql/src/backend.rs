@@ -570,10 +570,11 @@ pub async fn health_loop(backends: Arc<Backends>, index: usize, interval: Durati
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn backends(n: usize, role: Role) -> Backends {
+    /// `n` unchecked backends on closed ports, for tests of what reads their health.
+    pub(crate) fn backends(n: usize, role: Role) -> Backends {
         use quartet_policies::{metrics::Metrics, spec::BreakerSpec, Target};
         let metrics = Metrics::new();
         let list = (0..n)

@@ -317,3 +317,63 @@ impl Pool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendRole;
+    use crate::config::Role;
+
+    #[test]
+    fn a_welcome_stands_only_while_its_backend_is_usable() {
+        let backends = Arc::new(crate::backend::tests::backends(2, Role::Primary));
+        let pool = Pool::new(
+            PoolKey {
+                database: "db".into(),
+                user: "u".into(),
+            },
+            Login {
+                user: "u".into(),
+                password: None,
+                database: "db".into(),
+                params: Vec::new(),
+            },
+            PoolLimits {
+                size: 1,
+                min_idle: 0,
+                wait_timeout: Duration::from_secs(1),
+                lifetime: Duration::from_secs(60),
+                idle_timeout: Duration::from_secs(60),
+            },
+            backends.clone(),
+            None,
+        );
+        assert!(
+            pool.welcome().is_none(),
+            "a pool's first login takes a server"
+        );
+        *pool.welcome.lock().unwrap() = Some(Arc::new(Welcome {
+            backend: 0,
+            status_block: bytes::Bytes::from_static(b"S"),
+            application_name: None,
+        }));
+        let first = &backends.list[0];
+        assert!(pool.welcome().is_some(), "an unchecked backend is usable");
+        first.set_health(true, Some(BackendRole::Primary));
+        assert!(pool.welcome().is_some());
+        first.set_health(false, None);
+        assert!(pool.welcome().is_none(), "its backend is down");
+        first.set_health(true, Some(BackendRole::Replica));
+        assert!(
+            pool.welcome().is_none(),
+            "its backend is no longer the primary"
+        );
+        backends.list[1].set_health(true, Some(BackendRole::Primary));
+        assert!(
+            pool.welcome().is_none(),
+            "another backend's health does not bring it back"
+        );
+        first.set_health(true, Some(BackendRole::Primary));
+        assert!(pool.welcome().is_some(), "its backend is back");
+    }
+}

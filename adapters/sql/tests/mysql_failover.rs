@@ -22,13 +22,20 @@ struct Maria {
 impl Maria {
     fn start() -> Maria {
         let dir = std::env::temp_dir().join(unique("quartet_maria"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let _ = Command::new("chown").arg("mysql").arg(&dir).status();
+        // Each instance keeps its temporary tables in its own directory: two bootstraps
+        // sharing /tmp once collided on a `#sql-temptable-…` name and one of them failed.
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&tmp).unwrap();
+        let _ = Command::new("chown")
+            .args(["-R", "mysql"])
+            .arg(&dir)
+            .status();
         let data = dir.join("data");
         let out = Command::new("mariadb-install-db")
             .args(["--no-defaults", "--user=mysql", "--skip-test-db"])
             .arg(format!("--datadir={}", data.display()))
             .arg("--auth-root-authentication-method=normal")
+            .arg(format!("--tmpdir={}", tmp.display()))
             .output()
             .expect("mariadb-install-db (apt-get install mariadb-server)");
         assert!(
@@ -52,6 +59,7 @@ impl Maria {
             ])
             .arg(format!("--datadir={}", data.display()))
             .arg(format!("--port={port}"))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .arg(format!("--socket={}", dir.join("sock").display()))
             .arg(format!("--pid-file={}", dir.join("pid").display()))
             .arg(format!("--log-error={}", dir.join("err.log").display()))
