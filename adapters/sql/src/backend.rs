@@ -573,7 +573,8 @@ pub async fn health_loop(backends: Arc<Backends>, index: usize, interval: Durati
 pub(crate) mod tests {
     use super::*;
 
-    /// `n` unchecked backends on closed ports, for tests of what reads their health.
+    /// `n` unchecked backends that nothing connects to, for tests of what reads their
+    /// health.
     pub(crate) fn backends(n: usize, role: Role) -> Backends {
         use quartet_policies::{metrics::Metrics, spec::BreakerSpec, Target};
         let metrics = Metrics::new();
