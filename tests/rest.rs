@@ -238,9 +238,14 @@ async fn retries_an_idempotent_get_on_the_second_endpoint() {
             "flaky",
             "strip_prefix = true\npolicy = \"retrying\""
         ),
+        // Each endpoint has a base path of its own: a retry is rewritten for the
+        // endpoint it goes to, not for the one that failed.
         upstream_toml(
             "half_closed",
-            &[closed_port_url(), good.url()],
+            &[
+                format!("{}/gone", closed_port_url()),
+                format!("{}/base", good.url())
+            ],
             "balance = \"round_robin\""
         ),
         route_toml(
@@ -275,9 +280,12 @@ async fn retries_an_idempotent_get_on_the_second_endpoint() {
         "each GET reached the healthy endpoint exactly once"
     );
 
+    const REQUEST_ID: &str = "req-3f1b2c4d-5e6f-4a7b-8c9d-0e1f2a3b4c5d";
     for i in 0..6 {
         let e = echo(
             http.get(gw.url(&format!("/closed/item/{i}")))
+                .header("x-custom", "kept")
+                .header("x-openstack-request-id", REQUEST_ID)
                 .send()
                 .await
                 .unwrap(),
@@ -287,6 +295,19 @@ async fn retries_an_idempotent_get_on_the_second_endpoint() {
             e["server"], "good",
             "request {i} retried past the closed port"
         );
+        // Whichever attempt reached it, the request is the client's, rewritten once.
+        assert_eq!(e["path"], format!("/base/item/{i}"), "{e}");
+        assert_eq!(echoed_header(&e, "x-custom"), Some("kept"), "{e}");
+        assert_eq!(
+            echoed_header(&e, "x-openstack-request-id"),
+            Some(REQUEST_ID)
+        );
+        assert_eq!(
+            echoed_header(&e, "x-forwarded-for"),
+            Some("127.0.0.1"),
+            "{e}"
+        );
+        assert!(echoed_header(&e, "host").is_some(), "{e}");
     }
 
     let retries = metric_sum(&gw.metrics().await, "quartet_retries_total", &[]);

@@ -45,10 +45,20 @@ pub trait Classify<T>: Clone + Send + Sync + 'static {
 }
 
 /// Implemented by each adapter for its own request type: how to send a request again.
+///
+/// In two steps, so an adapter can defer the copy until a retry needs it: before an
+/// attempt that may be followed by another, [`Replay::replay`] says whether the request
+/// can be sent again and keeps what that takes (most adapters: a copy); after the
+/// attempt failed and a retry is decided, [`Replay::again`] makes the request from it.
 pub trait Replay<Req>: Clone + Send + Sync + 'static {
-    /// A fresh copy of the request for another attempt, or `None` when it cannot be sent
-    /// again (for HTTP: a streaming body larger than the replay buffer).
-    fn replay(&self, req: &Req) -> Option<Req>;
+    /// What is kept, before an attempt, to send the request again after it.
+    type Kept: Send + 'static;
+    /// What the next attempt will need, or `None` when the request cannot be sent again
+    /// (for HTTP: a streaming body larger than the replay buffer).
+    fn replay(&self, req: &Req) -> Option<Self::Kept>;
+    /// The request for the next attempt, from what [`Replay::replay`] kept; `None` when
+    /// it cannot be made after all (then the failed attempt's result stands).
+    fn again(&self, kept: Self::Kept) -> Option<Req>;
     /// Whether sending this request twice is harmless (idempotent method, or a target the
     /// config marks `idempotent = true`).
     fn idempotent(&self, req: &Req) -> bool;

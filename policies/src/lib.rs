@@ -114,8 +114,12 @@ pub(crate) mod test_util {
     pub struct TestReplay;
 
     impl Replay<TestReq> for TestReplay {
+        type Kept = TestReq;
         fn replay(&self, req: &TestReq) -> Option<TestReq> {
             req.replayable.then_some(*req)
+        }
+        fn again(&self, kept: TestReq) -> Option<TestReq> {
+            Some(kept)
         }
         fn idempotent(&self, req: &TestReq) -> bool {
             req.idempotent

@@ -78,8 +78,13 @@ pub struct RpcReplay {
 }
 
 impl Replay<crate::client::RpcRequest> for RpcReplay {
+    type Kept = crate::client::RpcRequest;
     fn replay(&self, req: &crate::client::RpcRequest) -> Option<crate::client::RpcRequest> {
         Some(req.clone())
+    }
+
+    fn again(&self, kept: crate::client::RpcRequest) -> Option<crate::client::RpcRequest> {
+        Some(kept)
     }
 
     fn idempotent(&self, _req: &crate::client::RpcRequest) -> bool {

@@ -4,9 +4,8 @@ use crate::body::{empty, full, ProxyBody};
 use crate::error::ConnectError;
 use bytes::Bytes;
 use quartet_policies::classify::{classify_policy_error, Class, Classify, Replay};
-use quartet_policies::head::AddedHeaders;
 use quartet_policies::BoxError;
-use std::sync::atomic::AtomicU32;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// Per-call facts the layers below share with the access log (kept in the request's
@@ -32,6 +31,13 @@ pub struct CallInfo {
     /// The headers the proxy sets on the request (`X-Forwarded-*`, the request id),
     /// which whoever sends the request writes ([`crate::proxy::prepare_request`]).
     proxy_headers: OnceLock<crate::proxy::ProxyHeaders>,
+    /// Set by [`HttpReplay::replay`] before an attempt that a retry may follow: the
+    /// endpoint keeps the request it sends ([`CallInfo::keep_request`]).
+    keep_next: AtomicBool,
+    /// The head of the last attempt's request, as it came to the endpoint, for the next
+    /// attempt ([`HttpReplay::again`]). Kept, not copied before every attempt: almost
+    /// no request is retried.
+    kept: Mutex<Option<http::request::Parts>>,
 }
 
 impl CallInfo {
@@ -53,6 +59,19 @@ impl CallInfo {
     /// Records the proxy's headers (the first time only: a call is prepared once).
     pub fn set_proxy_headers(&self, headers: crate::proxy::ProxyHeaders) {
         let _ = self.proxy_headers.set(headers);
+    }
+
+    /// Whether whoever sends the request should keep its head for another attempt.
+    pub fn keeps_request(&self) -> bool {
+        self.keep_next.load(Ordering::Relaxed)
+    }
+
+    /// Keeps the head of the request being sent (as it came to the endpoint, before the
+    /// endpoint's own rewrites) for the next attempt.
+    pub fn keep_request(&self, mut parts: http::request::Parts) {
+        // Not this info itself: it would hold itself.
+        parts.extensions.remove::<Arc<CallInfo>>();
+        *self.kept.lock().unwrap_or_else(|e| e.into_inner()) = Some(parts);
     }
 }
 
@@ -90,15 +109,24 @@ pub struct HttpReplay {
 }
 
 impl Replay<http::Request<ProxyBody>> for HttpReplay {
-    /// A copy with the same method, URI, version and headers, the buffered bytes as its
-    /// body, and the extensions the layers below the retry read: the shared
-    /// `Arc<CallInfo>` and the headers to add ([`AddedHeaders`]). `None` when the body
-    /// was not buffered (see [`buffer_for_replay`](crate::body::buffer_for_replay)). The
-    /// other extensions are
-    /// not copied: this runs for every request that may be retried, and a whole copy of
-    /// the extension map costs an allocation per entry.
-    fn replay(&self, req: &http::Request<ProxyBody>) -> Option<http::Request<ProxyBody>> {
+    type Kept = Arc<CallInfo>;
+
+    /// The request's shared `Arc<CallInfo>`, told to keep the request's head when it is
+    /// sent; `None` when the body was not buffered (see
+    /// [`buffer_for_replay`](crate::body::buffer_for_replay)).
+    fn replay(&self, req: &http::Request<ProxyBody>) -> Option<Arc<CallInfo>> {
         let info = req.extensions().get::<Arc<CallInfo>>()?;
+        info.buffered()?;
+        info.keep_next.store(true, Ordering::Relaxed);
+        Some(info.clone())
+    }
+
+    /// The kept head (the same method, URI, version, headers and extensions, the info
+    /// put back among them) with the buffered bytes as its body. `None` when no head was
+    /// kept: the attempt ended before an endpoint sent it.
+    fn again(&self, info: Arc<CallInfo>) -> Option<http::Request<ProxyBody>> {
+        info.keep_next.store(false, Ordering::Relaxed);
+        let mut parts = info.kept.lock().unwrap_or_else(|e| e.into_inner()).take()?;
         let buffered = info.buffered()?;
         // An empty body (most requests) boxes nothing.
         let body = if buffered.is_empty() {
@@ -106,17 +134,8 @@ impl Replay<http::Request<ProxyBody>> for HttpReplay {
         } else {
             full(buffered.clone())
         };
-        let mut copy = http::Request::new(body);
-        *copy.method_mut() = req.method().clone();
-        *copy.uri_mut() = req.uri().clone();
-        *copy.version_mut() = req.version();
-        *copy.headers_mut() = req.headers().clone();
-        let extensions = copy.extensions_mut();
-        extensions.insert(info.clone());
-        if let Some(added) = req.extensions().get::<AddedHeaders>() {
-            extensions.insert(added.clone());
-        }
-        Some(copy)
+        parts.extensions.insert(info);
+        Some(http::Request::from_parts(parts, body))
     }
 
     /// GET, HEAD, OPTIONS, TRACE, PUT and DELETE (RFC 9110 9.2.2), or any method on a
@@ -235,7 +254,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn replay_copies_a_buffered_request() {
+    async fn replay_keeps_a_buffered_request_and_sends_it_again() {
+        use quartet_policies::head::AddedHeaders;
         let info = Arc::new(CallInfo::default());
         info.attempts.store(1, Ordering::Relaxed);
         let mut req = http::Request::put("http://gw/v2/servers/1?x=y")
@@ -254,19 +274,58 @@ mod tests {
         }
         let block = Arc::new(NoHeaders(Default::default()));
         req.extensions_mut().insert(AddedHeaders::new(block, 0));
+        let (method, uri, headers) = (
+            req.method().clone(),
+            req.uri().clone(),
+            req.headers().clone(),
+        );
 
-        let copy = HttpReplay::default().replay(&req).expect("buffered");
+        let replay = HttpReplay::default();
+        assert!(
+            !info.keeps_request(),
+            "nothing is kept unless a retry may follow"
+        );
+        let kept = replay.replay(&req).expect("buffered");
+        assert!(Arc::ptr_eq(&kept, &info));
+        assert!(
+            info.keeps_request(),
+            "the endpoint is told to keep the request"
+        );
+        // What the endpoint does with the request it sends.
+        info.keep_request(req.into_parts().0);
+        // The kept head does not hold the info that holds it (a cycle, never freed when
+        // no retry takes the head out): only `info` and `kept` count.
+        assert_eq!(Arc::strong_count(&info), 2);
+
+        let copy = replay.again(kept).expect("kept");
+        assert!(
+            !info.keeps_request(),
+            "the next attempt keeps only if asked again"
+        );
         assert!(copy.extensions().get::<AddedHeaders>().is_some());
-        assert_eq!(copy.method(), http::Method::PUT);
-        assert_eq!(copy.uri(), req.uri());
+        assert_eq!(copy.method(), method);
+        assert_eq!(copy.uri(), &uri);
         assert_eq!(copy.version(), http::Version::HTTP_2);
-        assert_eq!(copy.headers(), req.headers());
+        assert_eq!(copy.headers(), &headers);
         let shared = copy.extensions().get::<Arc<CallInfo>>().unwrap();
         assert!(Arc::ptr_eq(shared, &info));
         assert_eq!(shared.attempts.load(Ordering::Relaxed), 1);
         assert_eq!(shared.buffered().unwrap(), "{\"a\":1}");
         let body = copy.into_body().collect().await.unwrap().to_bytes();
         assert_eq!(body, "{\"a\":1}");
+        assert_eq!(Arc::strong_count(&info), 1);
+    }
+
+    #[test]
+    fn no_second_attempt_when_no_endpoint_kept_the_request() {
+        let info = Arc::new(CallInfo::default());
+        info.set_buffered(Bytes::new());
+        let mut req = http::Request::get("/").body(crate::body::empty()).unwrap();
+        req.extensions_mut().insert(info.clone());
+        let replay = HttpReplay::default();
+        let kept = replay.replay(&req).expect("buffered");
+        drop(req);
+        assert!(replay.again(kept).is_none());
     }
 
     #[test]

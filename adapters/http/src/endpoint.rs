@@ -2,12 +2,14 @@
 //! and sends it with the upstream's pooled client.
 
 use crate::body::ProxyBody;
+use crate::classify::CallInfo;
 use crate::client::HttpClient;
 use crate::error::{BuildError, ConnectError, UpstreamError};
 use crate::pool::{Direct, H1Pool, SendError};
 use crate::BoxError;
 use futures_util::future::BoxFuture;
 use http_body_util::BodyExt;
+use quartet_policies::head::AddedHeaders;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::Service;
@@ -154,6 +156,40 @@ pub(crate) fn rewrite_uri(
     Ok(http::Uri::from_parts(parts)?)
 }
 
+/// What the direct path changes in a request for its endpoint.
+struct Rewrites {
+    uri: http::Uri,
+    version: http::Version,
+    host_added: bool,
+}
+
+impl Rewrites {
+    /// `parts` as they were before the rewrites.
+    fn apply(self, mut parts: http::request::Parts) -> http::request::Parts {
+        parts.uri = self.uri;
+        parts.version = self.version;
+        if self.host_added {
+            parts.headers.remove(http::header::HOST);
+        }
+        parts
+    }
+}
+
+/// A copy of `req`'s head with no body, and of its extensions only the headers to add
+/// ([`AddedHeaders`]): the call's info is put back by whoever sends the copy, and a
+/// whole copy of the extension map costs an allocation per entry.
+fn copy_head(req: &http::Request<ProxyBody>) -> http::request::Parts {
+    let (mut copy, ()) = http::Request::new(()).into_parts();
+    copy.method = req.method().clone();
+    copy.uri = req.uri().clone();
+    copy.version = req.version();
+    copy.headers = req.headers().clone();
+    if let Some(added) = req.extensions().get::<AddedHeaders>() {
+        copy.extensions.insert(added.clone());
+    }
+    copy
+}
+
 impl Service<http::Request<ProxyBody>> for EndpointService {
     type Response = http::Response<ProxyBody>;
     type Error = BoxError;
@@ -174,6 +210,16 @@ impl Service<http::Request<ProxyBody>> for EndpointService {
     /// an [`UpstreamError`]. The response keeps its extensions (hyper's `OnUpgrade` for a
     /// 101 among them).
     fn call(&mut self, req: http::Request<ProxyBody>) -> Self::Future {
+        // When a retry may follow, the request is kept as it came (`CallInfo::keep_request`).
+        let keep = req
+            .extensions()
+            .get::<Arc<CallInfo>>()
+            .filter(|info| info.keeps_request())
+            .cloned();
+        if let (Some(info), None) = (&keep, &self.h1) {
+            // Another client's sender takes the request and its headers: a copy.
+            info.keep_request(copy_head(&req));
+        }
         let (mut parts, body) = req.into_parts();
         let endpoint = self.authority.clone();
         if self.client.is_http2_only() {
@@ -207,19 +253,34 @@ impl Service<http::Request<ProxyBody>> for EndpointService {
                 Ok(uri) => uri,
                 Err(e) => return Box::pin(std::future::ready(Err(upstream_err(&endpoint, e)))),
             };
-            parts.uri = uri;
-            parts.version = http::Version::HTTP_11;
-            parts
-                .headers
-                .entry(http::header::HOST)
-                .or_insert_with(|| self.host.clone());
+            // This endpoint's own rewrites, undone in what is kept for another attempt
+            // (which may go to another endpoint).
+            let undo = Rewrites {
+                uri: std::mem::replace(&mut parts.uri, uri),
+                version: std::mem::replace(&mut parts.version, http::Version::HTTP_11),
+                host_added: match parts.headers.entry(http::header::HOST) {
+                    http::header::Entry::Vacant(v) => {
+                        v.insert(self.host.clone());
+                        true
+                    }
+                    http::header::Entry::Occupied(_) => false,
+                },
+            };
             let pool = pool.clone();
             // Encoded here, so the future below holds the bytes and not the request.
             return match Direct::encode(http::Request::from_parts(parts, body)) {
-                Ok(direct) => {
+                Ok((direct, parts)) => {
+                    if let Some(info) = keep {
+                        info.keep_request(undo.apply(parts));
+                    }
                     Box::pin(async move { answer(&endpoint, pool.send_direct(direct).await) })
                 }
-                Err(req) => Box::pin(async move { answer(&endpoint, pool.send_hyper(req).await) }),
+                Err(req) => {
+                    if let Some(info) = keep {
+                        info.keep_request(undo.apply(copy_head(&req)));
+                    }
+                    Box::pin(async move { answer(&endpoint, pool.send_hyper(req).await) })
+                }
             };
         }
         let uri = match rewrite_uri(&self.base, &self.base_path, &parts.uri) {

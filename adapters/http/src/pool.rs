@@ -462,13 +462,16 @@ pub struct Direct {
 }
 
 impl Direct {
-    /// `req` encoded for a direct exchange, or `req` back when it needs hyper (a streamed
-    /// body, an upgrade, `CONNECT`).
+    /// `req` encoded for a direct exchange, with its head (what a retry may send again,
+    /// [`CallInfo::keep_request`]), or `req` back when it needs hyper (a streamed body,
+    /// an upgrade, `CONNECT`).
     #[allow(
         clippy::result_large_err,
         reason = "the request is handed back by value, as it came, for the hyper path"
     )]
-    pub fn encode(req: http::Request<ProxyBody>) -> Result<Self, http::Request<ProxyBody>> {
+    pub fn encode(
+        req: http::Request<ProxyBody>,
+    ) -> Result<(Self, http::request::Parts), http::Request<ProxyBody>> {
         let Some(body) = in_memory_body(&req) else {
             return Err(req);
         };
@@ -491,10 +494,8 @@ impl Direct {
             proxy,
             &body,
         );
-        Ok(Self {
-            wire,
-            method: parts.method,
-        })
+        let method = parts.method.clone();
+        Ok((Self { wire, method }, parts))
     }
 }
 

@@ -87,8 +87,12 @@ impl NativeReplay {
 }
 
 impl Replay<NativeCall> for NativeReplay {
+    type Kept = NativeCall;
     fn replay(&self, req: &NativeCall) -> Option<NativeCall> {
         Some(req.clone())
+    }
+    fn again(&self, kept: NativeCall) -> Option<NativeCall> {
+        Some(kept)
     }
     fn idempotent(&self, req: &NativeCall) -> bool {
         self.idempotent.contains(&*req.operation)

@@ -16,9 +16,9 @@
 //!    an injected fault, the total timeout): the gateway itself said no, and asking again
 //!    at once would get the same answer.
 //!
-//! And even then only when the request can be sent again ([`Replay::replay`] gave a copy
-//! before the first send), attempts remain (`attempts` counts the first one), and the
-//! [`Budget`] has a retry left.
+//! And even then only when the request can be sent again ([`Replay::replay`] kept what
+//! that takes before the send, and [`Replay::again`] made the request from it), attempts
+//! remain (`attempts` counts the first one), and the [`Budget`] has a retry left.
 
 pub mod backoff;
 pub mod budget;
@@ -145,17 +145,17 @@ where
             budget.deposit();
             let mut attempt: u32 = 1;
             loop {
-                // The request is moved into the call, so the copy for the next attempt
+                // The request is moved into the call, so what the next attempt needs
                 // (and whether it is idempotent) must be taken before sending.
                 let idempotent = replay.idempotent(&req);
-                let next = if attempt < attempts {
+                let kept = if attempt < attempts {
                     replay.replay(&req)
                 } else {
                     None
                 };
                 let result = crate::call_ready(&mut svc, req).await;
                 let class = class_of(&classify, &result);
-                let Some(next) = next else {
+                let Some(kept) = kept else {
                     return result;
                 };
                 // Safe: nothing was sent (NotSent), or it was sent and sending it twice
@@ -163,6 +163,9 @@ where
                 if !class.retry_safe(idempotent) {
                     return result;
                 }
+                let Some(next) = replay.again(kept) else {
+                    return result;
+                };
                 if !budget.withdraw() {
                     metrics.budget_exhausted.with_label_values(&labels).inc();
                     tracing::debug!(target = %target, attempt, "retry budget exhausted");
