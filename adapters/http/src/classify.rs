@@ -108,23 +108,38 @@ pub struct HttpReplay {
     pub idempotent_route: bool,
 }
 
+/// What [`HttpReplay::replay`] keeps for another attempt: the call's info, in which the
+/// endpoint that sends the request keeps its head. Dropped without
+/// [`HttpReplay::again`] (no retry after all), it lets the head go at once.
+#[derive(Debug)]
+pub struct KeptRequest(Arc<CallInfo>);
+
+impl Drop for KeptRequest {
+    fn drop(&mut self) {
+        self.0.keep_next.store(false, Ordering::Relaxed);
+        let head = self.0.kept.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(head);
+    }
+}
+
 impl Replay<http::Request<ProxyBody>> for HttpReplay {
-    type Kept = Arc<CallInfo>;
+    type Kept = KeptRequest;
 
     /// The request's shared `Arc<CallInfo>`, told to keep the request's head when it is
     /// sent; `None` when the body was not buffered (see
     /// [`buffer_for_replay`](crate::body::buffer_for_replay)).
-    fn replay(&self, req: &http::Request<ProxyBody>) -> Option<Arc<CallInfo>> {
+    fn replay(&self, req: &http::Request<ProxyBody>) -> Option<KeptRequest> {
         let info = req.extensions().get::<Arc<CallInfo>>()?;
         info.buffered()?;
         info.keep_next.store(true, Ordering::Relaxed);
-        Some(info.clone())
+        Some(KeptRequest(info.clone()))
     }
 
     /// The kept head (the same method, URI, version, headers and extensions, the info
     /// put back among them) with the buffered bytes as its body. `None` when no head was
     /// kept: the attempt ended before an endpoint sent it.
-    fn again(&self, info: Arc<CallInfo>) -> Option<http::Request<ProxyBody>> {
+    fn again(&self, kept: KeptRequest) -> Option<http::Request<ProxyBody>> {
+        let info = &kept.0;
         info.keep_next.store(false, Ordering::Relaxed);
         let mut parts = info.kept.lock().unwrap_or_else(|e| e.into_inner()).take()?;
         let buffered = info.buffered()?;
@@ -134,7 +149,7 @@ impl Replay<http::Request<ProxyBody>> for HttpReplay {
         } else {
             full(buffered.clone())
         };
-        parts.extensions.insert(info);
+        parts.extensions.insert(info.clone());
         Some(http::Request::from_parts(parts, body))
     }
 
@@ -286,7 +301,7 @@ mod tests {
             "nothing is kept unless a retry may follow"
         );
         let kept = replay.replay(&req).expect("buffered");
-        assert!(Arc::ptr_eq(&kept, &info));
+        assert!(Arc::ptr_eq(&kept.0, &info));
         assert!(
             info.keeps_request(),
             "the endpoint is told to keep the request"
@@ -324,8 +339,15 @@ mod tests {
         req.extensions_mut().insert(info.clone());
         let replay = HttpReplay::default();
         let kept = replay.replay(&req).expect("buffered");
-        drop(req);
         assert!(replay.again(kept).is_none());
+
+        // Kept, then no retry: the head goes with what the retry layer kept.
+        let kept = replay.replay(&req).expect("buffered");
+        info.keep_request(req.into_parts().0);
+        drop(kept);
+        assert!(!info.keeps_request());
+        assert!(info.kept.lock().unwrap().is_none());
+        assert_eq!(Arc::strong_count(&info), 1);
     }
 
     #[test]
